@@ -1,0 +1,50 @@
+"""matopt: matrix-aware optimizers for JAX, as composable optax transforms."""
+
+import importlib.metadata
+
+from matopt import labels as labels
+from matopt.linalg import dual_norm as dual_norm
+from matopt.linalg import lmo as lmo
+from matopt.linalg import msign as msign
+from matopt.linalg import norm as norm
+from matopt.optimizers import clipped_sgd as clipped_sgd
+from matopt.optimizers import muon as muon
+from matopt.optimizers import nsgd as nsgd
+from matopt.optimizers import scion as scion
+from matopt.optimizers import signum as signum
+from matopt.optimizers import unconstrained_scion as unconstrained_scion
+from matopt.transforms import DimensionNumbers as DimensionNumbers
+from matopt.transforms import clip_by_norm as clip_by_norm
+from matopt.transforms import normalize_by_norm as normalize_by_norm
+from matopt.transforms import partition as partition
+from matopt.transforms import scale_by_lmo as scale_by_lmo
+from matopt.transforms import scale_by_msign as scale_by_msign
+from matopt.transforms import scale_by_shape as scale_by_shape
+from matopt.transforms import scale_by_sign as scale_by_sign
+
+try:
+  __version__ = importlib.metadata.version("matopt")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+  __version__ = "0.0.0"
+
+__all__ = [
+    "DimensionNumbers",
+    "clip_by_norm",
+    "clipped_sgd",
+    "dual_norm",
+    "labels",
+    "lmo",
+    "msign",
+    "muon",
+    "norm",
+    "normalize_by_norm",
+    "nsgd",
+    "partition",
+    "scale_by_lmo",
+    "scale_by_msign",
+    "scale_by_shape",
+    "scale_by_sign",
+    "scion",
+    "signum",
+    "unconstrained_scion",
+]

@@ -1,0 +1,157 @@
+"""The matrix sign (polar factor) by Newton–Schulz iteration, and by SVD."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike, DTypeLike
+
+from matopt.linalg.coefficients import Schedule, resolve_schedule
+
+_METHODS = ("newton_schulz", "svd")
+
+
+def compute_dtype_for(dtype: DTypeLike, compute_dtype: DTypeLike | None) -> jnp.dtype:
+  """The dtype the iteration runs in: float32 for half precision inputs."""
+  if compute_dtype is not None:
+    return jnp.dtype(compute_dtype)
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
+    return jnp.dtype(jnp.float32)
+  return dtype
+
+
+def scaled_frobenius(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Returns ``(x / s, ‖x‖_F / s)`` per matrix with ``s = max|x|`` (or 1 at 0).
+
+  Dividing by the largest entry first keeps the squares inside the float
+  range for entries anywhere from 1e-30 to 1e30 (a plain ``sum(x**2)``
+  overflows above ~1e19 and underflows below ~1e-19 in float32).
+  """
+  peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+  peak = jnp.where(peak > 0, peak, jnp.ones_like(peak))
+  y = x / peak
+  return y, jnp.sqrt(jnp.sum(y * y, axis=(-2, -1), keepdims=True))
+
+
+def _newton_schulz_wide(x: jax.Array, schedule: jax.Array) -> jax.Array:
+  """Runs the quintic iteration on ``x`` of shape ``(..., m, n)``, m <= n."""
+
+  def step(x, abc):
+    a, b, c = abc[0], abc[1], abc[2]
+    gram = x @ jnp.swapaxes(x, -1, -2)  # (m, m): the small side
+    poly = b * gram + c * (gram @ gram)
+    return a * x + poly @ x, None
+
+  # lax.scan keeps one step in the graph whatever the step count, so long
+  # schedules on large stacks do not blow up compile time or memory.
+  x, _ = jax.lax.scan(step, x, schedule)
+  return x
+
+
+def _msign_svd(x: jax.Array) -> jax.Array:
+  u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+  # Singular values at round-off level are zeros of a rank-deficient matrix:
+  # their sign is 0, so msign(0) == 0 and msign of rank-r input has rank r.
+  tol = jnp.max(s, axis=-1, keepdims=True) * max(x.shape[-2:]) * jnp.finfo(x.dtype).eps
+  keep = (s > tol).astype(x.dtype)
+  return u @ (keep[..., :, None] * vh)
+
+
+def msign(
+    x: ArrayLike,
+    *,
+    coeffs: str | ArrayLike = "jordan",
+    steps: int | None = None,
+    method: str = "newton_schulz",
+    eps: float = 1e-7,
+    compute_dtype: DTypeLike | None = None,
+) -> jax.Array:
+  r"""Matrix sign (orthogonal polar factor) of the last two axes of ``x``.
+
+  For ``X = U Σ Vᵀ`` (reduced SVD), ``msign(X) = U Vᵀ``. Newton–Schulz
+  approximates it with matmuls only:
+
+  .. math::
+    X_0 = \frac{X}{\lambda \|X\|_F + \epsilon}, \qquad
+    X_{t+1} = a_t X_t + b_t (X_t X_t^\top) X_t + c_t (X_t X_t^\top)^2 X_t,
+
+  which maps every singular value by the odd polynomial
+  :math:`\sigma \mapsto a_t\sigma + b_t\sigma^3 + c_t\sigma^5` and leaves the
+  singular vectors alone. Tall matrices are transposed so the Gram matrix
+  is always the small side; leading axes are a batch.
+
+  Singular values reached (measured in float32 on random 256×1024 inputs with
+  condition number κ; the exact answer is 1):
+
+  ==================  ======  ===================  ===================
+  preset              steps   κ = 10               κ = 1000
+  ==================  ======  ===================  ===================
+  ``"jordan"``        5       [0.68, 1.12]         [0.06, 1.12]
+  ``"polar_express"`` 8       [0.9999, 1.0001]     [0.9988, 1.0001]
+  ``"cubic"``         12      [0.99999, 1.0]       [0.0129, 1.0]
+  ==================  ======  ===================  ===================
+
+  Args:
+    x: array of shape ``(..., m, n)``.
+    coeffs: ``"jordan"`` (3.4445, −4.7750, 2.0315; Jordan et al. 2024),
+      ``"polar_express"`` (Amsel et al. 2025, Algorithm 1, with its 1.01
+      safety factor), ``"cubic"`` (1.5, −0.5, 0; classical, convergent) or an
+      explicit ``(k, 3)`` array of ``(a, b, c)`` per step.
+    steps: iterations; ``None`` takes the preset's default (5, 8, 12; ``k``
+      for an array). Longer schedules repeat their last row.
+    method: ``"newton_schulz"`` or ``"svd"`` (exact reference, slow).
+    eps: added to the normalising norm (``msign(0) == 0`` exactly).
+    compute_dtype: dtype of the iteration; default float32 for bf16/f16
+      inputs and the input's dtype otherwise. The output has ``x``'s dtype.
+
+  Returns:
+    The polar factor, same shape and dtype as ``x``.
+
+  Raises:
+    ValueError: for ``ndim < 2``, an unknown method or coefficient preset,
+      bad coefficients or a bad ``steps``.
+
+  References:
+    Jordan et al., 2024. Muon: An optimizer for hidden layers in neural
+    networks. https://kellerjordan.github.io/posts/muon/
+
+    Amsel, Persson, Musco, Gower, 2025. The Polar Express: Optimal Matrix
+    Sign Methods and Their Application to the Muon Algorithm. arXiv:2505.16932
+
+    Higham, 2008. Functions of Matrices: Theory and Computation, ch. 8.
+  """
+  if method not in _METHODS:
+    raise ValueError(f"Unknown msign method {method!r}; valid methods are {_METHODS}.")
+  schedule = resolve_schedule(coeffs, steps)
+  x = jnp.asarray(x)
+  if x.ndim < 2:
+    raise ValueError(
+        f"msign needs an array with at least 2 axes (..., m, n), got shape"
+        f" {x.shape}; view vectors as (1, n) matrices explicitly if intended."
+    )
+  return _msign(x, schedule, method, eps, compute_dtype_for(x.dtype, compute_dtype))
+
+
+def _msign(
+    x: jax.Array,
+    schedule: Schedule,
+    method: str,
+    eps: float,
+    dtype: jnp.dtype,
+) -> jax.Array:
+  """:func:`msign` after validation (for callers that validated already)."""
+  out_dtype = x.dtype
+  y = x.astype(dtype)
+  if method == "svd":
+    return _msign_svd(y).astype(out_dtype)
+  tall = y.shape[-2] > y.shape[-1]
+  if tall:
+    y = jnp.swapaxes(y, -1, -2)
+  y, fro = scaled_frobenius(y)
+  y = y / (schedule.norm_scale * fro + eps)
+  y = _newton_schulz_wide(y, jnp.asarray(schedule.coeffs, dtype=dtype))
+  if tall:
+    y = jnp.swapaxes(y, -1, -2)
+  return y.astype(out_dtype)

@@ -1,0 +1,101 @@
+"""Muon: orthogonalised Nesterov momentum on hidden matrices, AdamW elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optax
+from jax.typing import ArrayLike
+
+from matopt import _checks, labels as labels_lib
+from matopt.transforms.msign import scale_by_msign
+from matopt.transforms.partition import partition
+from matopt.transforms.shape_scale import scale_by_shape
+
+
+def muon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    coeffs: str | ArrayLike = "jordan",
+    steps: int | None = None,
+    scale: str = "shape",
+    weight_decay: float = 0.0,
+    dimension_numbers: Any = None,
+    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    aux: optax.GradientTransformation | None = None,
+    labels: Callable[[optax.Params], Any] | Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Muon on ``"hidden"`` leaves; AdamW on embedding, head and vector leaves.
+
+  For a hidden matrix with gradient :math:`G_t` (η = ``learning_rate``,
+  β = ``momentum``, λ = ``weight_decay``, s the shape factor):
+
+  .. math::
+    M_t = \beta M_{t-1} + G_t, \qquad
+    N_t = \begin{cases} G_t + \beta M_t & \text{nesterov} \\ M_t \end{cases}
+    \\
+    W_{t+1} = W_t - \eta\,\big(s\cdot\operatorname{msign}(N_t) + \lambda W_t\big)
+
+  with :math:`s = \sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}` for
+  ``scale="shape"`` (Jordan et al. 2024) or
+  :math:`s = 0.2\sqrt{\max(\text{fan\_in}, \text{fan\_out})}` for
+  ``scale="rms"`` (Liu et al. 2025; lets Muon share AdamW's learning rate).
+  msign is scale-invariant, so the accumulating momentum above equals the
+  EMA form :math:`(1-\beta)` of the reference up to Newton–Schulz's ε.
+
+  Args:
+    learning_rate: Muon's step size η (float or schedule).
+    momentum: β in [0, 1).
+    nesterov: use Nesterov momentum (Jordan's default; dion found it off better).
+    coeffs: Newton–Schulz preset or array, see :func:`matopt.msign`.
+    steps: Newton–Schulz iterations (``None``: the preset's default).
+    scale: ``"shape"``, ``"rms"`` or ``"none"``.
+    weight_decay: decoupled weight decay λ for hidden matrices (multiplied by η).
+    dimension_numbers: matrix views of hidden leaves, see
+      :func:`matopt.scale_by_msign`.
+    adam_learning_rate: learning rate of the default AdamW for the other roles.
+    aux: transform for embedding, head and vector leaves; default
+      ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, eps=1e-10,
+      weight_decay=weight_decay)`` (Jordan's MuonWithAuxAdam settings).
+    labels: label function (or tree) giving each leaf a role in
+      ``("embedding", "hidden", "head", "vector")``; None means
+      :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
+      a callable here in ``static_args`` (optax treats callables as schedules).
+
+  Returns:
+    An ``optax.GradientTransformation``; state is ``optax.multi_transform``'s,
+    momentum in the parameters' dtype.
+
+  References:
+    Jordan et al., 2024. Muon: An optimizer for hidden layers in neural
+    networks. https://kellerjordan.github.io/posts/muon/
+
+    Liu et al., 2025. Muon is Scalable for LLM Training. arXiv:2502.16982
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, matopt
+    >>> params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+    >>> tx = matopt.muon(0.02)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(params, state, params)
+  """
+  _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
+  _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  hidden = optax.chain(
+      optax.trace(decay=momentum, nesterov=nesterov),
+      scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),
+      scale_by_shape(scale, dimension_numbers=dimension_numbers),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  if aux is None:
+    aux = optax.adamw(
+        adam_learning_rate, b1=0.9, b2=0.95, eps=1e-10, weight_decay=weight_decay
+    )
+  return partition(
+      {"hidden": hidden, "embedding": aux, "head": aux, "vector": aux},
+      labels_lib.by_role if labels is None else labels,
+  )

@@ -1,0 +1,44 @@
+"""M-NSGD: normalised SGD with momentum."""
+
+from __future__ import annotations
+
+import optax
+
+from matopt import _checks
+from matopt.transforms.normalize import normalize_by_norm
+
+
+def nsgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float = 0.9,
+    scope: str = "global",
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+  r"""Normalised SGD with momentum: steps of fixed ℓ2 length η.
+
+  .. math::
+    m_t = \beta m_{t-1} + (1 - \beta) g_t, \qquad
+    W_{t+1} = W_t - \eta \Big(\frac{m_t}{\|m_t\|_2} + \lambda W_t\Big)
+
+  Args:
+    learning_rate: η (float or schedule).
+    momentum: β in [0, 1).
+    scope: ``"global"`` (one norm over all leaves, as in the paper) or
+      ``"leaf"`` (each leaf normalised on its own, ‖·‖_F per matrix).
+    weight_decay: decoupled weight decay λ (multiplied by η).
+
+  Returns:
+    An ``optax.GradientTransformation``; state: ``optax.ema``'s.
+
+  References:
+    Cutkosky and Mehta, 2020. Momentum Improves Normalized SGD. ICML.
+  """
+  _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
+  _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  return optax.chain(
+      optax.ema(decay=momentum, debias=False),
+      normalize_by_norm(scope=scope),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,43 @@
+"""Signum (M-SignSGD): sign of the momentum."""
+
+from __future__ import annotations
+
+import optax
+
+from matopt import _checks
+from matopt.transforms.sign import scale_by_sign
+
+
+def signum(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+  r"""Signum: steepest descent in ℓ∞ on an EMA of gradients.
+
+  .. math::
+    m_t = \beta m_{t-1} + (1 - \beta) g_t, \qquad
+    W_{t+1} = W_t - \eta \big(\operatorname{sign}(m_t) + \lambda W_t\big)
+
+  Args:
+    learning_rate: η (float or schedule).
+    momentum: β in [0, 1) (0: signSGD).
+    weight_decay: decoupled weight decay λ (multiplied by η).
+
+  Returns:
+    An ``optax.GradientTransformation``; state: ``optax.ema``'s (m in the
+    parameters' dtype).
+
+  References:
+    Bernstein, Wang, Azizzadenesheli, Anandkumar, 2018. signSGD: Compressed
+    Optimisation for Non-Convex Problems. ICML.
+  """
+  _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
+  _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  return optax.chain(
+      optax.ema(decay=momentum, debias=False),
+      scale_by_sign(),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,21 @@
+"""Per-leaf ``optax.GradientTransformation`` primitives (ascent directions)."""
+
+from matopt.transforms.lmo import scale_by_lmo as scale_by_lmo
+from matopt.transforms.msign import scale_by_msign as scale_by_msign
+from matopt.transforms.normalize import clip_by_norm as clip_by_norm
+from matopt.transforms.normalize import normalize_by_norm as normalize_by_norm
+from matopt.transforms.partition import partition as partition
+from matopt.transforms.shape_scale import scale_by_shape as scale_by_shape
+from matopt.transforms.sign import scale_by_sign as scale_by_sign
+from matopt.transforms.views import DimensionNumbers as DimensionNumbers
+
+__all__ = [
+    "DimensionNumbers",
+    "clip_by_norm",
+    "normalize_by_norm",
+    "partition",
+    "scale_by_lmo",
+    "scale_by_msign",
+    "scale_by_shape",
+    "scale_by_sign",
+]

@@ -1,0 +1,73 @@
+"""Orthogonalised updates: the matrix sign of each matrix leaf (Muon's core)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+from jax.typing import ArrayLike, DTypeLike
+
+from matopt.linalg.coefficients import resolve_schedule
+from matopt.linalg.newton_schulz import _METHODS, _msign, compute_dtype_for
+from matopt.transforms import views as views_lib
+
+
+def scale_by_msign(
+    *,
+    coeffs: str | ArrayLike = "jordan",
+    steps: int | None = None,
+    dimension_numbers: Any = None,
+    method: str = "newton_schulz",
+    eps: float = 1e-7,
+    compute_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformation:
+  r"""Replaces every matrix update by its matrix sign.
+
+  .. math::
+    u \leftarrow \operatorname{msign}(g) = U V^\top \quad (g = U \Sigma V^\top)
+
+  computed by Newton–Schulz (:func:`matopt.msign`) on each leaf's matrix view.
+  This is steepest descent under the spectral norm, and Shampoo with no
+  accumulation (seed 001). The result has the gradient's sign convention
+  (an ascent direction); chain a negative learning rate to descend.
+
+  Args:
+    coeffs: Newton–Schulz preset or ``(k, 3)`` array, see :func:`matopt.msign`.
+    steps: iterations (``None``: the preset's default).
+    dimension_numbers: how leaves are viewed as matrices: None (2-D as is;
+      ndim > 2 as ``(prod(other axes), last axis)``), a
+      :class:`matopt.DimensionNumbers` or ``optax.contrib.MuonDimensionNumbers``,
+      a pytree of them, or a callable of the params returning one.
+    method: ``"newton_schulz"`` or ``"svd"`` (exact, slow).
+    eps: added to the normalising Frobenius norm.
+    compute_dtype: dtype of the iteration (default float32 for bf16 leaves).
+
+  Returns:
+    A stateless ``optax.GradientTransformation``. A leaf with no matrix view
+    (a vector or scalar) raises a ValueError naming its path: route it to
+    another transform with ``optax.multi_transform`` and :mod:`matopt.labels`.
+
+  References:
+    Jordan et al., 2024. Muon: An optimizer for hidden layers in neural
+    networks. https://kellerjordan.github.io/posts/muon/
+  """
+  schedule = resolve_schedule(coeffs, steps)
+  if method not in _METHODS:
+    raise ValueError(f"Unknown msign method {method!r}; valid methods are {_METHODS}.")
+  views_lib.check_dimension_numbers_spec(dimension_numbers)
+
+  def init_fn(params):
+    views_lib.resolve_views(dimension_numbers, params, transform="scale_by_msign")
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    views = views_lib.resolve_views(dimension_numbers, updates, transform="scale_by_msign")
+
+    def orthogonalise(m, view):
+      del view  # every view is orthogonalised the same way
+      return _msign(m, schedule, method, eps, compute_dtype_for(m.dtype, compute_dtype))
+
+    return views_lib.map_matrices(orthogonalise, updates, views), state
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,188 @@
+"""Matrix views: how a leaf of any rank is seen as a batch of matrices.
+
+A 2-D Flax kernel ``W`` has shape ``(fan_in, fan_out)`` (``y = x @ W``). A leaf
+of another rank is viewed through dimension numbers naming its reduction
+(fan-in) and output (fan-out) axes; every other axis is a batch axis. The
+view is ``(batch, fan_in, fan_out)`` with the named axes flattened in order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from optax.contrib import MuonDimensionNumbers
+
+from matopt import _tree
+
+
+class DimensionNumbers(NamedTuple):
+  """Which axes of a leaf are its fan-in (reduction) and fan-out (output).
+
+  Same fields as ``optax.contrib.MuonDimensionNumbers``, which is accepted
+  wherever these are. Empty ``reduction_axis=()`` means fan_in = 1, which views
+  a bias ``(n,)`` as the ``(1, n)`` matrix of a layer fed a constant 1.
+
+  Examples: a stack of layers ``(L, d_in, d_out)`` is
+  ``DimensionNumbers(reduction_axis=1, output_axis=2)``; a conv kernel
+  ``(kh, kw, c_in, c_out)`` by default is ``((0, 1, 2), 3)``.
+  """
+
+  reduction_axis: Sequence[int] | int = 0
+  output_axis: Sequence[int] | int = 1
+
+
+def is_dimension_numbers(x: Any) -> bool:
+  return isinstance(x, (DimensionNumbers, MuonDimensionNumbers))
+
+
+def default_dimension_numbers(ndim: int) -> DimensionNumbers | None:
+  """Default view: ``(0, 1)`` for matrices, last axis out for ndim > 2, else None."""
+  if ndim < 2:
+    return None
+  return DimensionNumbers(tuple(range(ndim - 1)), ndim - 1)
+
+
+def _axes(spec: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
+  spec = (spec,) if isinstance(spec, int) else tuple(spec)
+  return tuple(a % ndim if ndim else a for a in spec)
+
+
+class MatrixView(NamedTuple):
+  """A resolved view of one leaf: axes and the resulting matrix sizes."""
+
+  batch_axes: tuple[int, ...]
+  reduction_axes: tuple[int, ...]
+  output_axes: tuple[int, ...]
+  shape: tuple[int, ...]
+
+  @property
+  def fan_in(self) -> int:
+    return math.prod(self.shape[a] for a in self.reduction_axes)
+
+  @property
+  def fan_out(self) -> int:
+    return math.prod(self.shape[a] for a in self.output_axes)
+
+  @property
+  def batch(self) -> int:
+    return math.prod(self.shape[a] for a in self.batch_axes)
+
+  def to_matrices(self, x: jax.Array) -> jax.Array:
+    """``x`` as an array of shape ``(batch, fan_in, fan_out)``."""
+    perm = self.batch_axes + self.reduction_axes + self.output_axes
+    return jnp.transpose(x, perm).reshape(self.batch, self.fan_in, self.fan_out)
+
+  def from_matrices(self, m: jax.Array) -> jax.Array:
+    """Inverse of :meth:`to_matrices`."""
+    perm = self.batch_axes + self.reduction_axes + self.output_axes
+    permuted_shape = tuple(self.shape[a] for a in perm)
+    inverse = tuple(perm.index(a) for a in range(len(perm)))
+    return jnp.transpose(m.reshape(permuted_shape), inverse)
+
+
+def make_view(shape: tuple[int, ...], dn: Any, path: str) -> MatrixView:
+  """Resolves dimension numbers for a leaf, with errors that name the leaf."""
+  ndim = len(shape)
+  red = _axes(dn.reduction_axis, ndim)
+  out = _axes(dn.output_axis, ndim)
+  named = red + out
+  if any(not 0 <= a < ndim for a in named) or len(set(named)) != len(named):
+    raise ValueError(
+        f"Leaf {path!r} of shape {shape}: dimension numbers {dn} must name"
+        f" distinct axes in range({ndim})."
+    )
+  batch = tuple(a for a in range(ndim) if a not in named)
+  return MatrixView(batch, red, out, tuple(shape))
+
+
+def resolve_views(
+    dimension_numbers: Any,
+    tree: Any,
+    *,
+    transform: str,
+) -> list[MatrixView | None]:
+  """One :class:`MatrixView` per leaf of ``tree`` (None for masked leaves).
+
+  Args:
+    dimension_numbers: None (defaults), one ``DimensionNumbers``, a pytree of
+      them (None entries take the default), or a callable of the params.
+    tree: parameters or updates.
+    transform: name used in error messages.
+
+  Returns:
+    A list aligned with ``jax.tree.leaves(tree, is_leaf=is_masked)``.
+
+  Raises:
+    ValueError: for a leaf with no matrix view (ndim < 2 and no dimension
+      numbers), naming its path and what to do.
+  """
+  specs = _tree.resolve_per_leaf(
+      dimension_numbers, tree, is_spec=lambda s: s is None or is_dimension_numbers(s)
+  )
+  paths_leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_tree.is_masked)[0]
+  views: list[MatrixView | None] = []
+  for (path, leaf), dn in zip(paths_leaves, specs):
+    if _tree.is_masked(leaf):
+      views.append(None)
+      continue
+    shape = tuple(jnp.shape(leaf))
+    dn = default_dimension_numbers(len(shape)) if dn is None else dn
+    if dn is None:
+      raise ValueError(
+          f"{transform} acts on matrices, but leaf {_tree.path_str(path)!r} has"
+          f" shape {shape}. Label it for another transform (e.g. optax.adamw via"
+          " optax.multi_transform with matopt.labels.by_role), or pass"
+          " dimension_numbers that view it as a matrix."
+      )
+    if not is_dimension_numbers(dn):
+      raise ValueError(
+          f"Leaf {_tree.path_str(path)!r}: expected DimensionNumbers or"
+          f" optax.contrib.MuonDimensionNumbers, got {dn!r}."
+      )
+    views.append(make_view(shape, dn, _tree.path_str(path)))
+  return views
+
+
+def check_dimension_numbers_spec(dimension_numbers: Any) -> None:
+  """Construction-time check of a dimension-numbers option."""
+  if dimension_numbers is None or callable(dimension_numbers) and not is_dimension_numbers(
+      dimension_numbers
+  ):
+    return
+  if is_dimension_numbers(dimension_numbers):
+    leaves = [dimension_numbers]
+  else:
+    leaves = jax.tree_util.tree_leaves(
+        dimension_numbers, is_leaf=lambda s: is_dimension_numbers(s)
+    )
+  for dn in leaves:
+    if not is_dimension_numbers(dn):
+      raise ValueError(
+          "dimension_numbers must be None, a DimensionNumbers /"
+          " optax.contrib.MuonDimensionNumbers, a pytree of them (None for the"
+          f" default) or a callable of the params; found {dn!r}."
+      )
+    for field in (dn.reduction_axis, dn.output_axis):
+      axes = (field,) if isinstance(field, int) else tuple(field)
+      if not all(isinstance(a, int) for a in axes):
+        raise ValueError(f"Dimension numbers must hold ints, got {dn!r}.")
+
+
+def map_matrices(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list) -> Any:
+  """Applies ``fn(matrices, view, *extras)`` to every viewed leaf.
+
+  ``per_leaf`` lists are aligned with the leaves (like ``views``); their
+  entries are passed as ``extras``. Masked leaves pass through unchanged.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_tree.is_masked)
+  out = []
+  for leaf, view, *extras in zip(leaves, views, *per_leaf):
+    if view is None or _tree.is_masked(leaf):
+      out.append(leaf)
+    else:
+      out.append(view.from_matrices(fn(view.to_matrices(leaf), view, *extras)))
+  return jax.tree_util.tree_unflatten(treedef, out)
