@@ -167,7 +167,7 @@ def check_dimension_numbers_spec(dimension_numbers: Any) -> None:
           f" default) or a callable of the params; found {dn!r}."
       )
     for field in (dn.reduction_axis, dn.output_axis):
-      axes = (field,) if isinstance(field, int) else tuple(field)
+      axes = tuple(field) if isinstance(field, (tuple, list)) else (field,)
       if not all(isinstance(a, int) for a in axes):
         raise ValueError(f"Dimension numbers must hold ints, got {dn!r}.")
 
