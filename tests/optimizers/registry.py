@@ -1,0 +1,31 @@
+"""Per-optimizer needs for the contract suite (never `if name in [...]`)."""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import optax
+
+import matopt
+
+
+class Entry(NamedTuple):
+  factory: Callable[..., optax.GradientTransformation]
+  learning_rate: float
+  # Update that zero gradients produce (constrained Scion still decays W).
+  zero_grad_update: Callable = lambda params, lr: jax.tree.map(lambda p: 0.0 * p, params)
+
+
+# Radii for a net this small (the nanoGPT defaults of 50 / 3000 are for width 768).
+_RADII = {"embedding": 1.0, "hidden": 1.0, "head": 64.0, "vector": 1.0}
+
+REGISTRY = {
+    "muon": Entry(matopt.muon, 0.05),
+    "muon_rms": Entry(lambda learning_rate: matopt.muon(learning_rate, scale="rms", adam_learning_rate=learning_rate), 0.02),
+    "scion": Entry(lambda learning_rate: matopt.scion(learning_rate, radii=_RADII, momentum=0.5), 0.1,
+                   zero_grad_update=lambda params, lr: jax.tree.map(lambda p: -lr * p, params)),
+    "unconstrained_scion": Entry(lambda learning_rate: matopt.unconstrained_scion(learning_rate, radii=_RADII, momentum=0.5), 0.05),
+    "signum": Entry(matopt.signum, 0.01),
+    "nsgd": Entry(matopt.nsgd, 0.3),
+    "clipped_sgd": Entry(matopt.clipped_sgd, 0.5),
+}
