@@ -1,0 +1,156 @@
+"""Each optimizer's update, several steps, against a numpy transcription."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import matopt
+from tests.linalg.test_operator_norms import paper_lmo
+
+STEPS = 3
+
+
+def jordan_newton_schulz(g, steps=5, eps=1e-7):
+  """Numpy transcription of Jordan et al.'s zeropower_via_newtonschulz5."""
+  a, b, c = 3.4445, -4.7750, 2.0315
+  x = g / (np.linalg.norm(g) + eps)
+  tall = x.shape[0] > x.shape[1]
+  if tall:
+    x = x.T
+  for _ in range(steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if tall else x
+
+
+def _problem(seed=0):
+  rng = np.random.default_rng(seed)
+  params = {
+      "Embed_0": {"embedding": rng.standard_normal((10, 6))},
+      "Dense_0": {"kernel": rng.standard_normal((6, 12)), "bias": rng.standard_normal(12)},
+      "head": {"kernel": rng.standard_normal((12, 10))},
+  }
+  grads = [
+      {k: {n: rng.standard_normal(v.shape) for n, v in d.items()} for k, d in params.items()}
+      for _ in range(STEPS)
+  ]
+  return params, grads
+
+
+def _run(tx, params, grads):
+  f32 = lambda t: {k: {n: jnp.asarray(v, jnp.float32) for n, v in d.items()} for k, d in t.items()}
+  p = f32(params)
+  state = tx.init(p)
+  for g in grads:
+    u, state = tx.update(f32(g), state, p)
+    p = optax.apply_updates(p, u)
+  return {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in p.items()}
+
+
+def _adamw(w, gs, lr, b1, b2, eps, wd):
+  m = np.zeros_like(w)
+  v = np.zeros_like(w)
+  for t, g in enumerate(gs, start=1):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    mh, vh = m / (1 - b1**t), v / (1 - b2**t)
+    w = w - lr * (mh / (np.sqrt(vh) + eps) + wd * w)
+  return w
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("scale", ["shape", "rms"])
+def test_muon(nesterov, scale):
+  params, grads = _problem()
+  lr, beta, wd, adam_lr = 0.02, 0.95, 0.1, 3e-3
+  got = _run(matopt.muon(lr, momentum=beta, nesterov=nesterov, scale=scale, weight_decay=wd,
+                         adam_learning_rate=adam_lr), params, grads)
+  w = params["Dense_0"]["kernel"].copy()
+  buf = np.zeros_like(w)
+  fan_in, fan_out = w.shape
+  s = np.sqrt(max(1, fan_out / fan_in)) if scale == "shape" else 0.2 * np.sqrt(max(fan_in, fan_out))
+  for g in grads:
+    g = g["Dense_0"]["kernel"]
+    buf = beta * buf + g
+    direction = g + beta * buf if nesterov else buf
+    w = w - lr * (s * jordan_newton_schulz(direction) + wd * w)
+  np.testing.assert_allclose(got["Dense_0"]["kernel"], w, atol=2e-5)
+  for k, n in [("Embed_0", "embedding"), ("Dense_0", "bias"), ("head", "kernel")]:
+    ref = _adamw(params[k][n], [g[k][n] for g in grads], adam_lr, 0.9, 0.95, 1e-10, wd)
+    np.testing.assert_allclose(got[k][n], ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_scion(constrained):
+  params, grads = _problem(1)
+  lr, alpha = 0.01, 0.3
+  radii = {"embedding": 2.0, "hidden": 3.0, "head": 50.0, "vector": 1.5}
+  factory = matopt.scion if constrained else matopt.unconstrained_scion
+  got = _run(factory(lr, momentum=alpha, radii=radii, coeffs="polar_express", steps=12), params, grads)
+  leaves = {("Embed_0", "embedding"): ("embedding", "colnorm"),
+            ("Dense_0", "kernel"): ("hidden", "spectral"),
+            ("Dense_0", "bias"): ("vector", "colnorm"),
+            ("head", "kernel"): ("head", "sign")}
+  for (k, n), (role, norm) in leaves.items():
+    w = params[k][n].copy()
+    d = np.zeros_like(w)
+    for g in grads:
+      d = (1 - alpha) * d + alpha * g[k][n]
+      # Paper layout A = Wᵀ; a bias is the (1, n) row of a constant input.
+      direction = paper_lmo(np.atleast_2d(d).T, norm).T.reshape(w.shape)
+      if norm == "sign":
+        direction = direction / w.shape[0]  # the reference's normalised Sign
+      w = (1 - lr) * w - lr * radii[role] * direction if constrained else w - lr * radii[role] * direction
+    np.testing.assert_allclose(got[k][n], w, atol=1e-4, err_msg=f"{k}/{n}")
+
+
+def test_signum_nsgd_clipped():
+  params, grads = _problem(2)
+  lr, beta, wd = 0.01, 0.9, 0.05
+  flat = lambda t: [t[k][n] for k in sorted(t) for n in sorted(t[k])]
+  for name, tx, direction in [
+      ("signum", matopt.signum(lr, momentum=beta, weight_decay=wd), lambda ms: [np.sign(m) for m in ms]),
+      ("nsgd", matopt.nsgd(lr, momentum=beta, weight_decay=wd),
+       lambda ms: [m / np.sqrt(sum(np.sum(x * x) for x in ms)) for m in ms]),
+      ("clipped_sgd", matopt.clipped_sgd(lr, max_norm=0.5, momentum=beta, weight_decay=wd),
+       lambda ms: [m * min(1.0, 0.5 / np.sqrt(sum(np.sum(x * x) for x in ms))) for m in ms]),
+  ]:
+    got = flat(_run(tx, params, grads))
+    ws = [w.copy() for w in flat(params)]
+    ms = [np.zeros_like(w) for w in ws]
+    for g in grads:
+      ms = [beta * m + (1 - beta) * x for m, x in zip(ms, flat(g))]
+      ws = [w - lr * (d + wd * w) for w, d in zip(ws, direction(ms))]
+    for a, b in zip(got, ws):
+      np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: matopt.muon(0.02, momentum=1.0), r"momentum must lie in \[0.0, 1.0\)"),
+        (lambda: matopt.muon(0.02, scale="spectral"), "valid scales are"),
+        (lambda: matopt.muon(0.02, coeffs="fast"), "valid presets are"),
+        (lambda: matopt.muon(0.02, weight_decay=-1.0), "weight_decay must lie in"),
+        (lambda: matopt.scion(0.1, momentum=0.0), r"momentum must lie in \(0.0, 1.0\]"),
+        (lambda: matopt.scion(0.1, recipe="audio"), "valid recipes are"),
+        (lambda: matopt.scion(0.1, norms={"hiden": "spectral"}), r"norms has unknown roles \['hiden'\]"),
+        (lambda: matopt.scion(0.1, norms={"hidden": "l2"}), "valid norms are"),
+        (lambda: matopt.unconstrained_scion(0.1, radii={"head": 0.0}), r"radii\['head'\] must lie in"),
+        (lambda: matopt.signum(0.1, momentum=-0.1), "momentum must lie in"),
+        (lambda: matopt.nsgd(0.1, scope="row"), "valid scopes are"),
+        (lambda: matopt.clipped_sgd(0.1, max_norm=-1.0), "max_norm must lie in"),
+        (lambda: matopt.muon(0.02, momentum="high"), "momentum must be a number"),
+    ],
+)
+def test_construction_errors(build, match):
+  with pytest.raises(ValueError, match=match):
+    build()
+
+
+def test_unknown_role_label_names_leaf():
+  params = {"w": jnp.ones((3, 3))}
+  tx = matopt.muon(0.02, labels=lambda p: {"w": "attention"})
+  with pytest.raises(ValueError, match=r"Leaf 'w' has label 'attention'"):
+    tx.init(params)
