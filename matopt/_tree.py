@@ -6,13 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-from optax._src.base import Params  # noqa: F401  (re-exported type for annotations)
-from optax.transforms import _masking
+import optax
 
 
 def is_masked(x: Any) -> bool:
   """True for the placeholders optax's masking puts where a leaf is not ours."""
-  return x is None or isinstance(x, _masking.MaskedNode)
+  return x is None or isinstance(x, optax.MaskedNode)
 
 
 def key_name(entry: Any) -> str:

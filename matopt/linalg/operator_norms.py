@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from matopt.linalg.coefficients import resolve_schedule
-from matopt.linalg.newton_schulz import _msign, compute_dtype_for, scaled_frobenius
+from matopt.linalg.newton_schulz import compute_dtype_for, msign, scaled_frobenius
 
 NORMS = ("spectral", "sign", "colnorm", "rownorm", "frobenius")
 # Options each norm's LMO accepts beyond the array (checked by check_lmo_options).
@@ -123,13 +123,7 @@ def lmo(g: ArrayLike, norm: str, **options) -> jax.Array:
   g = _as_matrix(g, "lmo")
   d_in, d_out = _dims(g)
   if norm == "spectral":
-    schedule = resolve_schedule(options.get("coeffs", "jordan"), options.get("steps"))
-    method = options.get("method", "newton_schulz")
-    if method not in ("newton_schulz", "svd"):
-      raise ValueError(f"Unknown msign method {method!r}; valid: ('newton_schulz', 'svd').")
-    dtype = compute_dtype_for(g.dtype, options.get("compute_dtype"))
-    u = _msign(g, schedule, method, options.get("eps", 1e-7), dtype)
-    return (u * math.sqrt(d_out / d_in)).astype(g.dtype)
+    return (msign(g, **options) * math.sqrt(d_out / d_in)).astype(g.dtype)
   if norm == "sign":
     scale = 1.0 / d_in if options.get("normalized", False) else 1.0
     return (jnp.sign(g) * scale).astype(g.dtype)

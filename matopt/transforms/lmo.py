@@ -64,8 +64,6 @@ def scale_by_lmo(
   _check_norm_spec(norm)
   spectral_options = {"coeffs": coeffs, "steps": steps}
   lmo_lib.check_lmo_options("spectral", spectral_options)
-  views_lib.check_dimension_numbers_spec(dimension_numbers)
-
   def leaf_norms(tree):
     names = _tree.resolve_per_leaf(norm, tree, is_spec=lambda s: isinstance(s, str))
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_tree.is_masked)[0]
@@ -77,23 +75,12 @@ def scale_by_lmo(
         )
     return names
 
-  def init_fn(params):
-    leaf_norms(params)
-    views_lib.resolve_views(dimension_numbers, params, transform="scale_by_lmo")
-    return optax.EmptyState()
+  def apply(m, view, name):
+    del view
+    if name == "spectral":
+      return lmo_lib.lmo(m, name, **spectral_options)
+    if name == "sign":
+      return lmo_lib.lmo(m, name, normalized=normalized)
+    return lmo_lib.lmo(m, name)
 
-  def update_fn(updates, state, params=None):
-    del params
-    views = views_lib.resolve_views(dimension_numbers, updates, transform="scale_by_lmo")
-
-    def apply(m, view, name):
-      del view
-      if name == "spectral":
-        return lmo_lib.lmo(m, name, **spectral_options)
-      if name == "sign":
-        return lmo_lib.lmo(m, name, normalized=normalized)
-      return lmo_lib.lmo(m, name)
-
-    return views_lib.map_matrices(apply, updates, views, leaf_norms(updates)), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return views_lib.matrix_transform("scale_by_lmo", dimension_numbers, apply, leaf_norms)

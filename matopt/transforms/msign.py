@@ -54,20 +54,9 @@ def scale_by_msign(
   schedule = resolve_schedule(coeffs, steps)
   if method not in _METHODS:
     raise ValueError(f"Unknown msign method {method!r}; valid methods are {_METHODS}.")
-  views_lib.check_dimension_numbers_spec(dimension_numbers)
 
-  def init_fn(params):
-    views_lib.resolve_views(dimension_numbers, params, transform="scale_by_msign")
-    return optax.EmptyState()
+  def orthogonalise(m, view):
+    del view  # every view is orthogonalised the same way
+    return _msign(m, schedule, method, eps, compute_dtype_for(m.dtype, compute_dtype))
 
-  def update_fn(updates, state, params=None):
-    del params
-    views = views_lib.resolve_views(dimension_numbers, updates, transform="scale_by_msign")
-
-    def orthogonalise(m, view):
-      del view  # every view is orthogonalised the same way
-      return _msign(m, schedule, method, eps, compute_dtype_for(m.dtype, compute_dtype))
-
-    return views_lib.map_matrices(orthogonalise, updates, views), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return views_lib.matrix_transform("scale_by_msign", dimension_numbers, orthogonalise)

@@ -66,20 +66,9 @@ def scale_by_shape(
   if scale not in SCALES:
     raise ValueError(f"Unknown update scale {scale!r}; valid scales are {SCALES}.")
   _checks.check_range("rms", rms, 0.0, float("inf"), lo_open=True)
-  views_lib.check_dimension_numbers_spec(dimension_numbers)
 
-  def init_fn(params):
-    views_lib.resolve_views(dimension_numbers, params, transform="scale_by_shape")
-    return optax.EmptyState()
+  def apply(m, view):
+    factor = shape_factor(view.fan_in, view.fan_out, scale, rms)
+    return m * jnp.asarray(factor, m.dtype)
 
-  def update_fn(updates, state, params=None):
-    del params
-    views = views_lib.resolve_views(dimension_numbers, updates, transform="scale_by_shape")
-
-    def apply(m, view):
-      factor = shape_factor(view.fan_in, view.fan_out, scale, rms)
-      return m * jnp.asarray(factor, m.dtype)
-
-    return views_lib.map_matrices(apply, updates, views), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return views_lib.matrix_transform("scale_by_shape", dimension_numbers, apply)

@@ -9,11 +9,12 @@ view is ``(batch, fan_in, fan_out)`` with the named axes flattened in order.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from optax.contrib import MuonDimensionNumbers
 
 from matopt import _tree
@@ -186,3 +187,41 @@ def map_matrices(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list)
     else:
       out.append(view.from_matrices(fn(view.to_matrices(leaf), view, *extras)))
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def matrix_transform(
+    name: str,
+    dimension_numbers: Any,
+    apply: Callable[..., jax.Array],
+    per_leaf: Callable[[Any], list] | None = None,
+) -> optax.GradientTransformation:
+  """A stateless transform that maps ``apply`` over every leaf's matrix view.
+
+  Args:
+    name: the public transform's name, used in error messages.
+    dimension_numbers: the transform's ``dimension_numbers`` option (checked here).
+    apply: ``apply(matrices, view, *extras) -> matrices`` on ``(batch, fan_in,
+      fan_out)`` arrays.
+    per_leaf: optional ``tree -> list`` of one extra per leaf (e.g. a norm
+      name); it runs at ``init`` too, so its errors surface there.
+
+  Returns:
+    An ``optax.GradientTransformation`` with ``optax.EmptyState``; leaves with
+    no matrix view raise at ``init`` (and ``update``) naming their path.
+  """
+  check_dimension_numbers_spec(dimension_numbers)
+
+  def extras(tree):
+    return [] if per_leaf is None else [per_leaf(tree)]
+
+  def init_fn(params):
+    resolve_views(dimension_numbers, params, transform=name)
+    extras(params)
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    views = resolve_views(dimension_numbers, updates, transform=name)
+    return map_matrices(apply, updates, views, *extras(updates)), state
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -53,12 +53,16 @@ def test_documented_bands_hold():
   band = lambda y: np.linalg.svd(np.asarray(y, np.float64), compute_uv=False)[[-1, 0]]
   lo, hi = band(matopt.msign(x10, coeffs="jordan"))
   assert 0.66 < lo < 0.70 and 1.12 < hi < 1.15
+  lo, hi = band(matopt.msign(x1000, coeffs="jordan"))
+  assert 0.10 < lo < 0.12 and 1.19 < hi < 1.21
   lo, hi = band(matopt.msign(x10, coeffs="polar_express"))
-  assert 0.9999 < lo and hi < 1.0001
+  assert 0.99999 < lo and hi < 1.00001
   lo, hi = band(matopt.msign(x1000, coeffs="polar_express"))
-  assert 0.9 < lo and hi < 1.0001
+  assert 0.92 < lo < 0.94 and hi < 1.00001
   lo, hi = band(matopt.msign(x10, coeffs="cubic"))
-  assert 0.96 < lo and hi < 1.0001
+  assert 0.96 < lo < 0.98 and hi < 1.00001
+  lo, hi = band(matopt.msign(x1000, coeffs="cubic"))
+  assert 0.02 < lo < 0.04 and hi < 1.00001
 
 
 def test_cubic_converges_with_more_steps():
