@@ -48,6 +48,11 @@ def _loss_fn(graphdef):
   return loss
 
 
+def _params_and_grads():
+  graphdef, params = _split()
+  return params, jax.grad(_loss_fn(graphdef))(params, *_data())
+
+
 def _train(tx, params, loss, steps, *, grad_scale=1.0):
   tokens, labels = _data()
   state = tx.init(params)
@@ -116,8 +121,7 @@ def test_bf16_params_stay_bf16(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_matches_and_controls_lr(name):
   entry = REGISTRY[name]
-  graphdef, params = _split()
-  grads = jax.grad(_loss_fn(graphdef))(params, *_data())
+  params, grads = _params_and_grads()
   plain = entry.factory(entry.learning_rate)
   injected = optax.inject_hyperparams(entry.factory)(learning_rate=entry.learning_rate)
   u_plain, _ = plain.update(grads, plain.init(params), params)
@@ -137,8 +141,7 @@ def test_inject_hyperparams_matches_and_controls_lr(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_multisteps_accumulates(name):
   entry = REGISTRY[name]
-  graphdef, params = _split()
-  grads = jax.grad(_loss_fn(graphdef))(params, *_data())
+  params, grads = _params_and_grads()
   tx = optax.MultiSteps(entry.factory(entry.learning_rate), every_k_schedule=2)
   state = tx.init(params)
   u1, state = jax.jit(tx.update)(grads, state, params)
@@ -154,8 +157,7 @@ def test_multisteps_accumulates(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_apply_if_finite_skips_nan_step(name):
   entry = REGISTRY[name]
-  graphdef, params = _split()
-  grads = jax.grad(_loss_fn(graphdef))(params, *_data())
+  params, grads = _params_and_grads()
   tx = optax.apply_if_finite(entry.factory(entry.learning_rate), max_consecutive_errors=3)
   state = tx.init(params)
   bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
