@@ -64,6 +64,7 @@ def scale_by_lmo(
   _check_norm_spec(norm)
   spectral_options = {"coeffs": coeffs, "steps": steps}
   lmo_lib.check_lmo_options("spectral", spectral_options)
+
   def leaf_norms(tree):
     names = _tree.resolve_per_leaf(norm, tree, is_spec=lambda s: isinstance(s, str))
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_tree.is_masked)[0]
