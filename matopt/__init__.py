@@ -4,6 +4,7 @@ import importlib.metadata
 
 from matopt import labels as labels
 from matopt.linalg import dual_norm as dual_norm
+from matopt.linalg import inverse_pth_root as inverse_pth_root
 from matopt.linalg import lmo as lmo
 from matopt.linalg import msign as msign
 from matopt.linalg import norm as norm
@@ -32,6 +33,7 @@ __all__ = [
     "clip_by_norm",
     "clipped_sgd",
     "dual_norm",
+    "inverse_pth_root",
     "labels",
     "lmo",
     "msign",

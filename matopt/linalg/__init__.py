@@ -1,4 +1,4 @@
-"""Pure array math: Newton–Schulz msign, LMOs and their norms."""
+"""Pure array math: Newton–Schulz msign, LMOs and their norms, inverse roots."""
 
 from matopt.linalg.coefficients import PRESETS as PRESETS
 from matopt.linalg.coefficients import Schedule as Schedule
@@ -8,5 +8,8 @@ from matopt.linalg.operator_norms import dual_norm as dual_norm
 from matopt.linalg.operator_norms import lmo as lmo
 from matopt.linalg.operator_norms import norm as norm
 from matopt.linalg.newton_schulz import msign as msign
+from matopt.linalg.roots import inverse_pth_root as inverse_pth_root
+from matopt.linalg.roots import root_error as root_error
 
-__all__ = ["PRESETS", "NORMS", "Schedule", "resolve_schedule", "msign", "lmo", "norm", "dual_norm"]
+__all__ = ["PRESETS", "NORMS", "Schedule", "resolve_schedule", "msign", "lmo", "norm", "dual_norm",
+           "inverse_pth_root", "root_error"]
