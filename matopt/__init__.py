@@ -20,6 +20,7 @@ from matopt.transforms import normalize_by_norm as normalize_by_norm
 from matopt.transforms import partition as partition
 from matopt.transforms import scale_by_lmo as scale_by_lmo
 from matopt.transforms import scale_by_msign as scale_by_msign
+from matopt.transforms import scale_by_shampoo as scale_by_shampoo
 from matopt.transforms import scale_by_shape as scale_by_shape
 from matopt.transforms import scale_by_sign as scale_by_sign
 
@@ -44,6 +45,7 @@ __all__ = [
     "partition",
     "scale_by_lmo",
     "scale_by_msign",
+    "scale_by_shampoo",
     "scale_by_shape",
     "scale_by_sign",
     "scion",

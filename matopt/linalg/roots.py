@@ -16,7 +16,8 @@ not depend on the scale of the statistics:
     M_{k+1} = T_k^{\,p} M_k,\quad H_{k+1} = H_k T_k,
 
   with :math:`M_k \to I` and :math:`H_k \to A^{-1/p}`; it stops when
-  :math:`\max|M_k - I|` is below ``tol`` or stops decreasing.
+  :math:`\max|M_k - I|` is below ``tol`` or grows by 20%, and returns the
+  iterate with the smallest residual.
 """
 
 from __future__ import annotations
@@ -58,34 +59,34 @@ def _eigh_root(a: jax.Array, p: float, eps: float) -> jax.Array:
 
 
 def _newton_root(a: jax.Array, p: int, eps: float, max_iters: int, tol: float) -> tuple[jax.Array, jax.Array]:
-  n = a.shape[-1]
-  eye = jnp.eye(n, dtype=a.dtype)
+  eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
   # λ_max ≤ ‖A‖_F; a cheap upper bound is enough for a relative ridge.
   fro = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1), keepdims=True))
   a = a + _ridge(a, eps, fro) * eye
   fro = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1), keepdims=True))
   z = (1.0 + p) / (2.0 * fro)
   m0 = z * a
-  h0 = jnp.broadcast_to(z ** (1.0 / p) * eye, a.shape)
+  h0 = z ** (1.0 / p) * eye
   err0 = jnp.max(jnp.abs(m0 - eye), axis=(-2, -1))
 
   def cond(carry):
-    i, _, _, err, prev_err = carry
-    return (i < max_iters) & jnp.any((err > tol) & (err < prev_err))
+    i, _, _, _, best, err, prev = carry
+    # Stop at tolerance, or once the residual grows by 20% (round-off has
+    # taken over: Anil et al. 2020 use the same divergence guard).
+    return (i < max_iters) & jnp.any((best > tol) & (err < 1.2 * prev))
 
   def body(carry):
-    i, m, h, err, _ = carry
+    i, m, h, best_h, best, err, _ = carry
     t = (1.0 + 1.0 / p) * eye - m / p
-    m_new = jnp.linalg.matrix_power(t, p) @ m
-    h_new = h @ t
-    err_new = jnp.max(jnp.abs(m_new - eye), axis=(-2, -1))
-    # Per matrix of a batch: keep the last iterate that improved.
-    better = (err_new < err)[..., None, None]
-    return (i + 1, jnp.where(better, m_new, m), jnp.where(better, h_new, h),
-            jnp.minimum(err_new, err), err)
+    m = jnp.linalg.matrix_power(t, p) @ m
+    h = h @ t
+    new_err = jnp.max(jnp.abs(m - eye), axis=(-2, -1))
+    better = new_err < best
+    best_h = jnp.where(better[..., None, None], h, best_h)
+    return i + 1, m, h, best_h, jnp.minimum(new_err, best), new_err, err
 
-  init = (0, m0, h0, err0, jnp.full_like(err0, jnp.inf))
-  _, _, h, err, _ = jax.lax.while_loop(cond, body, init)
+  init = (0, m0, h0, h0, err0, err0, jnp.full_like(err0, jnp.inf))
+  _, _, _, h, err, _, _ = jax.lax.while_loop(cond, body, init)
   return h, err
 
 
@@ -148,6 +149,6 @@ def root_error(a: ArrayLike, root: ArrayLike, p: int | float, eps: float = 1e-6)
   w, q = jnp.linalg.eigh(root)
   inv_pow = (q * jnp.where(w > 0, w, jnp.inf)[..., None, :] ** (-float(p))) @ jnp.swapaxes(q, -1, -2)
   lam_max = jnp.max(jnp.linalg.eigvalsh(a), axis=-1)[..., None, None]
-  target = a + _ridge(a, eps, lam_max) * jnp.eye(a.shape[-1], dtype=a.dtype)
+  target = a + _ridge(a, eps, lam_max) * jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
   num = jnp.linalg.norm(inv_pow - target, axis=(-2, -1))
   return num / jnp.linalg.norm(target, axis=(-2, -1))

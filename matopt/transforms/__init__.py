@@ -5,17 +5,21 @@ from matopt.transforms.msign import scale_by_msign as scale_by_msign
 from matopt.transforms.normalize import clip_by_norm as clip_by_norm
 from matopt.transforms.normalize import normalize_by_norm as normalize_by_norm
 from matopt.transforms.partition import partition as partition
+from matopt.transforms.shampoo import ScaleByShampooState as ScaleByShampooState
+from matopt.transforms.shampoo import scale_by_shampoo as scale_by_shampoo
 from matopt.transforms.shape_scale import scale_by_shape as scale_by_shape
 from matopt.transforms.sign import scale_by_sign as scale_by_sign
 from matopt.transforms.views import DimensionNumbers as DimensionNumbers
 
 __all__ = [
     "DimensionNumbers",
+    "ScaleByShampooState",
     "clip_by_norm",
     "normalize_by_norm",
     "partition",
     "scale_by_lmo",
     "scale_by_msign",
+    "scale_by_shampoo",
     "scale_by_shape",
     "scale_by_sign",
 ]

@@ -105,6 +105,7 @@ def resolve_views(
     tree: Any,
     *,
     transform: str,
+    vectors_ok: bool = False,
 ) -> list[MatrixView | None]:
   """One :class:`MatrixView` per leaf of ``tree`` (None for masked leaves).
 
@@ -113,6 +114,8 @@ def resolve_views(
       them (None entries take the default), or a callable of the params.
     tree: parameters or updates.
     transform: name used in error messages.
+    vectors_ok: give None for leaves with no matrix view (a transform with
+      a fallback for vectors) instead of raising.
 
   Returns:
     A list aligned with ``jax.tree.leaves(tree, is_leaf=is_masked)``.
@@ -132,6 +135,9 @@ def resolve_views(
       continue
     shape = tuple(jnp.shape(leaf))
     dn = default_dimension_numbers(len(shape)) if dn is None else dn
+    if dn is None and vectors_ok:
+      views.append(None)
+      continue
     if dn is None:
       raise ValueError(
           f"{transform} acts on matrices, but leaf {_tree.path_str(path)!r} has"

@@ -1,0 +1,248 @@
+"""Shampoo: Kronecker-factored preconditioning L^{-p} G R^{-p} with grafting."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from matopt import _checks, _tree
+from matopt.linalg import roots as roots_lib
+from matopt.transforms import views as views_lib
+from matopt.transforms.blocks import make_blocking
+
+GRAFTS = ("adam", "rmsprop", "sgd", "none")
+_EMPTY = (0,)
+
+
+class Preconditioner(NamedTuple):
+  """One leaf's Kronecker factors: blocked statistics and their inverse roots.
+
+  Shapes ``(batch, bm, bn, s, s)``; a side that is not preconditioned (or a
+  leaf with no matrix view) holds an empty ``(0,)`` array.
+  """
+
+  stats_left: jax.Array
+  stats_right: jax.Array
+  root_left: jax.Array
+  root_right: jax.Array
+
+
+class ScaleByShampooState(NamedTuple):
+  """State of :func:`scale_by_shampoo` (statistics in float32)."""
+
+  count: jax.Array  # int32 steps taken
+  mu: optax.Updates  # momentum of gradients (parameter dtype)
+  nu: optax.Updates  # graft's second moment (float32; empty for sgd/none)
+  preconditioners: Any  # Preconditioner per leaf
+
+
+def _layout(view, block_size, max_precond_dim):
+  blocking = make_blocking(view.fan_in, view.fan_out, block_size)
+  return blocking, blocking.sm <= max_precond_dim, blocking.sn <= max_precond_dim
+
+
+def _eye_stack(shape_prefix, size):
+  return jnp.broadcast_to(jnp.eye(size, dtype=jnp.float32), (*shape_prefix, size, size))
+
+
+def scale_by_shampoo(
+    *,
+    beta: float = 0.95,
+    exponent: float = 0.25,
+    eps: float = 1e-12,
+    precondition_every: int = 10,
+    start_preconditioning_step: int = 1,
+    b1: float = 0.0,
+    graft: str = "adam",
+    graft_b2: float = 0.95,
+    graft_eps: float = 1e-8,
+    block_size: int | None = 1024,
+    max_precond_dim: int = 8192,
+    root_method: str = "eigh",
+    max_root_error: float = 0.1,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformation:
+  r"""Shampoo preconditioning of every matrix leaf, grafted onto a simple step.
+
+  For gradient :math:`G_t` of a matrix (or block), every step:
+
+  .. math::
+    L_t = \beta L_{t-1} + w\, G_t G_t^\top, \quad
+    R_t = \beta R_{t-1} + w\, G_t^\top G_t, \quad
+    w = \begin{cases} 1 & \beta = 1 \\ 1 - \beta & \beta < 1 \end{cases}
+    \\
+    M_t = b_1 M_{t-1} + (1 - b_1) G_t, \qquad
+    D_t = \hat L^{-p} M_t \hat R^{-p}, \qquad
+    u_t = \frac{\|A_t\|_F}{\|D_t\|_F} D_t
+
+  where :math:`\hat L^{-p}, \hat R^{-p}` are inverse roots with a ridge
+  ``eps`` relative to the largest eigenvalue (:func:`matopt.inverse_pth_root`),
+  recomputed every ``precondition_every`` steps from step
+  ``start_preconditioning_step`` on, and :math:`A_t` is the graft's direction
+  (``"adam"``: :math:`\hat M_t/(\sqrt{\hat V_t} + \epsilon_g)`; ``"rmsprop"``:
+  :math:`M_t/(\sqrt{V_t} + \epsilon_g)`; ``"sgd"``: :math:`M_t`), whose norm
+  per leaf the Shampoo direction takes. ``graft="none"`` returns
+  :math:`D_t`. Before the start step the update is :math:`A_t` (:math:`M_t`
+  for ``"none"``). With ``beta=0``, ``exponent=1/4``, ``b1=0``, no graft and a
+  root every step, :math:`u_t = \operatorname{msign}(G_t)` (seed 001).
+
+  Matrices are cut into blocks of at most ``block_size`` per side; a block
+  side larger than ``max_precond_dim`` is left unpreconditioned. Leaves with
+  no matrix view (vectors, scalars) get the graft's update. A root that is
+  non-finite (or, for ``root_method="newton"``, whose residual exceeds
+  ``max_root_error``) is rejected and the previous one kept.
+
+  Args:
+    beta: EMA of the statistics (0: current gradient only; 1: running sum,
+      the original Shampoo).
+    exponent: p in :math:`L^{-p} G R^{-p}` (1/4 for a matrix).
+    eps: ridge relative to each statistic's largest eigenvalue.
+    precondition_every: steps between root computations.
+    start_preconditioning_step: first step (1-based) that uses Shampoo.
+    b1: momentum of the gradient (EMA); 0 for none.
+    graft: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``"none"``.
+    graft_b2: second-moment EMA of the Adam / RMSprop graft.
+    graft_eps: ε of the Adam / RMSprop graft.
+    block_size: largest block side, or None for whole matrices.
+    max_precond_dim: block sides above this get no preconditioner.
+    root_method: ``"eigh"`` or ``"newton"`` (:func:`matopt.inverse_pth_root`).
+    max_root_error: failure guard threshold for ``"newton"`` roots.
+    dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`ScaleByShampooState`.
+
+  References:
+    Gupta, Koren, Singer, 2018. Shampoo: Preconditioned Stochastic Tensor
+    Optimization. ICML.
+
+    Anil, Gupta, Koren, Regan, Singer, 2020. Scalable Second Order
+    Optimization for Deep Learning. arXiv:2002.09018
+
+    Shi et al., 2023. A Distributed Data-Parallel PyTorch Implementation of
+    the Distributed Shampoo Optimizer. arXiv:2309.06497
+  """
+  _checks.check_range("beta", beta, 0.0, 1.0)
+  _checks.check_range("exponent", exponent, 0.0, float("inf"), lo_open=True)
+  _checks.check_range("eps", eps, 0.0, float("inf"))
+  _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
+  _checks.check_range("graft_b2", graft_b2, 0.0, 1.0, hi_open=True)
+  _checks.check_range("max_root_error", max_root_error, 0.0, float("inf"), lo_open=True)
+  for name, value in (("precondition_every", precondition_every),
+                      ("start_preconditioning_step", start_preconditioning_step),
+                      ("max_precond_dim", max_precond_dim)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+  if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+    raise ValueError(f"block_size must be an int >= 1 or None, got {block_size!r}.")
+  if graft not in GRAFTS:
+    raise ValueError(f"Unknown graft {graft!r}; valid grafts are {GRAFTS}.")
+  if root_method not in roots_lib.METHODS:
+    raise ValueError(f"Unknown root_method {root_method!r}; valid methods are {roots_lib.METHODS}.")
+  views_lib.check_dimension_numbers_spec(dimension_numbers)
+  p = 1.0 / exponent
+  stat_weight = 1.0 if beta == 1.0 else 1.0 - beta
+
+  def views_of(tree):
+    return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_shampoo", vectors_ok=True)
+
+  def init_leaf(leaf, view):
+    empty = jnp.zeros(_EMPTY, jnp.float32)
+    if view is None:
+      return Preconditioner(empty, empty, empty, empty)
+    blocking, left, right = _layout(view, block_size, max_precond_dim)
+    prefix = (view.batch, blocking.bm, blocking.bn)
+    return Preconditioner(
+        jnp.zeros((*prefix, blocking.sm, blocking.sm), jnp.float32) if left else empty,
+        jnp.zeros((*prefix, blocking.sn, blocking.sn), jnp.float32) if right else empty,
+        _eye_stack(prefix, blocking.sm) if left else empty,
+        _eye_stack(prefix, blocking.sn) if right else empty,
+    )
+
+  def init_fn(params):
+    views = views_of(params)
+    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
+    precs = [leaf if _tree.is_masked(leaf) else init_leaf(leaf, v) for leaf, v in zip(leaves, views)]
+    nu_dtype = jnp.float32
+    return ScaleByShampooState(
+        count=jnp.zeros([], jnp.int32),
+        mu=optax.tree.zeros_like(params),
+        nu=(optax.tree.zeros_like(params, dtype=nu_dtype) if graft in ("adam", "rmsprop")
+            else jax.tree.map(lambda _: jnp.zeros(_EMPTY, nu_dtype), params)),
+        preconditioners=jax.tree_util.tree_unflatten(treedef, precs),
+    )
+
+  def new_root(stats, old_root):
+    root = roots_lib.inverse_pth_root(stats, p, eps=eps, method=root_method)
+    ok = jnp.all(jnp.isfinite(root), axis=(-2, -1))
+    if root_method == "newton":
+      ok &= roots_lib.root_error(stats, root, p, eps=eps) < max_root_error
+    return jnp.where(ok[..., None, None], root, old_root)
+
+  def update_leaf(g, m, graft_dir, prec, view, refresh, use_shampoo):
+    if view is None:
+      return graft_dir if graft != "none" else m, prec
+    blocking, left, right = _layout(view, block_size, max_precond_dim)
+    gb = blocking.to_blocks(view.to_matrices(g).astype(jnp.float32))
+    mb = blocking.to_blocks(view.to_matrices(m).astype(jnp.float32))
+    sl, sr, rl, rr = prec
+    if left:
+      sl = beta * sl + stat_weight * (gb @ jnp.swapaxes(gb, -1, -2))
+      rl = jax.lax.cond(refresh, lambda: new_root(sl, rl), lambda: rl)
+      mb = rl @ mb
+    if right:
+      sr = beta * sr + stat_weight * (jnp.swapaxes(gb, -1, -2) @ gb)
+      rr = jax.lax.cond(refresh, lambda: new_root(sr, rr), lambda: rr)
+      mb = mb @ rr
+    direction = view.from_matrices(blocking.from_blocks(mb))
+    if graft != "none":
+      d_norm = jnp.linalg.norm(direction)
+      a_norm = jnp.linalg.norm(graft_dir.astype(jnp.float32))
+      direction = direction * jnp.where(d_norm > 0, a_norm / jnp.where(d_norm > 0, d_norm, 1.0), 0.0)
+    fallback = graft_dir if graft != "none" else m
+    out = jnp.where(use_shampoo, direction.astype(g.dtype), fallback.astype(g.dtype))
+    return out, Preconditioner(sl, sr, rl, rr)
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    step = count  # 1-based index of this step
+    use_shampoo = step >= start_preconditioning_step
+    refresh = use_shampoo & ((step - start_preconditioning_step) % precondition_every == 0)
+    mu = jax.tree.map(lambda m, g: (b1 * m + (1.0 - b1) * g).astype(m.dtype) if b1 else g, state.mu, updates)
+    if graft in ("adam", "rmsprop"):
+      nu = jax.tree.map(lambda v, g: graft_b2 * v + (1.0 - graft_b2) * jnp.square(g.astype(jnp.float32)),
+                        state.nu, updates)
+      if graft == "adam":
+        t = count.astype(jnp.float32)
+        c1 = 1.0 - b1**t if b1 else 1.0
+        c2 = 1.0 - graft_b2**t
+        graft_dirs = jax.tree.map(
+            lambda m, v: (m.astype(jnp.float32) / c1) / (jnp.sqrt(v / c2) + graft_eps), mu, nu)
+      else:
+        graft_dirs = jax.tree.map(lambda m, v: m.astype(jnp.float32) / (jnp.sqrt(v) + graft_eps), mu, nu)
+    else:
+      nu = state.nu
+      graft_dirs = mu
+    views = views_of(updates)
+    flat = lambda t: jax.tree_util.tree_flatten(t, is_leaf=_tree.is_masked)[0]
+    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
+    prec_leaves = jax.tree_util.tree_structure(updates, is_leaf=_tree.is_masked).flatten_up_to(state.preconditioners)
+    outs, precs = [], []
+    for g, m, a, prec, view in zip(leaves, flat(mu), flat(graft_dirs), prec_leaves, views):
+      if _tree.is_masked(g):
+        outs.append(g)
+        precs.append(prec)
+        continue
+      out, new_prec = update_leaf(g, m, a, prec, view, refresh, use_shampoo)
+      outs.append(out)
+      precs.append(new_prec)
+    new_state = ScaleByShampooState(
+        count=count, mu=mu, nu=nu, preconditioners=jax.tree_util.tree_unflatten(treedef, precs)
+    )
+    return jax.tree_util.tree_unflatten(treedef, outs), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
