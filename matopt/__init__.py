@@ -12,6 +12,7 @@ from matopt.optimizers import clipped_sgd as clipped_sgd
 from matopt.optimizers import muon as muon
 from matopt.optimizers import nsgd as nsgd
 from matopt.optimizers import scion as scion
+from matopt.optimizers import shampoo as shampoo
 from matopt.optimizers import signum as signum
 from matopt.optimizers import unconstrained_scion as unconstrained_scion
 from matopt.transforms import DimensionNumbers as DimensionNumbers
@@ -49,6 +50,7 @@ __all__ = [
     "scale_by_shape",
     "scale_by_sign",
     "scion",
+    "shampoo",
     "signum",
     "unconstrained_scion",
 ]

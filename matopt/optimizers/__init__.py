@@ -5,6 +5,7 @@ from matopt.optimizers.muon import muon as muon
 from matopt.optimizers.nsgd import nsgd as nsgd
 from matopt.optimizers.scion import scion as scion
 from matopt.optimizers.scion import unconstrained_scion as unconstrained_scion
+from matopt.optimizers.shampoo import shampoo as shampoo
 from matopt.optimizers.signum import signum as signum
 
-__all__ = ["clipped_sgd", "muon", "nsgd", "scion", "signum", "unconstrained_scion"]
+__all__ = ["clipped_sgd", "muon", "nsgd", "scion", "shampoo", "signum", "unconstrained_scion"]

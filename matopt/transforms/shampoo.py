@@ -31,12 +31,20 @@ class Preconditioner(NamedTuple):
 
 
 class ScaleByShampooState(NamedTuple):
-  """State of :func:`scale_by_shampoo` (statistics in float32)."""
+  """State of :func:`scale_by_shampoo`.
+
+  Every field but ``count`` is a tree with the parameters' structure (so
+  wrappers such as ``flax.nnx.Optimizer`` can map over it leaf by leaf):
+  ``mu`` in the parameters' dtype, the rest float32.
+  """
 
   count: jax.Array  # int32 steps taken
-  mu: optax.Updates  # momentum of gradients (parameter dtype)
-  nu: optax.Updates  # graft's second moment (float32; empty for sgd/none)
-  preconditioners: Any  # Preconditioner per leaf
+  mu: optax.Updates  # momentum of gradients
+  nu: optax.Updates  # graft's second moment (empty for sgd/none)
+  stats_left: optax.Updates  # Preconditioner fields, one tree each
+  stats_right: optax.Updates
+  root_left: optax.Updates
+  root_right: optax.Updates
 
 
 def _layout(view, block_size, max_precond_dim):
@@ -166,13 +174,14 @@ def scale_by_shampoo(
     views = views_of(params)
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
     precs = [leaf if _tree.is_masked(leaf) else init_leaf(leaf, v) for leaf, v in zip(leaves, views)]
-    nu_dtype = jnp.float32
+    fields = [jax.tree_util.tree_unflatten(treedef, [getattr(p, f, p) for p in precs])
+              for f in Preconditioner._fields]
     return ScaleByShampooState(
-        count=jnp.zeros([], jnp.int32),
-        mu=optax.tree.zeros_like(params),
-        nu=(optax.tree.zeros_like(params, dtype=nu_dtype) if graft in ("adam", "rmsprop")
-            else jax.tree.map(lambda _: jnp.zeros(_EMPTY, nu_dtype), params)),
-        preconditioners=jax.tree_util.tree_unflatten(treedef, precs),
+        jnp.zeros([], jnp.int32),
+        optax.tree.zeros_like(params),
+        (optax.tree.zeros_like(params, dtype=jnp.float32) if graft in ("adam", "rmsprop")
+         else jax.tree.map(lambda _: jnp.zeros(_EMPTY, jnp.float32), params)),
+        *fields,
     )
 
   def new_root(stats, old_root):
@@ -230,7 +239,7 @@ def scale_by_shampoo(
     views = views_of(updates)
     flat = lambda t: jax.tree_util.tree_flatten(t, is_leaf=_tree.is_masked)[0]
     leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
-    prec_leaves = jax.tree_util.tree_structure(updates, is_leaf=_tree.is_masked).flatten_up_to(state.preconditioners)
+    prec_leaves = [Preconditioner(*p) for p in zip(*(flat(getattr(state, f)) for f in Preconditioner._fields))]
     outs, precs = [], []
     for g, m, a, prec, view in zip(leaves, flat(mu), flat(graft_dirs), prec_leaves, views):
       if _tree.is_masked(g):
@@ -240,9 +249,9 @@ def scale_by_shampoo(
       out, new_prec = update_leaf(g, m, a, prec, view, refresh, use_shampoo)
       outs.append(out)
       precs.append(new_prec)
-    new_state = ScaleByShampooState(
-        count=count, mu=mu, nu=nu, preconditioners=jax.tree_util.tree_unflatten(treedef, precs)
-    )
+    fields = [jax.tree_util.tree_unflatten(treedef, [getattr(p, f, p) for p in precs])
+              for f in Preconditioner._fields]
+    new_state = ScaleByShampooState(count, mu, nu, *fields)
     return jax.tree_util.tree_unflatten(treedef, outs), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

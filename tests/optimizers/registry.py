@@ -25,6 +25,7 @@ REGISTRY = {
     "scion": Entry(lambda learning_rate: matopt.scion(learning_rate, radii=_RADII, momentum=0.5), 0.1,
                    zero_grad_update=lambda params, lr: jax.tree.map(lambda p: -lr * p, params)),
     "unconstrained_scion": Entry(lambda learning_rate: matopt.unconstrained_scion(learning_rate, radii=_RADII, momentum=0.5), 0.05),
+    "shampoo": Entry(lambda learning_rate: matopt.shampoo(learning_rate, precondition_every=2), 0.01),
     "signum": Entry(matopt.signum, 0.01),
     "nsgd": Entry(matopt.nsgd, 0.3),
     "clipped_sgd": Entry(matopt.clipped_sgd, 0.5),

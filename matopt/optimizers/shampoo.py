@@ -1,0 +1,69 @@
+"""Shampoo with Adam grafting and decoupled weight decay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from matopt import _checks
+from matopt.transforms.shampoo import scale_by_shampoo
+
+
+def shampoo(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    b1: float = 0.95,
+    beta: float = 0.95,
+    exponent: float = 0.25,
+    eps: float = 1e-12,
+    precondition_every: int = 10,
+    start_preconditioning_step: int = 1,
+    graft: str = "adam",
+    block_size: int | None = 1024,
+    weight_decay: float = 0.0,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformation:
+  r"""Shampoo (:func:`matopt.scale_by_shampoo`) with decoupled weight decay.
+
+  .. math::
+    W_{t+1} = W_t - \eta\,\big(u_t + \lambda W_t\big)
+
+  where :math:`u_t` is the grafted Shampoo direction of the momentum
+  (statistics ``beta``, momentum ``b1``). Vectors and scalars take the
+  graft's step. Defaults follow the modded-nanogpt Shampoo comparison
+  (betas (0.95, 0.95), ε 1e-12, roots every 10 steps, Adam grafting); the
+  learning rate there was 0.0018. To give some roles another optimizer,
+  partition with :func:`matopt.partition` and :mod:`matopt.labels`.
+
+  Args:
+    learning_rate: η (float or schedule).
+    b1: momentum of the gradient.
+    beta: EMA of the statistics (1.0: running sum).
+    exponent: p in :math:`L^{-p} G R^{-p}`.
+    eps: ridge relative to the largest eigenvalue of each statistic.
+    precondition_every: steps between inverse-root computations.
+    start_preconditioning_step: first step using Shampoo (graft before).
+    graft: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``"none"``.
+    block_size: largest block side (None: whole matrices).
+    weight_decay: decoupled weight decay λ (multiplied by η).
+    dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
+
+  Returns:
+    An ``optax.GradientTransformation``; state: ``ScaleByShampooState``
+    (float32 statistics and roots per block, momentum in parameter dtype).
+
+  References:
+    Gupta, Koren, Singer, 2018. Shampoo: Preconditioned Stochastic Tensor
+    Optimization. ICML.
+  """
+  _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  return optax.chain(
+      scale_by_shampoo(
+          beta=beta, exponent=exponent, eps=eps, precondition_every=precondition_every,
+          start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft,
+          block_size=block_size, dimension_numbers=dimension_numbers,
+      ),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )
