@@ -14,6 +14,7 @@ from matopt.optimizers import nsgd as nsgd
 from matopt.optimizers import scion as scion
 from matopt.optimizers import shampoo as shampoo
 from matopt.optimizers import signum as signum
+from matopt.optimizers import soap as soap
 from matopt.optimizers import unconstrained_scion as unconstrained_scion
 from matopt.transforms import DimensionNumbers as DimensionNumbers
 from matopt.transforms import clip_by_norm as clip_by_norm
@@ -24,6 +25,7 @@ from matopt.transforms import scale_by_msign as scale_by_msign
 from matopt.transforms import scale_by_shampoo as scale_by_shampoo
 from matopt.transforms import scale_by_shape as scale_by_shape
 from matopt.transforms import scale_by_sign as scale_by_sign
+from matopt.transforms import scale_by_soap as scale_by_soap
 
 try:
   __version__ = importlib.metadata.version("matopt")
@@ -49,8 +51,10 @@ __all__ = [
     "scale_by_shampoo",
     "scale_by_shape",
     "scale_by_sign",
+    "scale_by_soap",
     "scion",
     "shampoo",
     "signum",
+    "soap",
     "unconstrained_scion",
 ]

@@ -7,9 +7,11 @@ from matopt.linalg.operator_norms import NORMS as NORMS
 from matopt.linalg.operator_norms import dual_norm as dual_norm
 from matopt.linalg.operator_norms import lmo as lmo
 from matopt.linalg.operator_norms import norm as norm
+from matopt.linalg.eigenbasis import eigenbasis as eigenbasis
+from matopt.linalg.eigenbasis import refresh_eigenbasis as refresh_eigenbasis
 from matopt.linalg.newton_schulz import msign as msign
 from matopt.linalg.roots import inverse_pth_root as inverse_pth_root
 from matopt.linalg.roots import root_error as root_error
 
 __all__ = ["PRESETS", "NORMS", "Schedule", "resolve_schedule", "msign", "lmo", "norm", "dual_norm",
-           "inverse_pth_root", "root_error"]
+           "inverse_pth_root", "root_error", "eigenbasis", "refresh_eigenbasis"]

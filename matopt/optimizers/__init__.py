@@ -7,5 +7,6 @@ from matopt.optimizers.scion import scion as scion
 from matopt.optimizers.scion import unconstrained_scion as unconstrained_scion
 from matopt.optimizers.shampoo import shampoo as shampoo
 from matopt.optimizers.signum import signum as signum
+from matopt.optimizers.soap import soap as soap
 
-__all__ = ["clipped_sgd", "muon", "nsgd", "scion", "shampoo", "signum", "unconstrained_scion"]
+__all__ = ["clipped_sgd", "muon", "nsgd", "scion", "shampoo", "signum", "soap", "unconstrained_scion"]

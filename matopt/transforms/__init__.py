@@ -9,11 +9,14 @@ from matopt.transforms.shampoo import ScaleByShampooState as ScaleByShampooState
 from matopt.transforms.shampoo import scale_by_shampoo as scale_by_shampoo
 from matopt.transforms.shape_scale import scale_by_shape as scale_by_shape
 from matopt.transforms.sign import scale_by_sign as scale_by_sign
+from matopt.transforms.soap import ScaleBySoapState as ScaleBySoapState
+from matopt.transforms.soap import scale_by_soap as scale_by_soap
 from matopt.transforms.views import DimensionNumbers as DimensionNumbers
 
 __all__ = [
     "DimensionNumbers",
     "ScaleByShampooState",
+    "ScaleBySoapState",
     "clip_by_norm",
     "normalize_by_norm",
     "partition",
@@ -22,4 +25,5 @@ __all__ = [
     "scale_by_shampoo",
     "scale_by_shape",
     "scale_by_sign",
+    "scale_by_soap",
 ]

@@ -14,6 +14,8 @@ class Entry(NamedTuple):
   learning_rate: float
   # Update that zero gradients produce (constrained Scion still decays W).
   zero_grad_update: Callable = lambda params, lr: jax.tree.map(lambda p: 0.0 * p, params)
+  # Leading updates that are zero by design (SOAP's first step only builds its eigenbases).
+  silent_steps: int = 0
 
 
 # Radii for a net this small (the nanoGPT defaults of 50 / 3000 are for width 768).
@@ -27,6 +29,8 @@ REGISTRY = {
     "unconstrained_scion": Entry(lambda learning_rate: matopt.unconstrained_scion(learning_rate, radii=_RADII, momentum=0.5), 0.05),
     "shampoo": Entry(lambda learning_rate: matopt.shampoo(learning_rate, precondition_every=2), 0.01),
     "signum": Entry(matopt.signum, 0.01),
+    "soap": Entry(lambda learning_rate: matopt.soap(learning_rate, precondition_every=2, weight_decay=0.0), 0.01,
+                  silent_steps=1),
     "nsgd": Entry(matopt.nsgd, 0.3),
     "clipped_sgd": Entry(matopt.clipped_sgd, 0.5),
 }

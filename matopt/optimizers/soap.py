@@ -1,0 +1,57 @@
+"""SOAP with decoupled weight decay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from matopt import _checks
+from matopt.transforms.soap import scale_by_soap
+
+
+def soap(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    precondition_every: int = 10,
+    max_precond_dim: int = 10000,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformation:
+  r"""SOAP (:func:`matopt.scale_by_soap`) with decoupled weight decay.
+
+  .. math::
+    W_{t+1} = W_t - \eta\,\big(u_t + \lambda W_t\big)
+
+  where :math:`u_t` is Adam's step in the eigenbasis of Shampoo's L and R
+  (zero at the first step, which only builds the bases). Defaults are the
+  paper's: betas (0.95, 0.95), ε 1e-8, weight decay 0.01, bases refreshed
+  every 10 steps, max_precond_dim 10000 (their learning rate: 3e-3).
+
+  Args:
+    learning_rate: η (float or schedule).
+    b1: first-moment EMA.
+    b2: second-moment EMA (and the statistics' EMA).
+    eps: Adam's ε.
+    weight_decay: decoupled weight decay λ (multiplied by η).
+    precondition_every: steps between basis refreshes.
+    max_precond_dim: sides longer than this are not rotated.
+    dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
+
+  Returns:
+    An ``optax.GradientTransformation``; state: ``ScaleBySoapState``.
+
+  References:
+    Vyas et al., 2025. SOAP: Improving and Stabilizing Shampoo using Adam.
+    ICLR.
+  """
+  _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  return optax.chain(
+      scale_by_soap(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
+                    max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )

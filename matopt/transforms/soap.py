@@ -1,0 +1,191 @@
+"""SOAP: Adam run in the eigenbasis of Shampoo's statistics (Vyas et al. 2025)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from matopt import _checks, _tree
+from matopt.linalg.eigenbasis import eigenbasis, refresh_eigenbasis
+from matopt.transforms import views as views_lib
+
+_EMPTY = (0,)
+
+
+class ScaleBySoapState(NamedTuple):
+  """State of :func:`scale_by_soap`; every field but ``count`` is a tree with
+  the parameters' structure.
+
+  ``mu`` is kept in the original coordinates (parameter dtype), which is the
+  same as rotating it into each new basis; ``nu`` lives in the rotated basis,
+  shaped like the leaf's matrix view ``(batch, m, n)`` (float32). Statistics
+  and bases are ``(batch, m, m)`` / ``(batch, n, n)`` float32, or empty
+  ``(0,)`` for a side that is not rotated.
+  """
+
+  count: jax.Array  # int32 calls so far (the first only builds the bases)
+  mu: optax.Updates
+  nu: optax.Updates
+  stats_left: optax.Updates
+  stats_right: optax.Updates
+  basis_left: optax.Updates
+  basis_right: optax.Updates
+
+
+def scale_by_soap(
+    *,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    precondition_every: int = 10,
+    shampoo_beta: float | None = None,
+    max_precond_dim: int = 10000,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformation:
+  r"""SOAP direction: Adam in the eigenbasis of Shampoo's L and R.
+
+  For a matrix with gradient :math:`G_t`, eigenbases :math:`Q_L, Q_R` and
+  step :math:`k = t - 1` (call :math:`t = 1` only builds the statistics and
+  bases by ``eigh`` and returns a zero update, as in the reference code):
+
+  .. math::
+    M_k = b_1 M_{k-1} + (1 - b_1) G_t, \quad
+    \tilde G = Q_L^\top G_t Q_R, \quad
+    V_k = b_2 V_{k-1} + (1 - b_2) \tilde G^{\odot 2}
+    \\
+    u_t = Q_L \frac{Q_L^\top M_k Q_R / (1 - b_1^k)}
+      {\sqrt{V_k / (1 - b_2^k)} + \epsilon} Q_R^\top
+
+  then :math:`L \leftarrow \beta L + (1-\beta) G_t G_t^\top`, likewise R, and
+  every ``precondition_every`` steps the bases are refreshed by one power
+  iteration + QR (:func:`matopt.linalg.eigenbasis.refresh_eigenbasis`), with
+  :math:`V` permuted to follow the eigenvalue order. :math:`M` is kept in the
+  original coordinates, so it is exactly rotated into each new basis. A side
+  longer than ``max_precond_dim`` is not rotated; leaves with no matrix view
+  (vectors, scalars) get plain Adam. With every gradient diagonal, the bases
+  are permutations and the update equals Adam started at step 2.
+
+  Args:
+    b1: first-moment EMA.
+    b2: second-moment EMA.
+    eps: Adam's ε (added to the root of the second moment).
+    precondition_every: steps between basis refreshes.
+    shampoo_beta: EMA of L and R (None: ``b2``, as the reference).
+    max_precond_dim: sides longer than this stay unrotated.
+    dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`ScaleBySoapState`.
+
+  References:
+    Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson, Kakade, 2025.
+    SOAP: Improving and Stabilizing Shampoo using Adam. ICLR.
+  """
+  _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
+  _checks.check_range("b2", b2, 0.0, 1.0, hi_open=True)
+  _checks.check_range("eps", eps, 0.0, float("inf"))
+  beta = b2 if shampoo_beta is None else shampoo_beta
+  _checks.check_range("shampoo_beta", beta, 0.0, 1.0, hi_open=True)
+  for name, value in (("precondition_every", precondition_every), ("max_precond_dim", max_precond_dim)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+  views_lib.check_dimension_numbers_spec(dimension_numbers)
+  fields = ("stats_left", "stats_right", "basis_left", "basis_right")
+
+  def views_of(tree):
+    return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_soap", vectors_ok=True)
+
+  def init_leaf(leaf, view):
+    empty = jnp.zeros(_EMPTY, jnp.float32)
+    if view is None:
+      return jnp.zeros(jnp.shape(leaf), jnp.float32), empty, empty, empty, empty
+    b, m, n = view.batch, view.fan_in, view.fan_out
+    left, right = m <= max_precond_dim, n <= max_precond_dim
+    zeros = lambda s: jnp.zeros((b, s, s), jnp.float32)
+    eye = lambda s: jnp.broadcast_to(jnp.eye(s, dtype=jnp.float32), (b, s, s))
+    return (jnp.zeros((b, m, n), jnp.float32),
+            zeros(m) if left else empty, zeros(n) if right else empty,
+            eye(m) if left else empty, eye(n) if right else empty)
+
+  def unflatten(treedef, per_leaf, i):
+    return jax.tree_util.tree_unflatten(treedef, [p if _tree.is_masked(p) else p[i] for p in per_leaf])
+
+  def init_fn(params):
+    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
+    per_leaf = [leaf if _tree.is_masked(leaf) else init_leaf(leaf, v)
+                for leaf, v in zip(leaves, views_of(params))]
+    return ScaleBySoapState(
+        jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
+        *(unflatten(treedef, per_leaf, i) for i in range(5)),
+    )
+
+  def rotate(x, ql, qr, forward):
+    """Q_Lᵀ x Q_R (forward) or Q_L x Q_Rᵀ (back); empty bases are identities."""
+    if ql.size:
+      x = (jnp.swapaxes(ql, -1, -2) if forward else ql) @ x
+    if qr.size:
+      x = x @ (qr if forward else jnp.swapaxes(qr, -1, -2))
+    return x
+
+  def update_leaf(g, m, v, sl, sr, ql, qr, view, first, k, refresh):
+    g32 = g.astype(jnp.float32)
+    if view is None:  # plain Adam on vectors and scalars
+      v_new = b2 * v + (1.0 - b2) * g32 * g32
+      u = (m.astype(jnp.float32) / (1.0 - b1**k)) / (jnp.sqrt(v_new / (1.0 - b2**k)) + eps)
+      return jnp.where(first, 0.0, u).astype(g.dtype), jnp.where(first, v, v_new), sl, sr, ql, qr
+    gm = view.to_matrices(g32)
+    mm = view.to_matrices(m.astype(jnp.float32))
+    g_rot = rotate(gm, ql, qr, True)
+    v_new = b2 * v + (1.0 - b2) * g_rot * g_rot
+    n_rot = (rotate(mm, ql, qr, True) / (1.0 - b1**k)) / (jnp.sqrt(v_new / (1.0 - b2**k)) + eps)
+    u = view.from_matrices(rotate(n_rot, ql, qr, False))
+    u = jnp.where(first, 0.0, u).astype(g.dtype)
+    v = jnp.where(first, v, v_new)
+    # Statistics take this gradient after it was used (the reference's order).
+    if sl.size:
+      sl = beta * sl + (1.0 - beta) * (gm @ jnp.swapaxes(gm, -1, -2))
+    if sr.size:
+      sr = beta * sr + (1.0 - beta) * (jnp.swapaxes(gm, -1, -2) @ gm)
+
+    def new_bases(v):
+      nql, nqr = ql, qr
+      if ql.size:
+        nql, perm = refresh_eigenbasis(sl, ql)
+        v = jnp.take_along_axis(v, perm[..., :, None], axis=-2)
+      if qr.size:
+        nqr, perm = refresh_eigenbasis(sr, qr)
+        v = jnp.take_along_axis(v, perm[..., None, :], axis=-1)
+      return nql, nqr, v
+
+    def first_bases(v):
+      return (eigenbasis(sl) if ql.size else ql), (eigenbasis(sr) if qr.size else qr), v
+
+    ql, qr, v = jax.lax.cond(
+        first, first_bases,
+        lambda v: jax.lax.cond(refresh, new_bases, lambda v: (ql, qr, v), v), v)
+    return u, v, sl, sr, ql, qr
+
+  def update_fn(updates, state, params=None):
+    del params
+    first = state.count == 0
+    count = optax.safe_increment(state.count)
+    k = jnp.maximum(count - 1, 1).astype(jnp.float32)  # Adam's step number
+    refresh = (count - 1) % precondition_every == 0
+    mu = jax.tree.map(
+        lambda m, g: jnp.where(first, m, b1 * m + (1.0 - b1) * g).astype(m.dtype), state.mu, updates)
+    flat = lambda t: jax.tree_util.tree_flatten(t, is_leaf=_tree.is_masked)[0]
+    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
+    columns = zip(leaves, flat(mu), flat(state.nu), *(flat(getattr(state, f)) for f in fields), views_of(updates))
+    per_leaf = []
+    for g, m, v, sl, sr, ql, qr, view in columns:
+      if _tree.is_masked(g):
+        per_leaf.append(g)
+      else:
+        per_leaf.append(update_leaf(g, m, v, sl, sr, ql, qr, view, first, k, refresh))
+    outs = [unflatten(treedef, per_leaf, i) for i in range(6)]
+    return outs[0], ScaleBySoapState(count, mu, *outs[1:])
+
+  return optax.GradientTransformation(init_fn, update_fn)
