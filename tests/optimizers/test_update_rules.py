@@ -154,3 +154,40 @@ def test_unknown_role_label_names_leaf():
   tx = matopt.muon(0.02, labels=lambda p: {"w": "attention"})
   with pytest.raises(ValueError, match=r"Leaf 'w' has label 'attention'"):
     tx.init(params)
+
+
+@pytest.mark.parametrize(
+    "build, direction",
+    [
+        (lambda lr, wd: matopt.shampoo(lr, weight_decay=wd, precondition_every=1),
+         lambda: matopt.scale_by_shampoo(precondition_every=1, b1=0.95, beta=0.95, eps=1e-12)),
+        (lambda lr, wd: matopt.soap(lr, weight_decay=wd, precondition_every=1),
+         lambda: matopt.scale_by_soap(precondition_every=1)),
+    ],
+    ids=["shampoo", "soap"],
+)
+def test_preconditioners_decay_decoupled_and_partition_by_role(build, direction):
+  params, grads = _problem(3)
+  lr, wd = 0.01, 0.1
+  got = _run(build(lr, wd), params, grads)
+  # W ← W − η (u + λ W), with u from the bare transform on the same gradients.
+  f32 = lambda t: {k: {n: jnp.asarray(v, jnp.float32) for n, v in d.items()} for k, d in t.items()}
+  tx = direction()
+  p = f32(params)
+  state = tx.init(p)
+  for g in grads:
+    u, state = tx.update(f32(g), state, p)
+    p = {k: {n: w - lr * (u[k][n] + wd * w) for n, w in d.items()} for k, d in p.items()}
+  for k, d in p.items():
+    for n, w in d.items():
+      np.testing.assert_allclose(got[k][n], w, atol=1e-5, err_msg=f"{k}/{n}")
+  # Per role: the preconditioner on hidden matrices, AdamW elsewhere.
+  adamw = optax.adamw(0.003, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
+  routed = matopt.partition(
+      {"hidden": build(lr, wd), "embedding": adamw, "head": adamw, "vector": adamw},
+      matopt.labels.by_role)
+  got = _run(routed, params, grads)
+  np.testing.assert_allclose(got["Dense_0"]["kernel"], p["Dense_0"]["kernel"], atol=1e-5)
+  for k, n in [("Embed_0", "embedding"), ("head", "kernel"), ("Dense_0", "bias")]:
+    want = _adamw(params[k][n], [g[k][n] for g in grads], 0.003, 0.9, 0.95, 1e-8, 0.0)
+    np.testing.assert_allclose(got[k][n], want, atol=1e-5, err_msg=f"{k}/{n}")
