@@ -1,0 +1,10 @@
+"""The main job: train small real models with several optimizers side by side.
+
+``matopt run CONFIG`` (:mod:`matopt.cli`) reads a YAML config
+(:mod:`~matopt.experiments.config`), builds its task
+(:mod:`~matopt.experiments.tasks`) and optimizers
+(:mod:`~matopt.experiments.optimizers`), trains each
+(:mod:`~matopt.experiments.train`) and reports
+(:mod:`~matopt.experiments.report`); :mod:`~matopt.experiments.runner` ties
+them together. Imported on demand: ``import matopt`` does not load it.
+"""

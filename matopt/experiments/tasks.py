@@ -1,0 +1,184 @@
+"""Tasks: a dataset, a model and a loss, with their own config sections.
+
+A task gives the runner batches as pure functions of the step, a fresh model
+for a seed, a loss, and the metrics it reports. ``model:`` and ``data:`` in a
+config are checked against the task's dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from matopt.experiments import data as data_lib
+from matopt.experiments import models
+from matopt.experiments.config import Config, ConfigError, check_fields, check_positive
+
+POSITIONS = ("rope", "learned")
+IMAGE_MODELS = ("mlp", "cnn")
+
+
+def _checked(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+  obj = cls(**check_fields(cls, raw, where))
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    if isinstance(value, int) and not isinstance(value, bool):
+      check_positive(f"{where}.{f.name}", value, zero_ok=f.name == "val_percent")
+  return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTModel:
+  layers: int = 2
+  width: int = 64
+  heads: int = 4
+  seq_len: int = 64
+  positions: str = "rope"  # "rope" | "learned"
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTData:
+  max_bytes: int = 2_000_000
+  val_percent: int = 10
+
+
+class GPTTask:
+  """Byte-level language modelling on the Python standard library's sources.
+
+  Reports loss in nats per byte, perplexity and bits per byte; Scion's
+  language recipe (ColNorm → Spectral → Sign) by default.
+  """
+
+  language = True
+  scion_recipe = "language"
+  unit = "tokens"
+
+  @staticmethod
+  def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[GPTModel, GPTData]:
+    m = _checked(GPTModel, model, "config.model")
+    d = _checked(GPTData, data, "config.data")
+    if m.positions not in POSITIONS:
+      raise ConfigError(f"config.model.positions: unknown {m.positions!r}; valid choices are {POSITIONS}.")
+    if m.width % m.heads or (m.width // m.heads) % 2:
+      raise ConfigError(f"config.model: width {m.width} must split into {m.heads} heads of even size.")
+    if not 0 < d.val_percent < 100:
+      raise ConfigError(f"config.data.val_percent must lie in (0, 100), got {d.val_percent}.")
+    return m, d
+
+  def __init__(self, config: Config):
+    self.config = config
+    self.model_cfg, self.data_cfg = self.check(config.model, config.data)
+    self.train, self.val = data_lib.stdlib_corpus(
+        max_bytes=self.data_cfg.max_bytes, val_percent=self.data_cfg.val_percent)
+    length = self.model_cfg.seq_len + 1
+    for split, corpus in (("train", self.train), ("validation", self.val)):
+      if len(corpus) <= length:
+        raise ConfigError(f"The {split} corpus has {len(corpus)} bytes, fewer than seq_len + 1; raise data.max_bytes.")
+    starts = data_lib.random_starts(config.seed, 2, 0, config.eval_batches * config.batch_size,
+                                    len(self.val), length)
+    self._val = data_lib.windows(self.val, starts, length).reshape(config.eval_batches, config.batch_size, length)
+    self.units_per_step = config.batch_size * self.model_cfg.seq_len
+
+  def make_model(self, seed: int) -> nnx.Module:
+    m = self.model_cfg
+    return models.GPT(vocab=256, width=m.width, layers=m.layers, heads=m.heads, seq_len=m.seq_len,
+                      positions=m.positions, rngs=nnx.Rngs(seed))
+
+  def train_batch(self, step: int) -> np.ndarray:
+    length = self.model_cfg.seq_len + 1
+    starts = data_lib.random_starts(self.config.seed, 1, step, self.config.batch_size, len(self.train), length)
+    return data_lib.windows(self.train, starts, length)
+
+  def val_batches(self) -> np.ndarray:
+    return self._val
+
+  @staticmethod
+  def loss(model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = model(batch[:, :-1]).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+    return loss, jnp.zeros([])
+
+  @staticmethod
+  def metrics(val_loss: float, val_aux: float) -> dict[str, float]:
+    del val_aux
+    return {"val_perplexity": math.exp(min(val_loss, 700.0)), "val_bits_per_byte": val_loss / math.log(2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsModel:
+  kind: str = "mlp"  # "mlp" | "cnn"
+  width: int = 64
+  layers: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsData:
+  val_percent: int = 20
+
+
+class DigitsTask:
+  """scikit-learn's 8×8 digits (bundled with the package): an MLP or a small
+  CNN; reports validation accuracy; Scion's image recipe by default."""
+
+  language = False
+  scion_recipe = "image"
+  unit = "examples"
+
+  @staticmethod
+  def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[DigitsModel, DigitsData]:
+    m = _checked(DigitsModel, model, "config.model")
+    d = _checked(DigitsData, data, "config.data")
+    if m.kind not in IMAGE_MODELS:
+      raise ConfigError(f"config.model.kind: unknown {m.kind!r}; valid choices are {IMAGE_MODELS}.")
+    if not 0 < d.val_percent < 100:
+      raise ConfigError(f"config.data.val_percent must lie in (0, 100), got {d.val_percent}.")
+    return m, d
+
+  def __init__(self, config: Config):
+    self.config = config
+    self.model_cfg, self.data_cfg = self.check(config.model, config.data)
+    (self.x, self.y), (xv, yv) = data_lib.digits(val_percent=self.data_cfg.val_percent)
+    # The whole validation split, cut into eval_batches equal batches (the rest dropped).
+    per = len(yv) // config.eval_batches
+    if per == 0:
+      raise ConfigError(f"config.eval_batches {config.eval_batches} exceeds the {len(yv)} validation images.")
+    n = per * config.eval_batches
+    self._val = (xv[:n].reshape(config.eval_batches, per, 8, 8, 1), yv[:n].reshape(config.eval_batches, per))
+    self.units_per_step = config.batch_size
+
+  def make_model(self, seed: int) -> nnx.Module:
+    m, rngs = self.model_cfg, nnx.Rngs(seed)
+    if m.kind == "cnn":
+      return models.CNN(in_channels=1, width=m.width, layers=m.layers, classes=10, rngs=rngs)
+    return models.MLP(in_features=64, width=m.width, layers=m.layers, classes=10, rngs=rngs)
+
+  def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([self.config.seed, 1, step])
+    idx = rng.integers(0, len(self.y), size=self.config.batch_size)
+    return self.x[idx], self.y[idx]
+
+  def val_batches(self) -> tuple[np.ndarray, np.ndarray]:
+    return self._val
+
+  @staticmethod
+  def loss(model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    x, y = batch
+    logits = model(x).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, jnp.mean(jnp.argmax(logits, -1) == y)
+
+  @staticmethod
+  def metrics(val_loss: float, val_aux: float) -> dict[str, float]:
+    del val_loss
+    return {"val_accuracy": val_aux}
+
+
+TASKS = {"gpt": GPTTask, "digits": DigitsTask}

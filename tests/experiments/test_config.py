@@ -1,0 +1,121 @@
+"""Configs: every shipped config parses; every bad input is one clear error
+raised before any data is loaded or any step is taken."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from matopt import cli
+from matopt.experiments import runner
+from matopt.experiments.config import ConfigError, _Loader
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+BASE = {
+    "task": "gpt", "steps": 5, "batch_size": 2,
+    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 8},
+    "optimizers": [{"name": "adamw", "learning_rate": 1e-3}],
+}
+
+
+def _parse(raw):
+  from matopt.experiments import config, optimizers, tasks
+
+  return config.parse(raw, catalogue=optimizers.CATALOGUE, tasks=tasks.TASKS)
+
+
+def _with(**changes):
+  raw = {**BASE, **changes}
+  return {k: v for k, v in raw.items() if v is not None}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_parse(path):
+  config = runner.load(path)
+  assert config.name == path.stem and config.optimizers
+
+
+def test_quickstart_has_the_issue_optimizers():
+  names = {s.optimizer for s in runner.load(Path(cli.DEFAULT_CONFIG)).optimizers}
+  assert {"adamw", "muon", "scion", "shampoo", "soap", "signum", "nsgd", "clipped_sgd"} <= names
+
+
+def test_yaml_reads_exponents_as_floats():
+  assert yaml.load("a: 3e-4\nb: -1E2\nc: 2\nd: x1e3", Loader=_Loader) == {"a": 3e-4, "b": -100.0, "c": 2, "d": "x1e3"}
+
+
+def test_grid_and_options_are_kept():
+  config = _parse(_with(optimizers=[
+      {"name": "fast_muon", "optimizer": "muon", "learning_rate": [0.01, 0.02], "scale": "rms"}]))
+  (spec,) = config.optimizers
+  assert (spec.name, spec.optimizer, spec.learning_rates, dict(spec.options)) == (
+      "fast_muon", "muon", (0.01, 0.02), {"scale": "rms"})
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"optimizers": [{"name": "lion", "learning_rate": 1e-3}]},
+         r"config.optimizers\[0\]: unknown optimizer 'lion'; valid optimizers are \['adam', 'adamw', .*'soap'"),
+        ({"stepz": 3}, r"config: unknown key\(s\) \['stepz'\]; valid keys are \[.*'steps'"),
+        ({"steps": "100"}, r"config.steps must be int, got str '100'"),
+        ({"steps": 0}, r"config.steps must be > 0"),
+        ({"task": "mnist"}, r"unknown task 'mnist'; valid tasks are \['digits', 'gpt'\]"),
+        ({"steps": None}, r"missing required key\(s\) \['steps'\]"),
+        ({"model": {"layers": 1, "depth": 3}}, r"config.model: unknown key\(s\) \['depth'\]; valid keys are"),
+        ({"model": {"positions": "alibi"}}, r"positions: unknown 'alibi'; valid choices are \('rope', 'learned'\)"),
+        ({"model": {"width": 30, "heads": 4}}, "width 30 must split into 4 heads"),
+        ({"data": {"val_percent": 100}}, r"val_percent must lie in \(0, 100\)"),
+        ({"schedule": {"decay": "step"}}, r"unknown decay 'step'; valid decays are \('constant', 'linear', 'cosine'\)"),
+        ({"schedule": {"warmup": 3}}, r"config.schedule: unknown key\(s\) \['warmup'\]"),
+        ({"optimizers": []}, "config.optimizers must be a non-empty list"),
+        ({"optimizers": [{"name": "muon", "learning_rate": 0.02, "momentun": 0.9}]},
+         r"config.optimizers\[0\]: unknown option\(s\) \['momentun'\]; valid options are \[.*'momentum'"),
+        ({"optimizers": [{"name": "muon", "learning_rate": 0.02, "momentum": "high"}]},
+         r"config.optimizers\[0\].momentum must be float, got str 'high'"),
+        ({"optimizers": [{"name": "muon", "learning_rate": 0.02, "scale": "spectral"}]},
+         r"config.optimizers\[0\]: .*valid scales are"),
+        ({"optimizers": [{"name": "scion", "learning_rate": 0.1, "radii": {"hiden": 1.0}}]},
+         r"radii has unknown roles \['hiden'\]"),
+        ({"optimizers": [{"name": "adamw"}]}, r"learning_rate must be a positive number or a non-empty list"),
+        ({"optimizers": [{"name": "adamw", "learning_rate": [0.1, -1.0]}]}, "learning_rate must be a positive"),
+        ({"optimizers": [{"name": "adamw", "learning_rate": 0.1}, {"name": "adamw", "learning_rate": 0.2}]},
+         r"names \['adamw'\] appear twice"),
+    ],
+)
+def test_bad_configs(changes, match):
+  raw = _with(**changes)
+  if "model" in changes and changes["model"] is not None:
+    raw["model"] = {**BASE["model"], **changes["model"]}
+  with pytest.raises(ConfigError, match=match):
+    _parse(raw)
+
+
+def test_cli_reports_a_bad_config_before_training(tmp_path, capsys):
+  path = tmp_path / "bad.yaml"
+  path.write_text(yaml.safe_dump(_with(optimizers=[{"name": "adamw", "learning_rate": 1e-3},
+                                                   {"name": "lion", "learning_rate": 1e-3}])))
+  out = tmp_path / "out"
+  assert cli.main(["run", str(path), "--out", str(out)]) == 2
+  assert "unknown optimizer 'lion'" in capsys.readouterr().err
+  assert not out.exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--optimizers", "adamw,lion"], r"--optimizers: \['lion'\] not in this config; its optimizers are \['adamw'\]"),
+        (["--steps", "0"], "--steps must be > 0"),
+    ],
+)
+def test_cli_bad_overrides(tmp_path, capsys, args, match):
+  path = tmp_path / "c.yaml"
+  path.write_text(yaml.safe_dump(BASE))
+  assert cli.main(["run", str(path), "--out", str(tmp_path / "out"), *args]) == 2
+  assert re.search(match, capsys.readouterr().err)
+
+
+def test_missing_config_file(tmp_path, capsys):
+  assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
+  assert "does not exist" in capsys.readouterr().err
