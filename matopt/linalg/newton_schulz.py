@@ -105,7 +105,11 @@ def msign(
       explicit ``(k, 3)`` array of ``(a, b, c)`` per step.
     steps: iterations; ``None`` takes the preset's default (5, 8, 12; ``k``
       for an array). Longer schedules repeat their last row.
-    method: ``"newton_schulz"`` or ``"svd"`` (exact reference, slow).
+    method: ``"newton_schulz"`` or ``"svd"`` (exact reference, slow). The
+      SVD treats singular values below ``max(m, n) · eps(dtype) · σ_max`` as
+      zero (the usual numerical-rank tolerance; about 1.2e-4 σ_max for a
+      float32 256×1024 matrix), so at condition numbers beyond ~1/that it
+      returns the polar factor of the numerical-rank part only.
     eps: added to the normalising norm (``msign(0) == 0`` exactly).
     compute_dtype: dtype of the iteration; default float32 for bf16/f16
       inputs and the input's dtype otherwise. The output has ``x``'s dtype.
