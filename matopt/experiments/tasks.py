@@ -35,6 +35,20 @@ def _checked(cls: type, raw: Mapping[str, Any], where: str) -> Any:
   return obj
 
 
+def _sections(model_cls: type, data_cls: type, model: Mapping[str, Any], data: Mapping[str, Any],
+              choices: Mapping[str, tuple[str, ...]]) -> tuple[Any, Any]:
+  """Check ``model:`` and ``data:``: keys, types, positive ints, the named
+  string choices of the model, and ``val_percent`` in (0, 100)."""
+  m = _checked(model_cls, model, "config.model")
+  d = _checked(data_cls, data, "config.data")
+  for field, valid in choices.items():
+    if getattr(m, field) not in valid:
+      raise ConfigError(f"config.model.{field}: unknown {getattr(m, field)!r}; valid choices are {valid}.")
+  if not 0 < d.val_percent < 100:
+    raise ConfigError(f"config.data.val_percent must lie in (0, 100), got {d.val_percent}.")
+  return m, d
+
+
 @dataclasses.dataclass(frozen=True)
 class GPTModel:
   layers: int = 2
@@ -63,14 +77,9 @@ class GPTTask:
 
   @staticmethod
   def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[GPTModel, GPTData]:
-    m = _checked(GPTModel, model, "config.model")
-    d = _checked(GPTData, data, "config.data")
-    if m.positions not in POSITIONS:
-      raise ConfigError(f"config.model.positions: unknown {m.positions!r}; valid choices are {POSITIONS}.")
+    m, d = _sections(GPTModel, GPTData, model, data, {"positions": POSITIONS})
     if m.width % m.heads or (m.width // m.heads) % 2:
       raise ConfigError(f"config.model: width {m.width} must split into {m.heads} heads of even size.")
-    if not 0 < d.val_percent < 100:
-      raise ConfigError(f"config.data.val_percent must lie in (0, 100), got {d.val_percent}.")
     return m, d
 
   def __init__(self, config: Config):
@@ -134,13 +143,7 @@ class DigitsTask:
 
   @staticmethod
   def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[DigitsModel, DigitsData]:
-    m = _checked(DigitsModel, model, "config.model")
-    d = _checked(DigitsData, data, "config.data")
-    if m.kind not in IMAGE_MODELS:
-      raise ConfigError(f"config.model.kind: unknown {m.kind!r}; valid choices are {IMAGE_MODELS}.")
-    if not 0 < d.val_percent < 100:
-      raise ConfigError(f"config.data.val_percent must lie in (0, 100), got {d.val_percent}.")
-    return m, d
+    return _sections(DigitsModel, DigitsData, model, data, {"kind": IMAGE_MODELS})
 
   def __init__(self, config: Config):
     self.config = config
