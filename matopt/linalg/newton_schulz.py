@@ -8,7 +8,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from matopt.linalg.coefficients import Schedule, resolve_schedule
 
-_METHODS = ("newton_schulz", "svd")
+_METHODS = ("newton_schulz", "gram", "svd")
 
 
 def compute_dtype_for(dtype: DTypeLike, compute_dtype: DTypeLike | None) -> jnp.dtype:
@@ -46,6 +46,49 @@ def _newton_schulz_wide(x: jax.Array, schedule: jax.Array) -> jax.Array:
   # lax.scan keeps one step in the graph whatever the step count, so long
   # schedules on large stacks do not blow up compile time or memory.
   x, _ = jax.lax.scan(step, x, schedule)
+  return x
+
+
+# Steps between restarts of the Gram iteration (see _newton_schulz_gram).
+GRAM_RESTART_EVERY = 2
+
+
+def _gram_segment(x: jax.Array, schedule: jax.Array) -> jax.Array:
+  gram = x @ jnp.swapaxes(x, -1, -2)
+  eye = jnp.broadcast_to(jnp.eye(x.shape[-2], dtype=x.dtype), gram.shape)
+
+  def step(carry, abc):
+    a_k, p = carry
+    a, b, c = abc[0], abc[1], abc[2]
+    q = a * eye + b * a_k + c * (a_k @ a_k)
+    # Q A Q rather than Q² A: the same in exact arithmetic, and symmetric in
+    # floating point, so round-off does not build an antisymmetric part.
+    return (q @ a_k @ q, q @ p), None
+
+  (_, p), _ = jax.lax.scan(step, (gram, eye), schedule)
+  return p @ x
+
+
+def _newton_schulz_gram(x: jax.Array, schedule: jax.Array) -> jax.Array:
+  r"""The same iteration in the small Gram space, for ``x`` of shape ``(..., m, n)``, m <= n.
+
+  Each step multiplies by :math:`Q_k = aI + bA_k + cA_k^2` with
+  :math:`A_k = X_k X_k^\top`. :math:`Q_k` is a polynomial in :math:`A_k`, so
+  they commute: :math:`A_{k+1} = Q_k A_k Q_k` and :math:`X_K = (Q_K \cdots
+  Q_1) X_0`. A step is m×m work (4m³ flops against 4m²n + 2m³ for the plain
+  iteration); ``x`` is multiplied only when a segment starts and ends.
+
+  The Gram matrix squares the condition number, and carrying :math:`A_k`
+  across steps lets its round-off grow: in float32 at κ = 1000, eight Polar
+  Express steps without restarts end 30× further from UVᵀ than the plain
+  iteration. Restarting every ``GRAM_RESTART_EVERY`` = 2 steps
+  (:math:`X \leftarrow PX`, :math:`A \leftarrow XX^\top`) brings the error
+  back to the plain iteration's (measured: within 1.1× on 64×256, 96×384
+  and 128×128 at κ = 10²…3·10³).
+  """
+  k = schedule.shape[0]
+  for start in range(0, k, GRAM_RESTART_EVERY):
+    x = _gram_segment(x, schedule[start:start + GRAM_RESTART_EVERY])
   return x
 
 
@@ -105,7 +148,10 @@ def msign(
       explicit ``(k, 3)`` array of ``(a, b, c)`` per step.
     steps: iterations; ``None`` takes the preset's default (5, 8, 12; ``k``
       for an array). Longer schedules repeat their last row.
-    method: ``"newton_schulz"`` or ``"svd"`` (exact reference, slow). The
+    method: ``"newton_schulz"``, ``"gram"`` (the same polynomial iteration
+      run on the m×m Gram matrix, one multiplication by ``x`` at the end;
+      cheaper for wide or tall matrices, see ``_newton_schulz_gram``) or
+      ``"svd"`` (exact reference, slow). The
       SVD treats singular values below ``max(m, n) · eps(dtype) · σ_max`` as
       zero (the usual numerical-rank tolerance; about 1.2e-4 σ_max for a
       float32 256×1024 matrix), so at condition numbers beyond ~1/that it
@@ -159,7 +205,8 @@ def _msign(
     y = jnp.swapaxes(y, -1, -2)
   y, fro = scaled_frobenius(y)
   y = y / (schedule.norm_scale * fro + eps)
-  y = _newton_schulz_wide(y, jnp.asarray(schedule.coeffs, dtype=dtype))
+  iterate = _newton_schulz_gram if method == "gram" else _newton_schulz_wide
+  y = iterate(y, jnp.asarray(schedule.coeffs, dtype=dtype))
   if tall:
     y = jnp.swapaxes(y, -1, -2)
   return y.astype(out_dtype)

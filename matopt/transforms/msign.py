@@ -38,7 +38,8 @@ def scale_by_msign(
       ndim > 2 as ``(prod(other axes), last axis)``), a
       :class:`matopt.DimensionNumbers` or ``optax.contrib.MuonDimensionNumbers``,
       a pytree of them, or a callable of the params returning one.
-    method: ``"newton_schulz"`` or ``"svd"`` (exact, slow).
+    method: ``"newton_schulz"``, ``"gram"`` (the same iteration in the
+      small Gram space, see :func:`matopt.msign`) or ``"svd"`` (exact, slow).
     eps: added to the normalising Frobenius norm.
     compute_dtype: dtype of the iteration (default float32 for bf16 leaves).
 

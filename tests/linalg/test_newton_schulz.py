@@ -109,7 +109,25 @@ def test_batched_leading_axes_equal_per_matrix():
       np.testing.assert_allclose(out[i, j], matopt.msign(x[i, j], coeffs="polar_express"), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["newton_schulz", "svd"])
+@pytest.mark.parametrize("shape", SHAPES + [(32, 128), (128, 32), (2, 24, 96)])
+@pytest.mark.parametrize("kappa", [10.0, 1e3])
+@pytest.mark.parametrize("coeffs", ["jordan", "polar_express", "cubic"])
+def test_gram_iteration_as_accurate_as_plain(shape, kappa, coeffs):
+  # The Gram form runs the same polynomials: its distance to UVᵀ is the
+  # plain iteration's (its restarts keep float32 round-off from growing).
+  *batch, m, n = shape
+  x = np.stack([matrix_with_condition(m, n, kappa, seed=30 + i) for i in range(int(np.prod(batch)))])
+  x = x.reshape(*batch, m, n) if batch else x[0]
+  ref = polar_factor(x)
+  plain = matopt.msign(jnp.asarray(x, jnp.float32), coeffs=coeffs)
+  gram = matopt.msign(jnp.asarray(x, jnp.float32), coeffs=coeffs, method="gram")
+  assert gram.shape == x.shape
+  assert _rel_err(gram, ref) <= 1.5 * _rel_err(plain, ref) + 2e-6
+  if coeffs == "polar_express" and kappa == 10.0:
+    assert _rel_err(gram, ref) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "gram", "svd"])
 def test_zero_is_zero(method):
   out = matopt.msign(jnp.zeros((5, 7)), method=method)
   assert np.array_equal(np.asarray(out), np.zeros((5, 7)))
@@ -119,7 +137,7 @@ def test_rank_deficient_and_zero_rows_stay_finite():
   rng = np.random.default_rng(8)
   a = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 30))  # rank 3
   a[4] = 0.0
-  for method in ("newton_schulz", "svd"):
+  for method in ("newton_schulz", "gram", "svd"):
     out = np.asarray(matopt.msign(jnp.asarray(a, jnp.float32), method=method, coeffs="polar_express"))
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[4], 0.0, atol=1e-6)
@@ -129,11 +147,12 @@ def test_rank_deficient_and_zero_rows_stay_finite():
   np.testing.assert_allclose(s[3:], 0.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["newton_schulz", "gram"])
 @pytest.mark.parametrize("scale", [1e-30, 1e-12, 1.0, 1e12, 1e30])
-def test_extreme_scales(scale):
+def test_extreme_scales(scale, method):
   x = matrix_with_condition(24, 40, 10.0, seed=9)
   ref = np.asarray(matopt.msign(jnp.asarray(x, jnp.float32)))
-  out = np.asarray(matopt.msign(jnp.asarray(x * scale, jnp.float32)))
+  out = np.asarray(matopt.msign(jnp.asarray(x * scale, jnp.float32), method=method))
   assert np.all(np.isfinite(out))
   np.testing.assert_allclose(out, ref, atol=1e-4)
 
@@ -153,6 +172,9 @@ def test_bf16_keeps_dtype_and_accuracy():
   assert _rel_err(out.astype(jnp.float32), polar_factor(x)) < 2e-2
   low = matopt.msign(jnp.asarray(x, jnp.bfloat16), coeffs="polar_express", compute_dtype=jnp.bfloat16)
   assert low.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(low, np.float32)))
+  gram = matopt.msign(jnp.asarray(x, jnp.bfloat16), coeffs="polar_express", method="gram")
+  assert gram.dtype == jnp.bfloat16
+  assert _rel_err(gram.astype(jnp.float32), polar_factor(x)) < 2e-2
 
 
 def test_jit_matches_eager():
