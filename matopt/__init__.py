@@ -3,6 +3,7 @@
 import importlib.metadata
 
 from matopt import labels as labels
+from matopt import sharding as sharding
 from matopt.linalg import dual_norm as dual_norm
 from matopt.linalg import inverse_pth_root as inverse_pth_root
 from matopt.linalg import lmo as lmo
@@ -39,6 +40,7 @@ __all__ = [
     "dual_norm",
     "inverse_pth_root",
     "labels",
+    "sharding",
     "lmo",
     "msign",
     "muon",

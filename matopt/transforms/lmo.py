@@ -84,4 +84,4 @@ def scale_by_lmo(
       return lmo_lib.lmo(m, name, normalized=normalized)
     return lmo_lib.lmo(m, name)
 
-  return views_lib.matrix_transform("scale_by_lmo", dimension_numbers, apply, leaf_norms)
+  return views_lib.matrix_transform("scale_by_lmo", dimension_numbers, apply, leaf_norms, grouped=True)

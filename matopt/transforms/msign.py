@@ -60,4 +60,4 @@ def scale_by_msign(
     del view  # every view is orthogonalised the same way
     return _msign(m, schedule, method, eps, compute_dtype_for(m.dtype, compute_dtype))
 
-  return views_lib.matrix_transform("scale_by_msign", dimension_numbers, orthogonalise)
+  return views_lib.matrix_transform("scale_by_msign", dimension_numbers, orthogonalise, grouped=True)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from matopt import _tree
+from matopt import _tree, sharding
 
 
 class DimensionNumbers(NamedTuple):
@@ -195,11 +195,31 @@ def map_matrices(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list)
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def map_matrices_grouped(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list) -> Any:
+  """:func:`map_matrices` for a matrix-by-matrix ``fn``: same-shape matrices
+  with equal extras go through one batched call, spread over the devices of
+  the current mesh (:func:`matopt.sharding.map_grouped`); ``fn`` gets
+  ``view=None``."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_tree.is_masked)
+  index, matrices, keys = [], [], []
+  for i, (leaf, view, *extras) in enumerate(zip(leaves, views, *per_leaf)):
+    if view is not None and not _tree.is_masked(leaf):
+      index.append(i)
+      matrices.append(view.to_matrices(leaf))
+      keys.append(tuple(extras))
+  results = sharding.map_grouped(lambda stack, key: fn(stack, None, *key), matrices, keys)
+  for i, result in zip(index, results):
+    leaves[i] = views[i].from_matrices(result)
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def matrix_transform(
     name: str,
     dimension_numbers: Any,
     apply: Callable[..., jax.Array],
     per_leaf: Callable[[Any], list] | None = None,
+    *,
+    grouped: bool = False,
 ) -> optax.GradientTransformation:
   """A stateless transform that maps ``apply`` over every leaf's matrix view.
 
@@ -210,6 +230,9 @@ def matrix_transform(
       fan_out)`` arrays.
     per_leaf: optional ``tree -> list`` of one extra per leaf (e.g. a norm
       name); it runs at ``init`` too, so its errors surface there.
+    grouped: ``apply`` works matrix by matrix and ignores its ``view``:
+      batch same-shape leaves and spread them over the mesh
+      (:func:`map_matrices_grouped`).
 
   Returns:
     An ``optax.GradientTransformation`` with ``optax.EmptyState``; leaves with
@@ -228,6 +251,7 @@ def matrix_transform(
   def update_fn(updates, state, params=None):
     del params
     views = resolve_views(dimension_numbers, updates, transform=name)
-    return map_matrices(apply, updates, views, *extras(updates)), state
+    mapper = map_matrices_grouped if grouped else map_matrices
+    return mapper(apply, updates, views, *extras(updates)), state
 
   return optax.GradientTransformation(init_fn, update_fn)
