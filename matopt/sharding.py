@@ -80,7 +80,11 @@ def _explicit_sharding(x: jax.Array) -> NamedSharding | None:
 
 
 def _distribute(stack: jax.Array, mesh: jax.sharding.AbstractMesh) -> jax.Array:
-  return jax.lax.with_sharding_constraint(stack, NamedSharding(mesh, PartitionSpec(mesh.axis_names)))
+  """The stack's leading axis over every device of the mesh."""
+  spec = PartitionSpec(mesh.axis_names)
+  if all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return jax.sharding.reshard(stack, spec)  # shardings are part of the types
+  return jax.lax.with_sharding_constraint(stack, NamedSharding(mesh, spec))
 
 
 def map_grouped(
@@ -111,22 +115,35 @@ def map_grouped(
   mesh = current_mesh()
   out: list[jax.Array | None] = [None] * len(matrices)
   for (shape, dtype, key), members in groups.items():
-    stack = jnp.concatenate([matrices[i] for i in members], axis=0) if len(members) > 1 else matrices[members[0]]
+    parts = [matrices[i] for i in members]
+    first = _explicit_sharding(parts[0])
+    if first is not None:  # explicit shardings must agree to concatenate
+      parts = [p if _explicit_sharding(p) == first else jax.sharding.reshard(p, first.spec) for p in parts]
+    stack = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     count = stack.shape[0]
     matrix_bytes = dtype.itemsize * shape[0] * shape[1]
     spread = mesh is not None and count * 2 >= mesh.size and matrix_bytes <= max_matrix_bytes
     if spread:
       pad = -count % mesh.size
-      if pad:
-        stack = jnp.concatenate([stack, jnp.zeros((pad, *shape), dtype)], axis=0)
-      result = _distribute(fn(_distribute(stack, mesh), key), mesh)[:count]
+      if pad:  # zero matrices (msign(0) = lmo(0) = 0), in the stack's own layout
+        stack = jnp.pad(stack, ((0, pad), (0, 0), (0, 0)))
+      result = _distribute(fn(_distribute(stack, mesh), key), mesh)
+      targets = [_explicit_sharding(matrices[i]) for i in members]
+      if any(t is not None for t in targets):
+        # Explicit shardings: slicing a sharded axis is not allowed, so bring
+        # the stack back to the members' own matrix layout first (one
+        # all-to-all when they agree, replicated otherwise).
+        specs = {tuple(t.spec)[1:] if t is not None else (None, None) for t in targets}
+        inner = specs.pop() if len(specs) == 1 else (None, None)
+        result = jax.sharding.reshard(result, PartitionSpec(None, *inner))
+      result = result[:count]
     else:
+      targets = [None] * len(members)
       result = fn(stack, key)
     start = 0
-    for i in members:
+    for i, target in zip(members, targets):
       size = matrices[i].shape[0]
       piece = result[start:start + size]
       start += size
-      target = _explicit_sharding(matrices[i])
-      out[i] = jax.sharding.reshard(piece, target) if target is not None and spread else piece
+      out[i] = jax.sharding.reshard(piece, target) if target is not None else piece
   return out

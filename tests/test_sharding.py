@@ -14,8 +14,11 @@ from matopt import sharding
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (host) devices")
 
 
-def _mesh():
-  return jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+AXIS_TYPES = [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit]
+
+
+def _mesh(axis_type=jax.sharding.AxisType.Auto):
+  return jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
 
 
 def _params(seed=0):
@@ -60,7 +63,8 @@ def test_map_grouped_matches_per_matrix_and_keeps_order():
     lambda: matopt.scale_by_msign(coeffs="polar_express"),
     lambda: matopt.scale_by_lmo({"layer": "spectral", "other": "colnorm"}["layer"]),
 ], ids=["msign", "lmo"])
-def test_sharded_equals_single_device_and_flops_fall(make):
+@pytest.mark.parametrize("axis_type", AXIS_TYPES, ids=["auto", "explicit"])
+def test_sharded_equals_single_device_and_flops_fall(make, axis_type):
   params = _params()
   del params["norm"]
   tx = make()
@@ -68,13 +72,15 @@ def test_sharded_equals_single_device_and_flops_fall(make):
   update = lambda g: tx.update(g, state)[0]
   single = jax.jit(update).lower(params).compile()
   want = single(params)
-  mesh = _mesh()
+  mesh = _mesh(axis_type)
   sharded_params = _put(params, mesh)
   with jax.set_mesh(mesh):
     compiled = jax.jit(update).lower(sharded_params).compile()
     got = compiled(sharded_params)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  for a, b, p in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(sharded_params)):
     np.testing.assert_allclose(a, b, atol=2e-5)
+    if axis_type == jax.sharding.AxisType.Explicit:  # the update comes back in its parameter's layout
+      assert a.sharding.is_equivalent_to(p.sharding, p.ndim)
   # 8 square matrices over 8 devices: one each. 4 wide ones padded to 8.
   assert _flops(compiled) < 0.2 * _flops(single), (_flops(compiled), _flops(single))
 
@@ -93,8 +99,9 @@ def test_without_a_mesh_nothing_is_constrained():
     lambda: matopt.muon(0.02),
     lambda: matopt.scion(0.01, radii={"hidden": 1.0, "head": 8.0, "embedding": 1.0, "vector": 1.0}),
 ], ids=["muon", "scion"])
-def test_optimizer_state_sharding_is_stable_and_compiles_once(factory):
-  mesh = _mesh()
+@pytest.mark.parametrize("axis_type", AXIS_TYPES, ids=["auto", "explicit"])
+def test_optimizer_state_sharding_is_stable_and_compiles_once(factory, axis_type):
+  mesh = _mesh(axis_type)
   params = _put(_params(), mesh)
   grads = _put(_params(seed=1), mesh)
   tx = factory()
