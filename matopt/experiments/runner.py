@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,12 +152,10 @@ def run(
         else:
           run_dir.mkdir(parents=True, exist_ok=True)
           label = spec.name + (f" lr={lr:g}" if len(spec.learning_rates) > 1 else "")
-          t0 = time.perf_counter()
           result = train.train(
               task, build(spec, lr), steps=config.steps, seed=config.seed, eval_every=config.eval_every,
               checkpoint_every=config.checkpoint_every, run_dir=run_dir,
               on_step=bars.start(label, config.steps), stop_after=stop_after)
-          result["process_seconds"] = time.perf_counter() - t0
           if not result["complete"]:
             continue
           report.write_json(done, result)

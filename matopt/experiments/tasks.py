@@ -71,7 +71,6 @@ class GPTTask:
   language recipe (ColNorm → Spectral → Sign) by default.
   """
 
-  language = True
   scion_recipe = "language"
   unit = "tokens"
 
@@ -137,7 +136,6 @@ class DigitsTask:
   """scikit-learn's 8×8 digits (bundled with the package): an MLP or a small
   CNN; reports validation accuracy; Scion's image recipe by default."""
 
-  language = False
   scion_recipe = "image"
   unit = "examples"
 

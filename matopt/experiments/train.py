@@ -42,11 +42,10 @@ class _Checkpoints:
   and the tree's structure comes back from the freshly initialised state.
   """
 
-  def __init__(self, directory: Path, every: int):
+  def __init__(self, directory: Path):
     import orbax.checkpoint as ocp  # imported lazily: slow, and only needed here
 
     self.ocp = ocp
-    self.every = every
     self.manager = ocp.CheckpointManager(
         directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
@@ -129,7 +128,7 @@ def train(
   if checkpoint_every:
     if run_dir is None:
       raise ValueError("checkpoint_every needs run_dir.")
-    ckpt = _Checkpoints(Path(run_dir) / "checkpoints", checkpoint_every)
+    ckpt = _Checkpoints(Path(run_dir) / "checkpoints")
     latest = ckpt.latest()
     if latest is not None:
       state, meta = ckpt.restore(latest, {"params": params, "opt_state": opt_state})
