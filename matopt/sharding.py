@@ -4,10 +4,13 @@ Work on a list of matrices is grouped by shape and dtype; each group is
 stacked into one ``(N, m, n)`` array and handed to the batched function in a
 single call. Inside ``jax.jit`` under a mesh (``jax.set_mesh(mesh)``), the
 stack's leading axis is sharded over every device of the mesh, padded with
-zero matrices to a multiple of the device count, so each device computes
-whole matrices and no device repeats another's work (the dion / modded-nanogpt
-scheme: stack, scatter, orthogonalise locally, gather). XLA inserts the
-all-to-alls between the parameters' layout and the stack's.
+zero matrices to a multiple of the device count, and ``fn`` runs under
+``shard_map`` on each device's own whole matrices, so no device repeats
+another's work (the dion / modded-nanogpt scheme: stack, scatter,
+orthogonalise locally, gather; Anil et al. 2020 §5 distribute Shampoo's roots
+the same way). XLA inserts the all-to-alls between the parameters' layout and
+the stack's. :func:`map_stacked` does the same for work with several operands
+(Shampoo's statistics and previous roots, SOAP's statistics and bases).
 
 Without a mesh (or on one device) the same grouping still turns many small
 calls into one batched call. A group with fewer matrices than half the
@@ -21,6 +24,7 @@ results follows XLA's propagation (pin it with ``out_shardings``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 
 import jax
@@ -29,6 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 # Matrices larger than this are not gathered onto one device.
 MAX_MATRIX_BYTES = 1 << 30
+# Per-device entries evaluated one by one (unrolled) on CPU; beyond, lax.map.
+_UNROLL = 16
 
 
 def current_mesh() -> jax.sharding.AbstractMesh | None:
@@ -61,13 +67,11 @@ def init_state(tx, params):
   meshes = [x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(getattr(x, "sharding", None), NamedSharding)]
   if not meshes:
     return state
-  replicated = NamedSharding(meshes[0], PartitionSpec())
-
   def place(x):
     sharding = getattr(x, "sharding", None)
     if isinstance(sharding, NamedSharding) and sharding.mesh == meshes[0]:
       return x
-    return jax.device_put(x, replicated)
+    return jax.device_put(x, NamedSharding(meshes[0], _as_jit_returns(PartitionSpec(), jnp.ndim(x), meshes[0])))
 
   return jax.tree.map(place, state)
 
@@ -81,10 +85,7 @@ def _explicit_sharding(x: jax.Array) -> NamedSharding | None:
 
 def _distribute(stack: jax.Array, mesh: jax.sharding.AbstractMesh) -> jax.Array:
   """The stack's leading axis over every device of the mesh."""
-  spec = PartitionSpec(mesh.axis_names)
-  if all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
-    return jax.sharding.reshard(stack, spec)  # shardings are part of the types
-  return jax.lax.with_sharding_constraint(stack, NamedSharding(mesh, spec))
+  return _constrain(stack, PartitionSpec(mesh.axis_names), mesh)
 
 
 def map_grouped(
@@ -108,42 +109,199 @@ def map_grouped(
   Returns:
     The outputs, in the order of ``matrices``.
   """
-  keys = [None] * len(matrices) if keys is None else list(keys)
+  outs = map_stacked(lambda stacks, key: (fn(stacks[0], key),), [(x,) for x in matrices], keys,
+                     max_matrix_bytes=max_matrix_bytes)
+  return [out[0] for out in outs]
+
+
+def map_stacked(
+    fn: Callable[[tuple[jax.Array, ...], Hashable], tuple[jax.Array, ...]],
+    operands: Sequence[tuple[jax.Array, ...]],
+    keys: Sequence[Hashable] | None = None,
+    *,
+    max_matrix_bytes: int = MAX_MATRIX_BYTES,
+) -> list[tuple[jax.Array, ...]]:
+  """:func:`map_grouped` for work with several operands and outputs per matrix.
+
+  Shampoo's root takes a statistic and the previous root; SOAP's basis
+  refresh returns a basis and a permutation. Entries are grouped by the
+  shapes and dtypes of all their operands (and their key), stacked, spread
+  over the mesh like :func:`map_grouped`, and split again.
+
+  Args:
+    fn: maps a tuple of stacks ``(N, ...)`` to a tuple of stacks ``(N, ...)``,
+      entry by entry; zero operands (padding) must give finite outputs.
+    operands: per entry, a tuple of arrays sharing their leading (batch) size.
+    keys: one hashable per entry, as in :func:`map_grouped`.
+    max_matrix_bytes: entries whose first operand's matrix is larger than
+      this are not gathered onto one device.
+
+  Returns:
+    Per entry, the tuple of outputs.
+  """
+  keys = [None] * len(operands) if keys is None else list(keys)
   groups: dict[tuple, list[int]] = {}
-  for i, (x, key) in enumerate(zip(matrices, keys)):
-    groups.setdefault((x.shape[1:], jnp.dtype(x.dtype), key), []).append(i)
+  for i, (ops, key) in enumerate(zip(operands, keys)):
+    signature = tuple((x.shape[1:], jnp.dtype(x.dtype)) for x in ops)
+    groups.setdefault((signature, key), []).append(i)
   mesh = current_mesh()
-  out: list[jax.Array | None] = [None] * len(matrices)
-  for (shape, dtype, key), members in groups.items():
-    parts = [matrices[i] for i in members]
-    first = _explicit_sharding(parts[0])
-    if first is not None:  # explicit shardings must agree to concatenate
-      parts = [p if _explicit_sharding(p) == first else jax.sharding.reshard(p, first.spec) for p in parts]
-    stack = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-    count = stack.shape[0]
-    matrix_bytes = dtype.itemsize * shape[0] * shape[1]
+  out: list[tuple[jax.Array, ...] | None] = [None] * len(operands)
+  for (signature, key), members in groups.items():
+    stacks = tuple(_stack([operands[i][j] for i in members]) for j in range(len(signature)))
+    count = stacks[0].shape[0]
+    shape, dtype = signature[0]
+    matrix_bytes = dtype.itemsize * math.prod(shape)
     spread = mesh is not None and count * 2 >= mesh.size and matrix_bytes <= max_matrix_bytes
+    targets = [None] * len(members)
     if spread:
       pad = -count % mesh.size
-      if pad:  # zero matrices (msign(0) = lmo(0) = 0), in the stack's own layout
-        stack = jnp.pad(stack, ((0, pad), (0, 0), (0, 0)))
-      result = _distribute(fn(_distribute(stack, mesh), key), mesh)
-      targets = [_explicit_sharding(matrices[i]) for i in members]
+      if pad:  # zero entries, in each stack's own layout
+        stacks = tuple(jnp.pad(s, ((0, pad),) + ((0, 0),) * (s.ndim - 1)) for s in stacks)
+      results = _local(fn, key, mesh)(*(_distribute(s, mesh) for s in stacks))
+      targets = [_explicit_sharding(operands[i][0]) for i in members]
       if any(t is not None for t in targets):
         # Explicit shardings: slicing a sharded axis is not allowed, so bring
-        # the stack back to the members' own matrix layout first (one
+        # each stack back to the members' own matrix layout first (one
         # all-to-all when they agree, replicated otherwise).
-        specs = {tuple(t.spec)[1:] if t is not None else (None, None) for t in targets}
-        inner = specs.pop() if len(specs) == 1 else (None, None)
-        result = jax.sharding.reshard(result, PartitionSpec(None, *inner))
-      result = result[:count]
+        specs = {tuple(t.spec)[1:] if t is not None else (None,) * (len(shape)) for t in targets}
+        inner = specs.pop() if len(specs) == 1 else (None,) * len(shape)
+        results = tuple(jax.sharding.reshard(r, PartitionSpec(None, *inner) if r.shape[1:] == shape
+                                             else PartitionSpec()) for r in results)
+      results = tuple(r[:count] for r in results)
+    elif mesh is not None:
+      results = _entry_by_entry(fn, key, stacks)
     else:
-      targets = [None] * len(members)
-      result = fn(stack, key)
+      results = fn(stacks, key)
     start = 0
     for i, target in zip(members, targets):
-      size = matrices[i].shape[0]
-      piece = result[start:start + size]
+      size = operands[i][0].shape[0]
+      pieces = tuple(r[start:start + size] for r in results)
       start += size
-      out[i] = jax.sharding.reshard(piece, target) if target is not None else piece
+      if target is not None:
+        pieces = tuple(jax.sharding.reshard(p, target) if p.shape == operands[i][0].shape else p for p in pieces)
+      out[i] = pieces
   return out
+
+
+def _local(fn, key, mesh):
+  """``fn`` run by each device on its own slice of the stacks.
+
+  Under ``shard_map`` every device sees only its whole matrices, so data-
+  dependent loops (the Newton root's convergence test) stop per device and
+  no collective runs inside them; the only communication is the all-to-all
+  into and out of the stack layout.
+  """
+  spec = PartitionSpec(mesh.axis_names)
+  return jax.shard_map(lambda *stacks: _entry_by_entry(fn, key, stacks), mesh=mesh, in_specs=spec,
+                       out_specs=spec, check_vma=False)
+
+
+def _entry_by_entry(fn, key, stacks):
+  """``fn(stacks, key)``; on CPU, one entry per call.
+
+  jaxlib's batched CPU LAPACK kernels (eigh, QR) fan a batch out on the
+  thread pool in which the other host devices' collectives wait, and hang
+  (seen with ``--xla_force_host_platform_device_count``); one entry per call
+  runs inline. Entries are independent, so no result changes.
+  """
+  count = stacks[0].shape[0]
+  if jax.default_backend() != "cpu" or count == 1:
+    return tuple(fn(stacks, key))
+  step = lambda entry: tuple(o[0] for o in fn(tuple(x[None] for x in entry), key))
+  if count <= _UNROLL:
+    outs = [step(tuple(x[i] for x in stacks)) for i in range(count)]
+    return tuple(jnp.stack(o) for o in zip(*outs))
+  return jax.lax.map(step, stacks)
+
+
+def _stack(parts: list[jax.Array]) -> jax.Array:
+  first = _explicit_sharding(parts[0])
+  if first is not None:  # explicit shardings must agree to concatenate
+    parts = [p if _explicit_sharding(p) == first else jax.sharding.reshard(p, first.spec) for p in parts]
+  return jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def _row_spec(x: jax.Array, mesh) -> PartitionSpec:
+  if x.ndim >= 2 and x.shape[-2] % mesh.size == 0:
+    return PartitionSpec(*([None] * (x.ndim - 2)), mesh.axis_names, None)
+  return PartitionSpec()
+
+
+def shard_rows(tree, mesh: jax.sharding.Mesh | None = None):
+  """Preconditioner state laid out over the mesh: rows over every device.
+
+  Shampoo's and SOAP's statistics, roots and bases are square matrices
+  ``(..., s, s)`` with no parameter layout to follow (SOAP's second moment,
+  kept in the rotated basis, neither). Each is split by rows over all devices
+  of the mesh (replicated when the rows are not a multiple of the device
+  count), so its memory falls with the device count. Applied at
+  ``init`` and to every new state, the layout is the same before and after an
+  update, so the update compiles once.
+
+  Args:
+    tree: arrays to place (empty arrays are left alone).
+    mesh: a concrete mesh to ``device_put`` onto (at ``init``, from the
+      parameters' shardings); None for the mesh of ``jax.set_mesh`` inside a
+      traced function, or nothing at all without one.
+
+  Returns:
+    The tree, placed or constrained.
+  """
+  if mesh is None:
+    mesh = current_mesh()
+    if mesh is None:
+      return tree
+    return jax.tree.map(lambda x: _constrain(x, _row_spec(x, mesh), mesh) if x.size else x, tree)
+  if mesh.size <= 1:
+    return tree
+  place = lambda x: jax.device_put(x, NamedSharding(mesh, _as_jit_returns(_row_spec(x, mesh), x.ndim, mesh)))
+  return jax.tree.map(lambda x: place(x) if x.size else x, tree)
+
+
+def mesh_of(tree) -> jax.sharding.Mesh | None:
+  """The mesh of the first array in ``tree`` placed with a ``NamedSharding``."""
+  for x in jax.tree.leaves(tree):
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+      return sharding.mesh
+  return None
+
+
+def _constrain(x: jax.Array, spec: PartitionSpec, mesh) -> jax.Array:
+  if all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return jax.sharding.reshard(x, spec)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def auto_axes_update(update_fn: Callable) -> Callable:
+  """An ``update_fn`` that runs with Auto axes under an explicit-axis mesh.
+
+  Under ``AxisType.Explicit`` every matmul must agree with its operands'
+  shardings; Shampoo's and SOAP's products of blocks with statistics mix
+  layouts freely. Inside ``jax.sharding.auto_axes`` XLA chooses, and the
+  updates and state come back in the shardings they came in with (so the
+  state's types are the same after the update and nothing recompiles).
+  """
+
+  def wrapped(updates, state, params=None):
+    mesh = current_mesh()
+    if mesh is None or not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+      return update_fn(updates, state, params)
+    specs = jax.tree.map(lambda x: jax.typeof(x).sharding.spec, (updates, state))
+    return jax.sharding.auto_axes(update_fn, out_sharding=specs)(updates, state, params)
+
+  return wrapped
+
+
+
+def _as_jit_returns(spec: PartitionSpec, ndim: int, mesh) -> PartitionSpec:
+  """``spec`` in the form jit gives its outputs: one entry per axis under
+  explicit axes, no trailing Nones under auto axes. jit's cache compares
+  specs as written, so state placed at ``init`` in any other form would
+  compile the update a second time."""
+  parts = list(spec)
+  if all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return PartitionSpec(*parts, *[None] * (ndim - len(parts)))
+  while parts and parts[-1] is None:
+    parts.pop()
+  return PartitionSpec(*parts)

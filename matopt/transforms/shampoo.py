@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from matopt import _checks, _tree
+from matopt import sharding as sharding_lib
 from matopt.linalg import roots as roots_lib
 from matopt.transforms import views as views_lib
 from matopt.transforms.blocks import make_blocking
@@ -174,6 +175,7 @@ def scale_by_shampoo(
     views = views_of(params)
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
     precs = [leaf if _tree.is_masked(leaf) else init_leaf(leaf, v) for leaf, v in zip(leaves, views)]
+    precs = sharding_lib.shard_rows(precs, sharding_lib.mesh_of(params))
     fields = [jax.tree_util.tree_unflatten(treedef, [getattr(p, f, p) for p in precs])
               for f in Preconditioner._fields]
     return ScaleByShampooState(
@@ -184,36 +186,37 @@ def scale_by_shampoo(
         *fields,
     )
 
-  def new_root(stats, old_root):
+  def new_roots(stacks, key):
+    del key
+    stats, old_root = stacks
     root = roots_lib.inverse_pth_root(stats, p, eps=eps, method=root_method)
     ok = jnp.all(jnp.isfinite(root), axis=(-2, -1))
     if root_method == "newton":
       ok &= roots_lib.root_error(stats, root, p, eps=eps) < max_root_error
-    return jnp.where(ok[..., None, None], root, old_root)
+    return (jnp.where(ok[..., None, None], root, old_root),)
 
-  def update_leaf(g, m, graft_dir, prec, view, refresh, use_shampoo):
-    if view is None:
-      return graft_dir if graft != "none" else m, prec
+  def refresh_roots(stats, roots):
+    """Every statistic's inverse root, grouped by size and spread over the
+    mesh (each device computes whole roots; Anil et al. 2020, §5)."""
+    flat = lambda x: x.reshape(-1, *x.shape[-2:])
+    pairs = [(flat(s_), flat(r)) for s_, r in zip(stats, roots)]
+    new = sharding_lib.map_stacked(new_roots, pairs)
+    return [n[0].reshape(r.shape) for n, r in zip(new, roots)]
+
+  def direction_of(g, m, graft_dir, blocks, prec, view, use_shampoo):
     blocking, left, right = _layout(view, block_size, max_precond_dim)
-    gb = blocking.to_blocks(view.to_matrices(g).astype(jnp.float32))
-    mb = blocking.to_blocks(view.to_matrices(m).astype(jnp.float32))
-    sl, sr, rl, rr = prec
+    mb = blocks
     if left:
-      sl = beta * sl + stat_weight * (gb @ jnp.swapaxes(gb, -1, -2))
-      rl = jax.lax.cond(refresh, lambda: new_root(sl, rl), lambda: rl)
-      mb = rl @ mb
+      mb = prec.root_left @ mb
     if right:
-      sr = beta * sr + stat_weight * (jnp.swapaxes(gb, -1, -2) @ gb)
-      rr = jax.lax.cond(refresh, lambda: new_root(sr, rr), lambda: rr)
-      mb = mb @ rr
+      mb = mb @ prec.root_right
     direction = view.from_matrices(blocking.from_blocks(mb))
     if graft != "none":
       d_norm = jnp.linalg.norm(direction)
       a_norm = jnp.linalg.norm(graft_dir.astype(jnp.float32))
       direction = direction * jnp.where(d_norm > 0, a_norm / jnp.where(d_norm > 0, d_norm, 1.0), 0.0)
     fallback = graft_dir if graft != "none" else m
-    out = jnp.where(use_shampoo, direction.astype(g.dtype), fallback.astype(g.dtype))
-    return out, Preconditioner(sl, sr, rl, rr)
+    return jnp.where(use_shampoo, direction.astype(g.dtype), fallback.astype(g.dtype))
 
   def update_fn(updates, state, params=None):
     del params
@@ -239,19 +242,42 @@ def scale_by_shampoo(
     views = views_of(updates)
     flat = lambda t: jax.tree_util.tree_flatten(t, is_leaf=_tree.is_masked)[0]
     leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
-    prec_leaves = [Preconditioner(*p) for p in zip(*(flat(getattr(state, f)) for f in Preconditioner._fields))]
-    outs, precs = [], []
-    for g, m, a, prec, view in zip(leaves, flat(mu), flat(graft_dirs), prec_leaves, views):
+    precs = [Preconditioner(*p) for p in zip(*(flat(getattr(state, f)) for f in Preconditioner._fields))]
+    # 1. Statistics, leaf by leaf.
+    blocks = {}
+    for i, (g, m, view) in enumerate(zip(leaves, flat(mu), views)):
+      if _tree.is_masked(g) or view is None:
+        continue
+      blocking, left, right = _layout(view, block_size, max_precond_dim)
+      gb = blocking.to_blocks(view.to_matrices(g).astype(jnp.float32))
+      blocks[i] = blocking.to_blocks(view.to_matrices(m).astype(jnp.float32))
+      sl, sr = precs[i].stats_left, precs[i].stats_right
+      if left:
+        sl = beta * sl + stat_weight * (gb @ jnp.swapaxes(gb, -1, -2))
+      if right:
+        sr = beta * sr + stat_weight * (jnp.swapaxes(gb, -1, -2) @ gb)
+      precs[i] = precs[i]._replace(stats_left=sl, stats_right=sr)
+    # 2. Roots of all statistics at once, on refresh steps only.
+    sides = [(i, side) for i in blocks for side in ("left", "right")
+             if getattr(precs[i], f"stats_{side}").size]
+    stats = [getattr(precs[i], f"stats_{side}") for i, side in sides]
+    old = [getattr(precs[i], f"root_{side}") for i, side in sides]
+    roots = jax.lax.cond(refresh, lambda: refresh_roots(stats, old), lambda: old) if sides else []
+    stats, roots = sharding_lib.shard_rows((stats, roots))
+    for (i, side), s_, r in zip(sides, stats, roots):
+      precs[i] = precs[i]._replace(**{f"stats_{side}": s_, f"root_{side}": r})
+    # 3. Directions, leaf by leaf.
+    outs = []
+    for i, (g, m, a, view) in enumerate(zip(leaves, flat(mu), flat(graft_dirs), views)):
       if _tree.is_masked(g):
         outs.append(g)
-        precs.append(prec)
-        continue
-      out, new_prec = update_leaf(g, m, a, prec, view, refresh, use_shampoo)
-      outs.append(out)
-      precs.append(new_prec)
+      elif view is None:
+        outs.append(a if graft != "none" else m)
+      else:
+        outs.append(direction_of(g, m, a, blocks[i], precs[i], view, use_shampoo))
     fields = [jax.tree_util.tree_unflatten(treedef, [getattr(p, f, p) for p in precs])
               for f in Preconditioner._fields]
     new_state = ScaleByShampooState(count, mu, nu, *fields)
     return jax.tree_util.tree_unflatten(treedef, outs), new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, sharding_lib.auto_axes_update(update_fn))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from matopt import _checks, _tree
+from matopt import sharding as sharding_lib
 from matopt.linalg.eigenbasis import eigenbasis, refresh_eigenbasis
 from matopt.transforms import views as views_lib
 
@@ -117,6 +118,7 @@ def scale_by_soap(
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
     per_leaf = [leaf if _tree.is_masked(leaf) else init_leaf(leaf, v)
                 for leaf, v in zip(leaves, views_of(params))]
+    per_leaf = sharding_lib.shard_rows(per_leaf, sharding_lib.mesh_of(params))
     return ScaleBySoapState(
         jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
         *(unflatten(treedef, per_leaf, i) for i in range(5)),
@@ -130,12 +132,13 @@ def scale_by_soap(
       x = x @ (qr if forward else jnp.swapaxes(qr, -1, -2))
     return x
 
-  def update_leaf(g, m, v, sl, sr, ql, qr, view, first, k, refresh):
+  def update_leaf(g, m, v, sl, sr, ql, qr, view, first, k):
+    """The update and new second moment and statistics (bases unchanged)."""
     g32 = g.astype(jnp.float32)
     if view is None:  # plain Adam on vectors and scalars
       v_new = b2 * v + (1.0 - b2) * g32 * g32
       u = (m.astype(jnp.float32) / (1.0 - b1**k)) / (jnp.sqrt(v_new / (1.0 - b2**k)) + eps)
-      return jnp.where(first, 0.0, u).astype(g.dtype), jnp.where(first, v, v_new), sl, sr, ql, qr
+      return jnp.where(first, 0.0, u).astype(g.dtype), jnp.where(first, v, v_new), sl, sr
     gm = view.to_matrices(g32)
     mm = view.to_matrices(m.astype(jnp.float32))
     g_rot = rotate(gm, ql, qr, True)
@@ -149,24 +152,14 @@ def scale_by_soap(
       sl = beta * sl + (1.0 - beta) * (gm @ jnp.swapaxes(gm, -1, -2))
     if sr.size:
       sr = beta * sr + (1.0 - beta) * (jnp.swapaxes(gm, -1, -2) @ gm)
+    return u, v, sl, sr
 
-    def new_bases(v):
-      nql, nqr = ql, qr
-      if ql.size:
-        nql, perm = refresh_eigenbasis(sl, ql)
-        v = jnp.take_along_axis(v, perm[..., :, None], axis=-2)
-      if qr.size:
-        nqr, perm = refresh_eigenbasis(sr, qr)
-        v = jnp.take_along_axis(v, perm[..., None, :], axis=-1)
-      return nql, nqr, v
-
-    def first_bases(v):
-      return (eigenbasis(sl) if ql.size else ql), (eigenbasis(sr) if qr.size else qr), v
-
-    ql, qr, v = jax.lax.cond(
-        first, first_bases,
-        lambda v: jax.lax.cond(refresh, new_bases, lambda v: (ql, qr, v), v), v)
-    return u, v, sl, sr, ql, qr
+  def grouped(fn, *columns):
+    """``fn`` over every statistic at once, grouped by size and spread over
+    the mesh (each device computes whole eigendecompositions)."""
+    flat = lambda x: x.reshape(-1, *x.shape[-2:])
+    outs = sharding_lib.map_stacked(lambda stacks, key: fn(*stacks), [tuple(map(flat, c)) for c in zip(*columns)])
+    return [tuple(o.reshape(*c.shape[:-2], *o.shape[1:]) for o in out) for out, c in zip(outs, columns[0])]
 
   def update_fn(updates, state, params=None):
     del params
@@ -183,9 +176,40 @@ def scale_by_soap(
     for g, m, v, sl, sr, ql, qr, view in columns:
       if _tree.is_masked(g):
         per_leaf.append(g)
-      else:
-        per_leaf.append(update_leaf(g, m, v, sl, sr, ql, qr, view, first, k, refresh))
+      else:  # [u, v, stats_left, stats_right, basis_left, basis_right]
+        per_leaf.append([*update_leaf(g, m, v, sl, sr, ql, qr, view, first, k), ql, qr])
+    leaf_ids = [i for i, leaf in enumerate(per_leaf) if not _tree.is_masked(leaf)]
+    # (leaf, side) for every rotated side; side 0 is left (rows of V), 1 right.
+    sides = [(i, side) for i in leaf_ids for side in (0, 1) if per_leaf[i][2 + side].size]
+
+    def first_bases(stats, bases, vs):
+      del bases
+      return [q for (q,) in grouped(lambda a: (eigenbasis(a),), stats)], vs
+
+    def new_bases(stats, bases, vs):
+      refreshed = grouped(refresh_eigenbasis, stats, bases)
+      vs = dict(vs)
+      for (i, side), (_, perm) in zip(sides, refreshed):
+        # V lives in the old basis: its rows (left) or columns (right) follow π.
+        index = perm[..., :, None] if side == 0 else perm[..., None, :]
+        vs[i] = jnp.take_along_axis(vs[i], index, axis=-2 + side)
+      return [q for q, _ in refreshed], vs
+
+    if sides:
+      # Bases of every statistic at once: eigh on the first call, a power
+      # step + QR on refresh steps (V permuted along), unchanged otherwise.
+      stats = [per_leaf[i][2 + side] for i, side in sides]
+      bases = [per_leaf[i][4 + side] for i, side in sides]
+      vs = {i: per_leaf[i][1] for i, _ in sides}
+      branch = jnp.where(first, 1, jnp.where(refresh, 2, 0))
+      bases, vs = jax.lax.switch(branch, [lambda s_, b_, v_: (b_, v_), first_bases, new_bases], stats, bases, vs)
+      for (i, side), q in zip(sides, bases):
+        per_leaf[i][4 + side] = q
+        per_leaf[i][1] = vs[i]
+    placed = sharding_lib.shard_rows([per_leaf[i][1:] for i in leaf_ids])
+    for i, leaf_state in zip(leaf_ids, placed):
+      per_leaf[i][1:] = leaf_state
     outs = [unflatten(treedef, per_leaf, i) for i in range(6)]
     return outs[0], ScaleBySoapState(count, mu, *outs[1:])
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, sharding_lib.auto_axes_update(update_fn))
