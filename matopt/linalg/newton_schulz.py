@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from matopt.linalg.coefficients import Schedule, resolve_schedule
 
-_METHODS = ("newton_schulz", "gram", "svd")
+_METHODS = ("newton_schulz", "gram", "auto", "svd")
 
 
 def compute_dtype_for(dtype: DTypeLike, compute_dtype: DTypeLike | None) -> jnp.dtype:
@@ -51,6 +52,9 @@ def _newton_schulz_wide(x: jax.Array, schedule: jax.Array) -> jax.Array:
 
 # Steps between restarts of the Gram iteration (see _newton_schulz_gram).
 GRAM_RESTART_EVERY = 2
+# Schedules whose own scalar map ends farther than this from 1 on [0.01, 1]
+# run the Gram iteration without restarts (see _gram_restart_every).
+GRAM_LOOSE_BAND = 1e-2
 
 
 def _gram_segment(x: jax.Array, schedule: jax.Array) -> jax.Array:
@@ -72,7 +76,49 @@ def _gram_segment(x: jax.Array, schedule: jax.Array) -> jax.Array:
   return (poly(a_k, schedule[-1]) @ p) @ x
 
 
-def _newton_schulz_gram(x: jax.Array, schedule: jax.Array) -> jax.Array:
+# method="auto" takes the Gram iteration where it needs at most this fraction
+# of the plain iteration's FLOPs: its m×m products run a little below the
+# rate of the plain m×n ones, so a small FLOP saving is not a time saving.
+GRAM_AUTO_RATIO = 0.75
+
+
+def gram_flop_ratio(m: int, n: int, steps: int, restart_every: int) -> float:
+  """FLOPs of the Gram iteration over the plain one for an ``m×n`` (m ≤ n) matrix.
+
+  Plain: per step ``XXᵀ``, ``A²`` and ``BX``: 4m²n + 2m³. Gram, per segment
+  of r steps: ``XXᵀ`` and the final ``PX`` (4m²n), r − 1 steps of ``A²``,
+  ``QAQ`` and ``QP`` (8m³ each) and the last ``Q`` and ``QP`` (4m³).
+  """
+  plain = steps * (4 * m * m * n + 2 * m**3)
+  gram = 0
+  for start in range(0, steps, restart_every):
+    r = min(restart_every, steps - start)
+    gram += 4 * m * m * n + 8 * (r - 1) * m**3 + 4 * m**3
+  return gram / plain
+
+
+def _band(schedule: Schedule) -> float:
+  """Largest ``|p(σ) − 1|`` of the schedule's composed scalar map on [0.01, 1]."""
+  sigma = np.geomspace(1e-2, 1.0, 2001) / schedule.norm_scale
+  for a, b, c in schedule.coeffs:
+    sigma = a * sigma + b * sigma**3 + c * sigma**5
+  return float(np.max(np.abs(sigma - 1.0)))
+
+
+def _gram_restart_every(schedule: Schedule) -> int:
+  """Restarts only pay where the schedule converges tightly.
+
+  Jordan's quintic ends in a band ±0.3 around 1 and the default cubic ±0.1:
+  the Gram iteration's float32 round-off is far below that, and without
+  restarts it matches the plain iteration's distance to UVᵀ (tested at
+  κ = 10 and 10³) with one multiplication by X at each end, about half the
+  plain iteration's FLOPs at 1:4 aspect. Polar Express converges to 1 and
+  needs the restarts.
+  """
+  return schedule.coeffs.shape[0] if _band(schedule) > GRAM_LOOSE_BAND else GRAM_RESTART_EVERY
+
+
+def _newton_schulz_gram(x: jax.Array, schedule: jax.Array, restart_every: int = GRAM_RESTART_EVERY) -> jax.Array:
   r"""The same iteration in the small Gram space, for ``x`` of shape ``(..., m, n)``, m <= n.
 
   Each step multiplies by :math:`Q_k = aI + bA_k + cA_k^2` with
@@ -84,14 +130,15 @@ def _newton_schulz_gram(x: jax.Array, schedule: jax.Array) -> jax.Array:
   The Gram matrix squares the condition number, and carrying :math:`A_k`
   across steps lets its round-off grow: in float32 at κ = 1000, eight Polar
   Express steps without restarts end 30× further from UVᵀ than the plain
-  iteration. Restarting every ``GRAM_RESTART_EVERY`` = 2 steps
+  iteration. For such tightly converging schedules (see
+  :func:`_gram_restart_every`), restarting every ``GRAM_RESTART_EVERY`` = 2 steps
   (:math:`X \leftarrow PX`, :math:`A \leftarrow XX^\top`) brings the error
   back to the plain iteration's (measured: within 1.1× on 64×256, 96×384
   and 128×128 at κ = 10²…3·10³).
   """
   k = schedule.shape[0]
-  for start in range(0, k, GRAM_RESTART_EVERY):
-    x = _gram_segment(x, schedule[start:start + GRAM_RESTART_EVERY])
+  for start in range(0, k, restart_every):
+    x = _gram_segment(x, schedule[start:start + restart_every])
   return x
 
 
@@ -152,10 +199,13 @@ def msign(
     steps: iterations; ``None`` takes the preset's default (5, 8, 12; ``k``
       for an array). Longer schedules repeat their last row.
     method: ``"newton_schulz"``, ``"gram"`` (the same polynomial iteration
-      run on the m×m Gram matrix; fewer FLOPs for wide or tall matrices, but
-      measured only ~0.9× the plain time at 1:4 and slower on square ones on
-      a 2-core CPU, see ``benchmarks/msign.py``) or
-      ``"svd"`` (exact reference, slow). The
+      run on the m×m Gram matrix, as accurate as the plain one; fewer FLOPs
+      for wide or tall matrices, more for square ones:
+      :func:`gram_flop_ratio`; restarted every 2 steps only for schedules
+      that converge tightly, such as Polar Express), ``"auto"`` (the Gram
+      iteration where it needs ≤ 0.75 of the plain FLOPs, e.g. Jordan's
+      5 steps at aspect 1:3 or beyond; the plain one otherwise) or ``"svd"``
+      (exact reference, slow). The
       SVD treats singular values below ``max(m, n) · eps(dtype) · σ_max`` as
       zero (the usual numerical-rank tolerance; about 1.2e-4 σ_max for a
       float32 256×1024 matrix), so at condition numbers beyond ~1/that it
@@ -209,8 +259,15 @@ def _msign(
     y = jnp.swapaxes(y, -1, -2)
   y, fro = scaled_frobenius(y)
   y = y / (schedule.norm_scale * fro + eps)
-  iterate = _newton_schulz_gram if method == "gram" else _newton_schulz_wide
-  y = iterate(y, jnp.asarray(schedule.coeffs, dtype=dtype))
+  coeffs = jnp.asarray(schedule.coeffs, dtype=dtype)
+  restart_every = _gram_restart_every(schedule)
+  m, n = y.shape[-2:]
+  if method == "auto":
+    method = "gram" if gram_flop_ratio(m, n, len(schedule.coeffs), restart_every) <= GRAM_AUTO_RATIO else "newton_schulz"
+  if method == "gram":
+    y = _newton_schulz_gram(y, coeffs, restart_every)
+  else:
+    y = _newton_schulz_wide(y, coeffs)
   if tall:
     y = jnp.swapaxes(y, -1, -2)
   return y.astype(out_dtype)

@@ -17,7 +17,7 @@ def scale_by_msign(
     coeffs: str | ArrayLike = "jordan",
     steps: int | None = None,
     dimension_numbers: Any = None,
-    method: str = "newton_schulz",
+    method: str = "auto",
     eps: float = 1e-7,
     compute_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
@@ -38,8 +38,11 @@ def scale_by_msign(
       ndim > 2 as ``(prod(other axes), last axis)``), a
       :class:`matopt.DimensionNumbers` or ``optax.contrib.MuonDimensionNumbers``,
       a pytree of them, or a callable of the params returning one.
-    method: ``"newton_schulz"``, ``"gram"`` (the same iteration in the
-      small Gram space, see :func:`matopt.msign`) or ``"svd"`` (exact, slow).
+    method: ``"auto"`` (default: the Gram iteration for leaves where it
+      saves at least a quarter of the FLOPs, e.g. fused QKV and MLP matrices,
+      the plain one otherwise), ``"newton_schulz"``, ``"gram"`` (the same
+      iteration in the small Gram space, see :func:`matopt.msign`) or
+      ``"svd"`` (exact, slow).
     eps: added to the normalising Frobenius norm.
     compute_dtype: dtype of the iteration (default float32 for bf16 leaves).
 

@@ -7,7 +7,7 @@ import pytest
 from optax.contrib import _muon as optax_muon
 
 import matopt
-from matopt.linalg import coefficients
+from matopt.linalg import coefficients, newton_schulz
 from tests.helpers import matrix_with_condition, polar_factor
 
 SHAPES = [(64, 64), (48, 128), (128, 48), (1, 16), (16, 1)]
@@ -202,3 +202,31 @@ def test_bad_options_raise(kwargs, match):
 def test_vector_input_raises():
   with pytest.raises(ValueError, match=r"at least 2 axes.*\(5,\)"):
     matopt.msign(jnp.ones(5))
+
+
+def test_gram_restarts_only_for_tightly_converging_schedules():
+  # Jordan's band (±0.3) and the cubic's (±0.1) dwarf float32 round-off;
+  # Polar Express converges to 1 and restarts every 2 steps.
+  assert newton_schulz._gram_restart_every(coefficients.resolve_schedule("jordan")) == 5
+  assert newton_schulz._gram_restart_every(coefficients.resolve_schedule("cubic")) == 12
+  assert newton_schulz._gram_restart_every(coefficients.resolve_schedule("polar_express")) == 2
+
+
+def test_gram_flop_ratio_counts_the_products():
+  # Square: each plain step is 6m³ (XXᵀ, A², BX), Gram without restarts
+  # 4m³ at the ends plus 8m³ per inner step: (4 + 8·4 + 4) / 30.
+  assert newton_schulz.gram_flop_ratio(64, 64, 5, 5) == pytest.approx(40 / 30)
+  # 1:4, Jordan's 5 steps: (16 + 32 + 4) / (5 · 18).
+  assert newton_schulz.gram_flop_ratio(64, 256, 5, 5) == pytest.approx(52 / 90)
+  # Restarts add an XXᵀ and a PX per segment: segments of 2, 2, 1 steps.
+  assert newton_schulz.gram_flop_ratio(64, 256, 5, 2) == pytest.approx((28 + 28 + 20) / 90)
+
+
+@pytest.mark.parametrize("shape, expect", [((64, 64), "newton_schulz"), ((48, 192), "gram"), ((192, 48), "gram"),
+                                           ((64, 96), "newton_schulz")])
+def test_auto_method_takes_gram_where_it_saves_flops(shape, expect):
+  x = jnp.asarray(matrix_with_condition(*shape, 100.0, seed=5), jnp.float32)
+  auto = matopt.msign(x, method="auto")
+  np.testing.assert_array_equal(auto, matopt.msign(x, method=expect))
+  ref = polar_factor(np.asarray(x))
+  assert _rel_err(auto, ref) <= 1.5 * _rel_err(matopt.msign(x), ref) + 2e-6
