@@ -69,9 +69,12 @@ def init_state(tx, params):
     return state
   def place(x):
     sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh == meshes[0]:
+    on_mesh = isinstance(sharding, NamedSharding) and sharding.mesh == meshes[0]
+    spec = _as_jit_returns(sharding.spec if on_mesh else PartitionSpec(), jnp.ndim(x), meshes[0])
+    if on_mesh and spec == sharding.spec:
       return x
-    return jax.device_put(x, NamedSharding(meshes[0], _as_jit_returns(PartitionSpec(), jnp.ndim(x), meshes[0])))
+    # Same layout, in the form jit returns (P() vs P(None,) under explicit axes).
+    return jax.device_put(x, NamedSharding(meshes[0], spec))
 
   return jax.tree.map(place, state)
 

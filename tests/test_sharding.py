@@ -240,3 +240,20 @@ def test_preconditioner_state_is_distributed_stable_and_compiles_once(name, axis
   assert len(square) >= 32
   for x in square:
     assert x.addressable_shards[0].data.shape[-2:] == (8, 64)
+
+
+@pytest.mark.parametrize("axis_type", AXIS_TYPES, ids=["auto", "explicit"])
+def test_replicated_parameters_state_compiles_once(axis_type):
+  # A parameter placed replicated as P(): jit returns its state as P(None,)
+  # under explicit axes; init_state must hand it out in that form already.
+  mesh = _mesh(axis_type)
+  params = _put(_params(), mesh)
+  params["bias"] = jax.device_put(jnp.ones(64), NamedSharding(mesh, P()))
+  grads = jax.tree.map(jnp.sin, params)
+  tx = matopt.shampoo(1e-3, precondition_every=1)
+  state = sharding.init_state(tx, params)
+  with jax.set_mesh(mesh):
+    step = jax.jit(tx.update)
+    for _ in range(2):
+      _, state = step(grads, state, params)
+  assert step._cache_size() == 1
