@@ -8,6 +8,7 @@ naming the key's place in the file and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -47,6 +48,18 @@ DECAYS = ("constant", "linear", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """The devices as a named grid, ``jax.make_mesh(shape, axes)``.
+
+  The product of ``shape`` is the device count; the batch is split over the
+  first axis (see :mod:`matopt.experiments.parallel` for the whole layout).
+  """
+
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """One entry of ``optimizers:``; ``learning_rate`` may be a grid."""
 
@@ -72,6 +85,7 @@ class Config:
   data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   schedule: Schedule = Schedule()
   name: str = "experiment"
+  mesh: MeshSpec | None = None  # None: one device
 
 
 _TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config))
@@ -85,6 +99,8 @@ def type_name(tp: Any) -> str:
   if typing.get_origin(tp) in (typing.Union, types.UnionType):
     return " or ".join(type_name(a) for a in typing.get_args(tp))
   origin = typing.get_origin(tp)
+  if origin in (tuple, list):  # YAML has lists only
+    return f"list of {type_name(typing.get_args(tp)[0])}"
   return getattr(origin, "__name__", str(tp))
 
 
@@ -148,6 +164,35 @@ def check_positive(where: str, value: int, *, zero_ok: bool = False) -> None:
     raise ConfigError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}.")
 
 
+def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
+  """Check ``mesh:`` against the devices JAX sees and the batch size."""
+  if raw is None:
+    return None
+  fields = check_fields(MeshSpec, raw, "config.mesh")
+  shape, axes = tuple(fields["shape"]), tuple(fields["axes"])
+  if not shape or len(shape) != len(axes):
+    raise ConfigError(
+        f"config.mesh: shape {list(shape)} and axes {list(axes)} must be non-empty lists of the same "
+        "length (one name per mesh axis), e.g. {shape: [4, 2], axes: [data, model]}.")
+  for i, size in enumerate(shape):
+    check_positive(f"config.mesh.shape[{i}]", size)
+  if len(set(axes)) != len(axes) or not all(axes):
+    raise ConfigError(f"config.mesh.axes must be distinct non-empty names, got {list(axes)}.")
+  import jax  # here, not at import: reading a config should not start a backend otherwise
+
+  devices = jax.device_count()
+  if math.prod(shape) != devices:
+    raise ConfigError(
+        f"config.mesh.shape {list(shape)} holds {math.prod(shape)} devices, but JAX sees {devices} "
+        f"({jax.default_backend()}); use a shape whose product is {devices}, remove config.mesh, or on "
+        f"CPU start with XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(shape)}.")
+  if batch_size % shape[0]:
+    raise ConfigError(
+        f"config.batch_size {batch_size} must be a multiple of config.mesh.shape[0] = {shape[0]} "
+        f"(the batch is split over the first mesh axis {axes[0]!r}).")
+  return MeshSpec(shape, axes)
+
+
 def _optimizer_spec(raw: Any, where: str, catalogue: Mapping[str, Any]) -> OptimizerSpec:
   if not isinstance(raw, Mapping):
     raise ConfigError(f"{where} must be a mapping with at least 'name', got {raw!r}.")
@@ -177,7 +222,7 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
     catalogue: optimizer name → entry with ``check_options(raw, where)``.
     tasks: task name → class with ``check(model, data)``.
   """
-  top = check_fields(Config, raw, "config", skip=("optimizers", "schedule"))
+  top = check_fields(Config, raw, "config", skip=("optimizers", "schedule", "mesh"))
   if top["task"] not in tasks:
     raise ConfigError(f"config.task: unknown task {top['task']!r}; valid tasks are {sorted(tasks)}.")
   for key in ("steps", "batch_size", "eval_batches"):
@@ -200,7 +245,8 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
   duplicated = sorted({n for n in names if names.count(n) > 1})
   if duplicated:
     raise ConfigError(f"config.optimizers: names {duplicated} appear twice; give each entry its own 'name'.")
-  config = Config(**top, optimizers=specs, schedule=schedule)
+  mesh = _mesh_spec(raw.get("mesh"), top["batch_size"])
+  config = Config(**top, optimizers=specs, schedule=schedule, mesh=mesh)
   tasks[config.task].check(config.model, config.data)
   return config
 
@@ -220,8 +266,14 @@ def load(path: str | Path, **kwargs: Any) -> Config:
 
 
 def to_dict(config: Config) -> dict[str, Any]:
-  """The config as plain data (for results.json and resume checks)."""
+  """The config as plain data (for results.json and resume checks).
+
+  ``mesh`` appears only when set, so a directory written before the key
+  existed still belongs to the same config.
+  """
   out = dataclasses.asdict(config)
+  if config.mesh is None:
+    del out["mesh"]
   out["optimizers"] = [
       {"name": s.name, "optimizer": s.optimizer, "learning_rate": list(s.learning_rates), **dict(s.options)}
       for s in config.optimizers

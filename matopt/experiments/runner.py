@@ -19,7 +19,7 @@ from typing import Any
 
 from matopt.experiments import config as config_lib
 from matopt.experiments import optimizers as optimizers_lib
-from matopt.experiments import report, tasks, train
+from matopt.experiments import parallel, report, tasks, train
 from matopt.experiments.config import Config, ConfigError
 
 
@@ -129,6 +129,7 @@ def run(
   """
   out = Path(out)
   task = tasks.TASKS[config.task](config)
+  mesh = parallel.make_mesh(config.mesh) if config.mesh is not None else None
   task_defaults = {"recipe": task.scion_recipe}
 
   def build(spec, lr):
@@ -155,7 +156,7 @@ def run(
           result = train.train(
               task, build(spec, lr), steps=config.steps, seed=config.seed, eval_every=config.eval_every,
               checkpoint_every=config.checkpoint_every, run_dir=run_dir,
-              on_step=bars.start(label, config.steps), stop_after=stop_after)
+              on_step=bars.start(label, config.steps), stop_after=stop_after, mesh=mesh)
           if not result["complete"]:
             continue
           report.write_json(done, result)

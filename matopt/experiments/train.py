@@ -6,10 +6,17 @@ With ``checkpoint_every`` set, parameters and optimizer state are saved by
 orbax-checkpoint with the history so far; a run started again in the same
 directory continues from the newest checkpoint and, because batches are
 functions of the step, ends exactly where an uninterrupted run would.
+
+With a mesh, parameters, state and batches are laid out as
+:mod:`matopt.experiments.parallel` describes and the step runs under
+``jax.set_mesh``; checkpoints hold the global arrays and come back in the
+same layout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -21,14 +28,17 @@ import numpy as np
 import optax
 from flax import nnx
 
+from matopt import sharding
+from matopt.experiments import parallel
+
 StepCallback = Callable[[int, float], None]
 
 
-def _evaluate(eval_fn, params, batches) -> tuple[float, float]:
+def _evaluate(eval_fn, params, batches, place) -> tuple[float, float]:
   count = len(jax.tree.leaves(batches)[0])
   losses, auxes = [], []
   for i in range(count):
-    loss, aux = eval_fn(params, jax.tree.map(lambda b: b[i], batches))
+    loss, aux = eval_fn(params, place(jax.tree.map(lambda b: b[i], batches)))
     losses.append(float(loss))
     auxes.append(float(aux))
   return float(np.mean(losses)), float(np.mean(auxes))
@@ -87,6 +97,7 @@ def train(
     run_dir: str | Path | None = None,
     on_step: StepCallback | None = None,
     stop_after: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
   """Train ``task``'s model with ``tx`` for ``steps`` steps.
 
@@ -101,6 +112,8 @@ def train(
     on_step: called after each step with ``(step, train_loss)``.
     stop_after: stop (after checkpointing) once this many steps are done, as
       an interrupted run would; the result is then marked incomplete.
+    mesh: run on these devices (:mod:`matopt.experiments.parallel`); None:
+      the default device.
 
   Returns:
     A record: ``history`` (per step: step, training seconds, train loss;
@@ -110,12 +123,22 @@ def train(
   """
   model = task.make_model(seed)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  opt_state = tx.init(params)
+  if mesh is None:
+    opt_state = tx.init(params)
+    place, jit = (lambda batch: batch), jax.jit
+  else:
+    params = parallel.place_params(params, mesh)
+    opt_state = sharding.init_state(tx, params)
+    place = functools.partial(parallel.place_batch, mesh=mesh)
+    # Outputs pinned to the inputs' layout: the ahead-of-time compiled step
+    # accepts exactly those shardings, where XLA's own choice could drift.
+    shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
+    jit = functools.partial(jax.jit, out_shardings=(*shardings, parallel.replicated(mesh)))
 
   def loss_fn(p, batch):
     return task.loss(nnx.merge(graphdef, p, rest), batch)
 
-  @jax.jit
+  @jit
   def train_step(p, s, batch):
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
     updates, s = tx.update(grads, s, p)
@@ -135,44 +158,47 @@ def train(
       params, opt_state = state["params"], state["opt_state"]
       start, seconds, wall_before, history = latest, meta["seconds"], meta["wall_seconds"], meta["history"]
 
-  val = task.val_batches()
-  wall_start = time.perf_counter()
-  # Compile ahead of time so step times (and the time axis of the plots)
-  # measure training, not compilation.
-  compiled = train_step.lower(params, opt_state, task.train_batch(start)).compile()
-  compile_seconds = time.perf_counter() - wall_start
-  diverged = False
-  step = start
-  try:
-    while step < steps:
-      batch = task.train_batch(step)
-      t0 = time.perf_counter()
-      params, opt_state, loss = compiled(params, opt_state, batch)
-      loss = float(loss)  # waits for the step: per-step times are real
-      seconds += time.perf_counter() - t0
-      step += 1
-      history["train"].append([step, seconds, loss])
-      if on_step:
-        on_step(step, loss)
-      if not math.isfinite(loss):
-        diverged = True
-        break
-      if (eval_every and step % eval_every == 0) or step == steps:
-        history["val"].append([step, seconds, *_evaluate(eval_fn, params, val)])
-      if ckpt and (step % checkpoint_every == 0 or step == steps):
-        ckpt.save(step, {"params": params, "opt_state": opt_state},
-                  {"seconds": seconds, "wall_seconds": wall_before + time.perf_counter() - wall_start,
-                   "history": history})
-      if stop_after is not None and step >= stop_after and step < steps:
-        break
-  finally:
-    if ckpt:
-      ckpt.close()
+  # matopt's transforms spread their matrix work over the mesh they trace
+  # under. (jax.set_mesh takes effect when called, so it is called here.)
+  with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+    val = task.val_batches()
+    wall_start = time.perf_counter()
+    # Compile ahead of time so step times (and the time axis of the plots)
+    # measure training, not compilation.
+    compiled = train_step.lower(params, opt_state, place(task.train_batch(start))).compile()
+    compile_seconds = time.perf_counter() - wall_start
+    diverged = False
+    step = start
+    try:
+      while step < steps:
+        batch = task.train_batch(step)
+        t0 = time.perf_counter()
+        params, opt_state, loss = compiled(params, opt_state, place(batch))
+        loss = float(loss)  # waits for the step: per-step times are real
+        seconds += time.perf_counter() - t0
+        step += 1
+        history["train"].append([step, seconds, loss])
+        if on_step:
+          on_step(step, loss)
+        if not math.isfinite(loss):
+          diverged = True
+          break
+        if (eval_every and step % eval_every == 0) or step == steps:
+          history["val"].append([step, seconds, *_evaluate(eval_fn, params, val, place)])
+        if ckpt and (step % checkpoint_every == 0 or step == steps):
+          ckpt.save(step, {"params": params, "opt_state": opt_state},
+                    {"seconds": seconds, "wall_seconds": wall_before + time.perf_counter() - wall_start,
+                     "history": history})
+        if stop_after is not None and step >= stop_after and step < steps:
+          break
+    finally:
+      if ckpt:
+        ckpt.close()
 
-  if diverged or not history["val"] or history["val"][-1][0] != step:
-    val_loss, val_aux = (math.inf, math.nan) if diverged else _evaluate(eval_fn, params, val)
-    if not diverged:
-      history["val"].append([step, seconds, val_loss, val_aux])
+    if diverged or not history["val"] or history["val"][-1][0] != step:
+      val_loss, val_aux = (math.inf, math.nan) if diverged else _evaluate(eval_fn, params, val, place)
+      if not diverged:
+        history["val"].append([step, seconds, val_loss, val_aux])
   tail = [h[2] for h in history["train"][-10:]]
   return {
       "history": history,

@@ -1,0 +1,80 @@
+"""The main job on a device mesh (``mesh:`` in a config).
+
+Layout, for a mesh with axes ``(data, model)`` (any names; the first axis
+plays ``data``, the second ``model``):
+
+- each batch's leading axis is split over ``data`` (data parallelism);
+- each parameter of two or more dimensions has its fan-in (second to last)
+  axis split over ``data`` and its fan-out (last) axis over ``model``, each
+  only where the axis's size divides it; vectors and scalars are replicated.
+  Weights are thus stored once per mesh (FSDP-style over ``data``, column
+  tensor parallelism over ``model``) and XLA inserts the gathers and
+  reductions (``AxisType.Auto``), so the losses are those of one device up
+  to float rounding;
+- optimizer state follows its parameter (momentum), Shampoo's and SOAP's
+  preconditioners are split by rows (:func:`matopt.sharding.shard_rows`), the
+  rest is replicated (:func:`matopt.sharding.init_state`);
+- the step runs under ``jax.set_mesh(mesh)``, where matopt's transforms
+  spread Newton–Schulz iterations, inverse roots and eigenbases over every
+  device (:mod:`matopt.sharding`).
+
+A one-axis mesh is data parallelism with FSDP-style weights; axes after the
+second split nothing but the optimizer's matrix work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from matopt.experiments.config import MeshSpec
+
+
+def make_mesh(spec: MeshSpec) -> jax.sharding.Mesh:
+  """``jax.make_mesh`` with Auto axes (XLA places what the layout leaves open)."""
+  return jax.make_mesh(spec.shape, spec.axes, axis_types=(jax.sharding.AxisType.Auto,) * len(spec.axes))
+
+
+def _axis(mesh: jax.sharding.Mesh, index: int, size: int) -> str | None:
+  """The name of the mesh's ``index``-th axis when it splits ``size`` evenly."""
+  if index >= len(mesh.axis_names):
+    return None
+  name = mesh.axis_names[index]
+  return name if size % mesh.shape[name] == 0 else None
+
+
+def param_sharding(x: Any, mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Fan-in over the first mesh axis, fan-out over the second (where they divide)."""
+  shape = np.shape(x)
+  if len(shape) < 2:
+    return NamedSharding(mesh, PartitionSpec())
+  spec = [None] * (len(shape) - 2) + [_axis(mesh, 0, shape[-2]), _axis(mesh, 1, shape[-1])]
+  while spec and spec[-1] is None:  # the form jit gives its outputs (one compilation)
+    spec.pop()
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def batch_sharding(x: Any, mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading axis over the first mesh axis; replicated when it does not divide
+  (a validation split cut into batches of another size)."""
+  shape = np.shape(x)
+  axis = _axis(mesh, 0, shape[0]) if shape else None
+  return NamedSharding(mesh, PartitionSpec(axis) if axis else PartitionSpec())
+
+
+def place_params(params: Any, mesh: jax.sharding.Mesh) -> Any:
+  """``params`` placed by :func:`param_sharding`."""
+  return jax.tree.map(lambda x: jax.device_put(x, param_sharding(x, mesh)), params)
+
+
+def place_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """A batch (an array or a tuple of them) placed by :func:`batch_sharding`."""
+  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(x, mesh)), batch)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """The whole array on every device of ``mesh``."""
+  return NamedSharding(mesh, PartitionSpec())
