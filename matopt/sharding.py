@@ -33,8 +33,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 # Matrices larger than this are not gathered onto one device.
 MAX_MATRIX_BYTES = 1 << 30
-# Per-device entries evaluated one by one (unrolled) on CPU; beyond, lax.map.
-_UNROLL = 16
 
 
 def current_mesh() -> jax.sharding.AbstractMesh | None:
@@ -171,10 +169,8 @@ def map_stacked(
         results = tuple(jax.sharding.reshard(r, PartitionSpec(None, *inner) if r.shape[1:] == shape
                                              else PartitionSpec()) for r in results)
       results = tuple(r[:count] for r in results)
-    elif mesh is not None:
-      results = _entry_by_entry(fn, key, stacks)
     else:
-      results = fn(stacks, key)
+      results = tuple(fn(stacks, key))
     start = 0
     for i, target in zip(members, targets):
       size = operands[i][0].shape[0]
@@ -195,26 +191,8 @@ def _local(fn, key, mesh):
   into and out of the stack layout.
   """
   spec = PartitionSpec(mesh.axis_names)
-  return jax.shard_map(lambda *stacks: _entry_by_entry(fn, key, stacks), mesh=mesh, in_specs=spec,
+  return jax.shard_map(lambda *stacks: tuple(fn(stacks, key)), mesh=mesh, in_specs=spec,
                        out_specs=spec, check_vma=False)
-
-
-def _entry_by_entry(fn, key, stacks):
-  """``fn(stacks, key)``; on CPU, one entry per call.
-
-  jaxlib's batched CPU LAPACK kernels (eigh, QR) fan a batch out on the
-  thread pool in which the other host devices' collectives wait, and hang
-  (seen with ``--xla_force_host_platform_device_count``); one entry per call
-  runs inline. Entries are independent, so no result changes.
-  """
-  count = stacks[0].shape[0]
-  if jax.default_backend() != "cpu" or count == 1:
-    return tuple(fn(stacks, key))
-  step = lambda entry: tuple(o[0] for o in fn(tuple(x[None] for x in entry), key))
-  if count <= _UNROLL:
-    outs = [step(tuple(x[i] for x in stacks)) for i in range(count)]
-    return tuple(jnp.stack(o) for o in zip(*outs))
-  return jax.lax.map(step, stacks)
 
 
 def _stack(parts: list[jax.Array]) -> jax.Array:

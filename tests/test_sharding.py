@@ -160,16 +160,20 @@ PRECONDITIONED = {
     "shampoo_eigh": lambda: matopt.scale_by_shampoo(precondition_every=1, max_precond_dim=64),
     "soap": lambda: matopt.scale_by_soap(precondition_every=1, max_precond_dim=64),
 }
-PER_DEVICE_EIGHS = ["f32[1,32,32]", "f32[1,64,64]", "f32[1,64,64]"]
+PER_DEVICE_EIGHS = ["f32[32,32]", "f32[64,64]", "f32[64,64]"]  # one matrix per call
 
 
 def _lapack_calls(compiled):
-  """Per-device ``(target, result shape)`` of the eigh / QR custom calls."""
+  """Per-device ``(target, result shape)`` of the eigh / QR custom calls;
+  unit batch dims dropped (a batch of one is one matrix)."""
   calls = []
   for line in compiled.as_text().splitlines():
     target = re.search(r'custom_call_target="lapack_s(syevd|geqrf)_ffi"', line)
     if target and " custom-call(" in line:
-      calls.append((target.group(1), re.search(r"f32\[[0-9,]+\]", line).group(0)))
+      dims = re.search(r"f32\[([0-9,]+)\]", line).group(1).split(",")
+      while len(dims) > 2 and dims[0] == "1":
+        dims = dims[1:]
+      calls.append((target.group(1), f"f32[{','.join(dims)}]"))
   return sorted(calls)
 
 

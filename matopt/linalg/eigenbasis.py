@@ -6,12 +6,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from matopt.linalg import lapack
+
 
 def eigenbasis(a: ArrayLike) -> jax.Array:
   """Orthonormal eigenvectors of symmetric ``a`` (last two axes), columns in
   descending eigenvalue order (``jnp.linalg.eigh`` returns ascending)."""
   a = jnp.asarray(a)
-  _, q = jnp.linalg.eigh(0.5 * (a + jnp.swapaxes(a, -1, -2)))
+  _, q = lapack.eigh(0.5 * (a + jnp.swapaxes(a, -1, -2)))
   return q[..., ::-1]
 
 
@@ -40,7 +42,7 @@ def refresh_eigenbasis(a: ArrayLike, q: ArrayLike) -> tuple[jax.Array, jax.Array
   estimates = jnp.einsum("...ij,...ik,...kj->...j", q, a, q)
   perm = jnp.argsort(-estimates, axis=-1)
   q_sorted = jnp.take_along_axis(q, perm[..., None, :], axis=-1)
-  q_new, r = jnp.linalg.qr(a @ q_sorted)
+  q_new, r = lapack.qr(a @ q_sorted)
   # QR's sign convention is arbitrary; fix diag(R) ≥ 0 so a basis that
   # already diagonalises A maps to itself (up to the sort).
   signs = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(q_new.dtype)

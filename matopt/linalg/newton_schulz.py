@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from matopt.linalg import lapack
 from matopt.linalg.coefficients import Schedule, resolve_schedule
 
 _METHODS = ("newton_schulz", "gram", "auto", "svd")
@@ -143,7 +144,7 @@ def _newton_schulz_gram(x: jax.Array, schedule: jax.Array, restart_every: int = 
 
 
 def _msign_svd(x: jax.Array) -> jax.Array:
-  u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+  u, s, vh = lapack.svd(x)
   # Singular values at round-off level are zeros of a rank-deficient matrix:
   # their sign is 0, so msign(0) == 0 and msign of rank-r input has rank r.
   tol = jnp.max(s, axis=-1, keepdims=True) * max(x.shape[-2:]) * jnp.finfo(x.dtype).eps

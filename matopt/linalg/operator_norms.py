@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from matopt.linalg import lapack
 from matopt.linalg.coefficients import resolve_schedule
 from matopt.linalg.newton_schulz import compute_dtype_for, msign, scaled_frobenius
 
@@ -156,7 +157,7 @@ def norm(x: ArrayLike, norm: str, **options) -> jax.Array:
   x = x.astype(compute_dtype_for(x.dtype, None))
   d_in, d_out = _dims(x)
   if norm == "spectral":
-    s = jnp.linalg.svd(x, compute_uv=False)
+    s = lapack.svdvals(x)
     return jnp.max(s, axis=-1) * math.sqrt(d_in / d_out)
   if norm == "sign":
     scale = d_in if options.get("normalized", False) else 1.0
@@ -184,7 +185,7 @@ def dual_norm(g: ArrayLike, norm: str, **options) -> jax.Array:
   g = g.astype(compute_dtype_for(g.dtype, None))
   d_in, d_out = _dims(g)
   if norm == "spectral":
-    s = jnp.linalg.svd(g, compute_uv=False)
+    s = lapack.svdvals(g)
     return jnp.sum(s, axis=-1) * math.sqrt(d_out / d_in)
   if norm == "sign":
     scale = 1.0 / d_in if options.get("normalized", False) else 1.0

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from matopt.linalg import lapack
+
 METHODS = ("eigh", "newton")
 
 
@@ -52,7 +54,7 @@ def _ridge(a: jax.Array, eps: float, lam_max: jax.Array) -> jax.Array:
 
 
 def _eigh_root(a: jax.Array, p: float, eps: float) -> jax.Array:
-  w, q = jnp.linalg.eigh(a)
+  w, q = lapack.eigh(a)
   lam_max = jnp.max(w, axis=-1, keepdims=True)
   w = jnp.maximum(w, 0.0) + _ridge(a, eps, lam_max)
   return (q * w[..., None, :] ** (-1.0 / p)) @ jnp.swapaxes(q, -1, -2)
@@ -146,9 +148,9 @@ def root_error(a: ArrayLike, root: ArrayLike, p: int | float, eps: float = 1e-6)
   """
   a = _symmetrise(jnp.asarray(a, jnp.promote_types(jnp.result_type(a), jnp.float32)))
   root = _symmetrise(jnp.asarray(root, a.dtype))
-  w, q = jnp.linalg.eigh(root)
+  w, q = lapack.eigh(root)
   inv_pow = (q * jnp.where(w > 0, w, jnp.inf)[..., None, :] ** (-float(p))) @ jnp.swapaxes(q, -1, -2)
-  lam_max = jnp.max(jnp.linalg.eigvalsh(a), axis=-1)[..., None, None]
+  lam_max = jnp.max(lapack.eigvalsh(a), axis=-1)[..., None, None]
   target = a + _ridge(a, eps, lam_max) * jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
   num = jnp.linalg.norm(inv_pow - target, axis=(-2, -1))
   return num / jnp.linalg.norm(target, axis=(-2, -1))
