@@ -18,6 +18,7 @@ from matopt.optimizers import signum as signum
 from matopt.optimizers import soap as soap
 from matopt.optimizers import unconstrained_scion as unconstrained_scion
 from matopt.transforms import DimensionNumbers as DimensionNumbers
+from matopt.transforms import add_decayed_weights as add_decayed_weights
 from matopt.transforms import clip_by_norm as clip_by_norm
 from matopt.transforms import normalize_by_norm as normalize_by_norm
 from matopt.transforms import partition as partition
@@ -35,6 +36,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "DimensionNumbers",
+    "add_decayed_weights",
     "clip_by_norm",
     "clipped_sgd",
     "dual_norm",

@@ -6,6 +6,7 @@ import optax
 
 from matopt import _checks
 from matopt.transforms.normalize import clip_by_norm
+from matopt.transforms.decay import add_decayed_weights
 
 
 def clipped_sgd(
@@ -15,6 +16,7 @@ def clipped_sgd(
     momentum: float = 0.9,
     scope: str = "global",
     weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
 ) -> optax.GradientTransformation:
   r"""SGD with momentum, the momentum clipped to ℓ2 norm at most λ.
 
@@ -32,6 +34,8 @@ def clipped_sgd(
     momentum: β in [0, 1).
     scope: ``"global"`` (one norm over all leaves) or ``"leaf"``.
     weight_decay: decoupled weight decay μ (multiplied by η).
+    cautious_weight_decay: decay only where the update and the weight agree
+      in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
 
   Returns:
     An ``optax.GradientTransformation``; state: ``optax.ema``'s.
@@ -45,6 +49,6 @@ def clipped_sgd(
   return optax.chain(
       optax.ema(decay=momentum, debias=False),
       clip_by_norm(max_norm, scope=scope),
-      optax.add_decayed_weights(weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -12,6 +12,7 @@ from matopt import _checks, labels as labels_lib
 from matopt.transforms.msign import scale_by_msign
 from matopt.transforms.partition import partition
 from matopt.transforms.shape_scale import scale_by_shape
+from matopt.transforms.decay import add_decayed_weights
 
 
 def muon(
@@ -23,6 +24,7 @@ def muon(
     steps: int | None = None,
     scale: str = "shape",
     weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
     dimension_numbers: Any = None,
     adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
     aux: optax.GradientTransformation | None = None,
@@ -54,12 +56,15 @@ def muon(
     steps: Newton–Schulz iterations (``None``: the preset's default).
     scale: ``"shape"``, ``"rms"`` or ``"none"``.
     weight_decay: decoupled weight decay λ for hidden matrices (multiplied by η).
+    cautious_weight_decay: decay only where the update and the weight agree
+      in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
     dimension_numbers: matrix views of hidden leaves, see
       :func:`matopt.scale_by_msign`.
     adam_learning_rate: learning rate of the default AdamW for the other roles.
     aux: transform for embedding, head and vector leaves; default
       ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, eps=1e-10,
-      weight_decay=weight_decay)`` (Jordan's MuonWithAuxAdam settings).
+      weight_decay=weight_decay)`` (Jordan's MuonWithAuxAdam settings; its
+      decay cautious too with ``cautious_weight_decay``).
     labels: label function (or tree) giving each leaf a role in
       ``("embedding", "hidden", "head", "vector")``; None means
       :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
@@ -88,12 +93,14 @@ def muon(
       optax.trace(decay=momentum, nesterov=nesterov),
       scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),
       scale_by_shape(scale, dimension_numbers=dimension_numbers),
-      optax.add_decayed_weights(weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )
   if aux is None:
-    aux = optax.adamw(
-        adam_learning_rate, b1=0.9, b2=0.95, eps=1e-10, weight_decay=weight_decay
+    aux = optax.chain(  # optax.adamw, with the hidden matrices' decay rule
+        optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-10),
+        add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
+        optax.scale_by_learning_rate(adam_learning_rate),
     )
   return partition(
       {"hidden": hidden, "embedding": aux, "head": aux, "vector": aux},

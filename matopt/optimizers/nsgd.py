@@ -6,6 +6,7 @@ import optax
 
 from matopt import _checks
 from matopt.transforms.normalize import normalize_by_norm
+from matopt.transforms.decay import add_decayed_weights
 
 
 def nsgd(
@@ -14,6 +15,7 @@ def nsgd(
     momentum: float = 0.9,
     scope: str = "global",
     weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
 ) -> optax.GradientTransformation:
   r"""Normalised SGD with momentum: steps of fixed ℓ2 length η.
 
@@ -27,6 +29,8 @@ def nsgd(
     scope: ``"global"`` (one norm over all leaves, as in the paper) or
       ``"leaf"`` (each leaf normalised on its own, ‖·‖_F per matrix).
     weight_decay: decoupled weight decay λ (multiplied by η).
+    cautious_weight_decay: decay only where the update and the weight agree
+      in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
 
   Returns:
     An ``optax.GradientTransformation``; state: ``optax.ema``'s.
@@ -39,6 +43,6 @@ def nsgd(
   return optax.chain(
       optax.ema(decay=momentum, debias=False),
       normalize_by_norm(scope=scope),
-      optax.add_decayed_weights(weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )

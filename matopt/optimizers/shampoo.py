@@ -8,6 +8,7 @@ import optax
 
 from matopt import _checks
 from matopt.transforms.shampoo import scale_by_shampoo
+from matopt.transforms.decay import add_decayed_weights
 
 
 def shampoo(
@@ -22,6 +23,7 @@ def shampoo(
     graft: str = "adam",
     block_size: int | None = 1024,
     weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
     dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   r"""Shampoo (:func:`matopt.scale_by_shampoo`) with decoupled weight decay.
@@ -47,6 +49,8 @@ def shampoo(
     graft: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``"none"``.
     block_size: largest block side (None: whole matrices).
     weight_decay: decoupled weight decay λ (multiplied by η).
+    cautious_weight_decay: decay only where the update and the weight agree
+      in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
 
   Returns:
@@ -64,6 +68,6 @@ def shampoo(
           start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft,
           block_size=block_size, dimension_numbers=dimension_numbers,
       ),
-      optax.add_decayed_weights(weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )

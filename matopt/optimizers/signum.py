@@ -6,6 +6,7 @@ import optax
 
 from matopt import _checks
 from matopt.transforms.sign import scale_by_sign
+from matopt.transforms.decay import add_decayed_weights
 
 
 def signum(
@@ -13,6 +14,7 @@ def signum(
     *,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
 ) -> optax.GradientTransformation:
   r"""Signum: steepest descent in ℓ∞ on an EMA of gradients.
 
@@ -24,6 +26,8 @@ def signum(
     learning_rate: η (float or schedule).
     momentum: β in [0, 1) (0: signSGD).
     weight_decay: decoupled weight decay λ (multiplied by η).
+    cautious_weight_decay: decay only where the update and the weight agree
+      in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
 
   Returns:
     An ``optax.GradientTransformation``; state: ``optax.ema``'s (m in the
@@ -38,6 +42,6 @@ def signum(
   return optax.chain(
       optax.ema(decay=momentum, debias=False),
       scale_by_sign(),
-      optax.add_decayed_weights(weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -8,6 +8,7 @@ import optax
 
 from matopt import _checks
 from matopt.transforms.soap import scale_by_soap
+from matopt.transforms.decay import add_decayed_weights
 
 
 def soap(
@@ -17,6 +18,7 @@ def soap(
     b2: float = 0.95,
     eps: float = 1e-8,
     weight_decay: float = 0.01,
+    cautious_weight_decay: bool = False,
     precondition_every: int = 10,
     max_precond_dim: int = 10000,
     dimension_numbers: Any = None,
@@ -37,6 +39,8 @@ def soap(
     b2: second-moment EMA (and the statistics' EMA).
     eps: Adam's ε.
     weight_decay: decoupled weight decay λ (multiplied by η).
+    cautious_weight_decay: decay only where the update and the weight agree
+      in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
     precondition_every: steps between basis refreshes.
     max_precond_dim: sides longer than this are not rotated.
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
@@ -52,6 +56,6 @@ def soap(
   return optax.chain(
       scale_by_soap(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
                     max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers),
-      optax.add_decayed_weights(weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -1,5 +1,6 @@
 """Per-leaf ``optax.GradientTransformation`` primitives (ascent directions)."""
 
+from matopt.transforms.decay import add_decayed_weights as add_decayed_weights
 from matopt.transforms.lmo import scale_by_lmo as scale_by_lmo
 from matopt.transforms.msign import scale_by_msign as scale_by_msign
 from matopt.transforms.normalize import clip_by_norm as clip_by_norm
@@ -15,6 +16,7 @@ from matopt.transforms.views import DimensionNumbers as DimensionNumbers
 
 __all__ = [
     "DimensionNumbers",
+    "add_decayed_weights",
     "ScaleByShampooState",
     "ScaleBySoapState",
     "clip_by_norm",
