@@ -93,7 +93,9 @@ def scale_by_shampoo(
   ``start_preconditioning_step`` on, and :math:`A_t` is the graft's direction
   (``"adam"``: :math:`\hat M_t/(\sqrt{\hat V_t} + \epsilon_g)`; ``"rmsprop"``:
   :math:`M_t/(\sqrt{V_t} + \epsilon_g)`; ``"sgd"``: :math:`M_t`), whose norm
-  per leaf the Shampoo direction takes. ``graft="none"`` returns
+  the Shampoo direction takes block by block (each matrix of the view, or
+  each ``block_size`` block of a large one; Anil et al. 2020, §3 / Meta's
+  DistributedShampoo). ``graft="none"`` returns
   :math:`D_t`. Before the start step the update is :math:`A_t` (:math:`M_t`
   for ``"none"``). With ``beta=0``, ``exponent=1/4``, ``b1=0``, no graft and a
   root every step, :math:`u_t = \operatorname{msign}(G_t)` (seed 001).
@@ -210,11 +212,14 @@ def scale_by_shampoo(
       mb = prec.root_left @ mb
     if right:
       mb = mb @ prec.root_right
-    direction = view.from_matrices(blocking.from_blocks(mb))
     if graft != "none":
-      d_norm = jnp.linalg.norm(direction)
-      a_norm = jnp.linalg.norm(graft_dir.astype(jnp.float32))
-      direction = direction * jnp.where(d_norm > 0, a_norm / jnp.where(d_norm > 0, d_norm, 1.0), 0.0)
+      # Per block (of each matrix of the view), as DistributedShampoo and
+      # scalable_shampoo graft: each block keeps the grafted step's norm.
+      ab = blocking.to_blocks(view.to_matrices(graft_dir.astype(jnp.float32)))
+      d_norm = jnp.linalg.norm(mb, axis=(-2, -1), keepdims=True)
+      a_norm = jnp.linalg.norm(ab, axis=(-2, -1), keepdims=True)
+      mb = mb * jnp.where(d_norm > 0, a_norm / jnp.where(d_norm > 0, d_norm, 1.0), 0.0)
+    direction = view.from_matrices(blocking.from_blocks(mb))
     fallback = graft_dir if graft != "none" else m
     return jnp.where(use_shampoo, direction.astype(g.dtype), fallback.astype(g.dtype))
 

@@ -27,13 +27,27 @@ class DimensionNumbers(NamedTuple):
   wherever these are. Empty ``reduction_axis=()`` means fan_in = 1, which views
   a bias ``(n,)`` as the ``(1, n)`` matrix of a layer fed a constant 1.
 
+  ``reduction_split`` / ``output_split`` cut the fan-in / fan-out into that
+  many equal contiguous blocks and view each block as its own matrix (its
+  own msign, shape factor, preconditioner). A fused QKV kernel ``(d, 3d)``
+  with ``output_split=3`` is three ``(d, d)`` matrices; with
+  ``output_split=3 * heads`` it is one ``(d, d_head)`` matrix per head of Q,
+  K and V (heads-major layout, as a reshape to ``(d, 3, heads, d_head)``);
+  an output projection ``(heads * d_head, d)`` per head is
+  ``reduction_split=heads``.
+
   Examples: a stack of layers ``(L, d_in, d_out)`` is
   ``DimensionNumbers(reduction_axis=1, output_axis=2)``; a conv kernel
-  ``(kh, kw, c_in, c_out)`` by default is ``((0, 1, 2), 3)``.
+  ``(kh, kw, c_in, c_out)`` by default is ``((0, 1, 2), 3)``; a Flax nnx
+  attention kernel ``(d, heads, d_head)`` is per head with
+  ``DimensionNumbers(reduction_axis=0, output_axis=2)`` (heads become a
+  batch axis).
   """
 
   reduction_axis: Sequence[int] | int = 0
   output_axis: Sequence[int] | int = 1
+  reduction_split: int = 1
+  output_split: int = 1
 
 
 def is_dimension_numbers(x: Any) -> bool:
@@ -53,33 +67,58 @@ def _axes(spec: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
 
 
 class MatrixView(NamedTuple):
-  """A resolved view of one leaf: axes and the resulting matrix sizes."""
+  """A resolved view of one leaf: axes, splits and the resulting matrix sizes.
+
+  ``fan_in`` / ``fan_out`` are one block's sizes and ``batch`` counts every
+  block of every batch entry.
+  """
 
   batch_axes: tuple[int, ...]
   reduction_axes: tuple[int, ...]
   output_axes: tuple[int, ...]
   shape: tuple[int, ...]
+  reduction_split: int = 1
+  output_split: int = 1
 
   @property
-  def fan_in(self) -> int:
+  def _full_fan_in(self) -> int:
     return math.prod(self.shape[a] for a in self.reduction_axes)
 
   @property
-  def fan_out(self) -> int:
+  def _full_fan_out(self) -> int:
     return math.prod(self.shape[a] for a in self.output_axes)
 
   @property
+  def fan_in(self) -> int:
+    return self._full_fan_in // self.reduction_split
+
+  @property
+  def fan_out(self) -> int:
+    return self._full_fan_out // self.output_split
+
+  @property
   def batch(self) -> int:
-    return math.prod(self.shape[a] for a in self.batch_axes)
+    return math.prod(self.shape[a] for a in self.batch_axes) * self.reduction_split * self.output_split
 
   def to_matrices(self, x: jax.Array) -> jax.Array:
     """``x`` as an array of shape ``(batch, fan_in, fan_out)``."""
     perm = self.batch_axes + self.reduction_axes + self.output_axes
-    return jnp.transpose(x, perm).reshape(self.batch, self.fan_in, self.fan_out)
+    outer = math.prod(self.shape[a] for a in self.batch_axes)
+    m = jnp.transpose(x, perm).reshape(outer, self._full_fan_in, self._full_fan_out)
+    if self.reduction_split == self.output_split == 1:
+      return m
+    rs, os_ = self.reduction_split, self.output_split
+    m = m.reshape(outer, rs, self.fan_in, os_, self.fan_out)
+    return jnp.transpose(m, (0, 1, 3, 2, 4)).reshape(self.batch, self.fan_in, self.fan_out)
 
   def from_matrices(self, m: jax.Array) -> jax.Array:
     """Inverse of :meth:`to_matrices`."""
     perm = self.batch_axes + self.reduction_axes + self.output_axes
+    outer = math.prod(self.shape[a] for a in self.batch_axes)
+    if not self.reduction_split == self.output_split == 1:
+      rs, os_ = self.reduction_split, self.output_split
+      m = m.reshape(outer, rs, os_, self.fan_in, self.fan_out)
+      m = jnp.transpose(m, (0, 1, 3, 2, 4))
     permuted_shape = tuple(self.shape[a] for a in perm)
     inverse = tuple(perm.index(a) for a in range(len(perm)))
     return jnp.transpose(m.reshape(permuted_shape), inverse)
@@ -97,7 +136,16 @@ def make_view(shape: tuple[int, ...], dn: Any, path: str) -> MatrixView:
         f" distinct axes in range({ndim})."
     )
   batch = tuple(a for a in range(ndim) if a not in named)
-  return MatrixView(batch, red, out, tuple(shape))
+  splits = {"reduction_split": getattr(dn, "reduction_split", 1), "output_split": getattr(dn, "output_split", 1)}
+  sizes = {"reduction_split": math.prod(shape[a] for a in red), "output_split": math.prod(shape[a] for a in out)}
+  for field, split in splits.items():
+    if sizes[field] % split:
+      raise ValueError(
+          f"Leaf {path!r} of shape {shape}: {field}={split} does not divide its"
+          f" {'fan-in' if field == 'reduction_split' else 'fan-out'} of {sizes[field]};"
+          " splits must cut it into equal blocks (per head: the number of heads)."
+      )
+  return MatrixView(batch, red, out, tuple(shape), **splits)
 
 
 def resolve_views(
@@ -177,6 +225,10 @@ def check_dimension_numbers_spec(dimension_numbers: Any) -> None:
       axes = tuple(field) if isinstance(field, (tuple, list)) else (field,)
       if not all(isinstance(a, int) for a in axes):
         raise ValueError(f"Dimension numbers must hold ints, got {dn!r}.")
+    for field in ("reduction_split", "output_split"):
+      split = getattr(dn, field, 1)
+      if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+        raise ValueError(f"{field} must be a positive int (equal blocks), got {split!r} in {dn!r}.")
 
 
 def map_matrices(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list) -> Any:
