@@ -1,6 +1,6 @@
 """A full optimizer step on a transformer-shaped parameter tree.
 
-Run: python benchmarks/step.py [--layers 8] [--width 512] [--vocab 1024] [--steps 10]
+Run: python benchmarks/step.py [--layers 4] [--width 256] [--vocab 1024] [--steps 10]
 
 For adamw, muon, optax.contrib.muon, muon on every 2-D leaf (optax's
 default work), scion, shampoo and soap: the jitted
