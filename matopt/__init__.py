@@ -9,8 +9,10 @@ from matopt.linalg import inverse_pth_root as inverse_pth_root
 from matopt.linalg import lmo as lmo
 from matopt.linalg import msign as msign
 from matopt.linalg import norm as norm
+from matopt.optimizers import adamuon as adamuon
 from matopt.optimizers import clipped_sgd as clipped_sgd
 from matopt.optimizers import muon as muon
+from matopt.optimizers import normuon as normuon
 from matopt.optimizers import nsgd as nsgd
 from matopt.optimizers import scion as scion
 from matopt.optimizers import shampoo as shampoo
@@ -23,7 +25,9 @@ from matopt.transforms import clip_by_norm as clip_by_norm
 from matopt.transforms import normalize_by_norm as normalize_by_norm
 from matopt.transforms import partition as partition
 from matopt.transforms import scale_by_lmo as scale_by_lmo
+from matopt.transforms import scale_by_adamuon as scale_by_adamuon
 from matopt.transforms import scale_by_msign as scale_by_msign
+from matopt.transforms import scale_by_normuon as scale_by_normuon
 from matopt.transforms import scale_by_shampoo as scale_by_shampoo
 from matopt.transforms import scale_by_shape as scale_by_shape
 from matopt.transforms import scale_by_sign as scale_by_sign
@@ -38,6 +42,7 @@ __all__ = [
     "DimensionNumbers",
     "add_decayed_weights",
     "clip_by_norm",
+    "adamuon",
     "clipped_sgd",
     "dual_norm",
     "inverse_pth_root",
@@ -46,12 +51,15 @@ __all__ = [
     "lmo",
     "msign",
     "muon",
+    "normuon",
     "norm",
     "normalize_by_norm",
     "nsgd",
     "partition",
     "scale_by_lmo",
+    "scale_by_adamuon",
     "scale_by_msign",
+    "scale_by_normuon",
     "scale_by_shampoo",
     "scale_by_shape",
     "scale_by_sign",

@@ -86,6 +86,8 @@ CATALOGUE: dict[str, Entry] = {
                   {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "nesterov": False}),
     "sgd": Entry(optax.sgd, {"momentum": float | None, "nesterov": bool}, {"momentum": None, "nesterov": False}),
     "muon": _from_signature(matopt.muon),
+    "normuon": _from_signature(matopt.normuon),
+    "adamuon": _from_signature(matopt.adamuon),
     "scion": _from_signature(matopt.scion, task_defaults=("recipe",)),
     "unconstrained_scion": _from_signature(matopt.unconstrained_scion, task_defaults=("recipe",)),
     "shampoo": _from_signature(matopt.shampoo),

@@ -26,6 +26,7 @@ def muon(
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
     dimension_numbers: Any = None,
+    adaptive: optax.GradientTransformation | None = None,
     adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
     aux: optax.GradientTransformation | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
@@ -60,6 +61,10 @@ def muon(
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
     dimension_numbers: matrix views of hidden leaves, see
       :func:`matopt.scale_by_msign`.
+    adaptive: a transform applied to the orthogonalised update before the
+      shape factor, such as :func:`matopt.scale_by_normuon` or
+      :func:`matopt.scale_by_adamuon` (see :func:`matopt.normuon`,
+      :func:`matopt.adamuon`); None for plain Muon.
     adam_learning_rate: learning rate of the default AdamW for the other roles.
     aux: transform for embedding, head and vector leaves; default
       ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, eps=1e-10,
@@ -92,6 +97,7 @@ def muon(
   hidden = optax.chain(
       optax.trace(decay=momentum, nesterov=nesterov),
       scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),
+      optax.identity() if adaptive is None else adaptive,
       scale_by_shape(scale, dimension_numbers=dimension_numbers),
       add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),

@@ -1,10 +1,14 @@
 """Per-leaf ``optax.GradientTransformation`` primitives (ascent directions)."""
 
+from matopt.transforms.adamuon import ScaleByAdaMuonState as ScaleByAdaMuonState
+from matopt.transforms.adamuon import scale_by_adamuon as scale_by_adamuon
 from matopt.transforms.decay import add_decayed_weights as add_decayed_weights
 from matopt.transforms.lmo import scale_by_lmo as scale_by_lmo
 from matopt.transforms.msign import scale_by_msign as scale_by_msign
 from matopt.transforms.normalize import clip_by_norm as clip_by_norm
 from matopt.transforms.normalize import normalize_by_norm as normalize_by_norm
+from matopt.transforms.normuon import ScaleByNorMuonState as ScaleByNorMuonState
+from matopt.transforms.normuon import scale_by_normuon as scale_by_normuon
 from matopt.transforms.partition import partition as partition
 from matopt.transforms.shampoo import ScaleByShampooState as ScaleByShampooState
 from matopt.transforms.shampoo import scale_by_shampoo as scale_by_shampoo
@@ -17,13 +21,17 @@ from matopt.transforms.views import DimensionNumbers as DimensionNumbers
 __all__ = [
     "DimensionNumbers",
     "add_decayed_weights",
+    "ScaleByAdaMuonState",
+    "ScaleByNorMuonState",
     "ScaleByShampooState",
     "ScaleBySoapState",
     "clip_by_norm",
     "normalize_by_norm",
     "partition",
     "scale_by_lmo",
+    "scale_by_adamuon",
     "scale_by_msign",
+    "scale_by_normuon",
     "scale_by_shampoo",
     "scale_by_shape",
     "scale_by_sign",

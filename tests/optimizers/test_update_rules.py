@@ -81,6 +81,36 @@ def test_muon(nesterov, scale):
     np.testing.assert_allclose(got[k][n], ref, atol=2e-5)
 
 
+@pytest.mark.parametrize("variant", ["normuon", "adamuon"])
+def test_normuon_and_adamuon_match_reference_code(variant):
+  # Transcribed in PyTorch's (out, in) layout from zichongli5/NorMuon
+  # (normuon_update) and Chongjie-Si/AdaMuon (adamuon.py); our kernel is Wᵀ.
+  params, grads = _problem(2)
+  lr, beta, beta2, wd = 0.02, 0.95, 0.9, 0.1
+  factory = matopt.normuon if variant == "normuon" else matopt.adamuon
+  got = _run(factory(lr, momentum=beta, b2=beta2, weight_decay=wd, adam_learning_rate=3e-3), params, grads)
+  p = params["Dense_0"]["kernel"].T.copy()
+  buf, v = np.zeros_like(p), None
+  for t, g in enumerate(grads, start=1):
+    g = g["Dense_0"]["kernel"].T
+    buf = buf + (1 - beta) * (g - buf)           # buf.lerp_(g, 1 - beta)
+    u = jordan_newton_schulz(g + beta * (buf - g))  # g.lerp_(buf, beta), Nesterov
+    if variant == "normuon":
+      vnorm = np.linalg.norm(u)
+      v_mean = np.mean(u * u, axis=-1, keepdims=True)
+      v = v_mean * (1 - beta2) if v is None else v + (1 - beta2) * (v_mean - v)
+      u = u / (np.sqrt(v) + 1e-10)
+      u = u * vnorm / (np.linalg.norm(u) + 1e-10)
+      u = u * max(1, p.shape[0] / p.shape[1]) ** 0.5
+    else:
+      v = (1 - beta2) * u * u if v is None else beta2 * v + (1 - beta2) * u * u
+      u = u / (np.sqrt(v / (1 - beta2**t)) + 1e-8)
+      u = u * np.sqrt(min(p.shape)) / (np.linalg.norm(u) + 1e-8)
+      u = u * 0.2 * np.sqrt(max(p.shape))
+    p = p * (1 - lr * wd) - lr * u
+  np.testing.assert_allclose(got["Dense_0"]["kernel"], p.T, atol=2e-5)
+
+
 @pytest.mark.parametrize("constrained", [True, False])
 def test_scion(constrained):
   params, grads = _problem(1)

@@ -1,0 +1,64 @@
+"""NorMuon: Muon with neuron-wise normalised updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optax
+from jax.typing import ArrayLike
+
+from matopt.optimizers.muon import muon
+from matopt.transforms.normuon import scale_by_normuon
+
+
+def normuon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    b2: float = 0.95,
+    eps: float = 1e-10,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    coeffs: str | ArrayLike = "jordan",
+    steps: int | None = None,
+    scale: str = "shape",
+    weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
+    dimension_numbers: Any = None,
+    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    aux: optax.GradientTransformation | None = None,
+    labels: Callable[[optax.Params], Any] | Any | None = None,
+) -> optax.GradientTransformation:
+  r"""NorMuon: :func:`matopt.muon` with :func:`matopt.scale_by_normuon` after Newton–Schulz.
+
+  For a hidden matrix (Flax layout, :math:`j` an output neuron):
+
+  .. math::
+    O_t = \operatorname{msign}(N_t), \quad
+    v_{t,j} = b_2 v_{t-1,j} + (1-b_2)\,\operatorname{mean}_i O_{t,ij}^2, \quad
+    \hat O_t = \frac{\|O_t\|_F}{\|O_t / (\sqrt{v_t} + \epsilon)\|_F}\,\frac{O_t}{\sqrt{v_t} + \epsilon}
+    \\
+    W_{t+1} = W_t - \eta\,(s \cdot \hat O_t + \lambda W_t)
+
+  with :math:`N_t` Muon's (Nesterov) momentum and :math:`s` its shape factor.
+
+  Args:
+    learning_rate: η for hidden matrices (float or schedule).
+    b2: EMA rate of the per-neuron second moment (reference 0.95).
+    eps: ε of the normalisation (reference 1e-10).
+    momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
+      adam_learning_rate, aux, labels: as in :func:`matopt.muon`.
+    scale: shape factor, as in :func:`matopt.muon` (the reference's √max(1, fan_out/fan_in)).
+    dimension_numbers: matrix views of hidden leaves (also the adaptive step's).
+
+  Returns:
+    An ``optax.GradientTransformation`` (``optax.multi_transform`` state).
+
+  References:
+    Li et al., 2025. NorMuon: Making Muon more efficient and scalable.
+    arXiv:2510.05491
+  """
+  return muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
+              weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay,
+              dimension_numbers=dimension_numbers, adaptive=scale_by_normuon(b2=b2, eps=eps, dimension_numbers=dimension_numbers),
+              adam_learning_rate=adam_learning_rate, aux=aux, labels=labels)

@@ -1,0 +1,92 @@
+"""AdaMuon's elementwise second moment on orthogonalised updates."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from matopt import _checks, _tree
+from matopt.transforms import views as views_lib
+
+
+class ScaleByAdaMuonState(NamedTuple):
+  """Step count and, per leaf, the EMA of the squared update (float32)."""
+
+  count: jax.Array
+  nu: optax.Updates
+
+
+def scale_by_adamuon(
+    *,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformation:
+  r"""Adam's second moment on an (orthogonalised) update, then an orthogonal matrix's norm.
+
+  For each matrix ``O`` of a leaf's view, at step :math:`t`:
+
+  .. math::
+    V_t = b_2 V_{t-1} + (1 - b_2)\, O \odot O, \qquad
+    \hat O = \frac{O}{\sqrt{V_t / (1 - b_2^t)} + \epsilon}, \qquad
+    u = \frac{\sqrt{\min(\text{fan\_in}, \text{fan\_out})}}{\|\hat O\|_F + \epsilon}\,\hat O
+
+  Chain it after :func:`matopt.scale_by_msign`. The last step gives ``u``
+  the Frobenius norm of a semi-orthogonal matrix of that shape, so the RMS
+  scale :math:`0.2\sqrt{\max(\text{fan\_in}, \text{fan\_out})}` of
+  :func:`matopt.scale_by_shape` (``"rms"``) matches AdamW's update size, as
+  in the reference code's "RMS-aligned rescaling".
+
+  Args:
+    b2: EMA rate of the second moment, in [0, 1).
+    eps: added to √V̂ and to the norm.
+    dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`ScaleByAdaMuonState`. A
+    leaf with no matrix view raises a ValueError naming it.
+
+  References:
+    Si, Zhang and Shen, 2025. AdaMuon: Adaptive Muon Optimizer.
+    arXiv:2507.11005 (github.com/Chongjie-Si/AdaMuon, ``adamuon.py``).
+  """
+  _checks.check_range("b2", b2, 0.0, 1.0, hi_open=True)
+  _checks.check_range("eps", eps, 0.0, float("inf"))
+  views_lib.check_dimension_numbers_spec(dimension_numbers)
+
+  def views_of(tree):
+    return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_adamuon")
+
+  def init_fn(params):
+    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
+    nu = [leaf if view is None else jnp.zeros(jnp.shape(leaf), jnp.float32)
+          for leaf, view in zip(leaves, views_of(params))]
+    return ScaleByAdaMuonState(count=jnp.zeros([], jnp.int32), nu=jax.tree_util.tree_unflatten(treedef, nu))
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    correction = 1.0 - b2 ** count.astype(jnp.float32)
+    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
+    nus = treedef.flatten_up_to(state.nu)
+    out, new_nu = [], []
+    for leaf, nu, view in zip(leaves, nus, views_of(updates)):
+      if view is None or _tree.is_masked(leaf):
+        out.append(leaf)
+        new_nu.append(nu)
+        continue
+      o = leaf.astype(jnp.float32)
+      nu = b2 * nu + (1.0 - b2) * o * o
+      scaled = view.to_matrices(o / (jnp.sqrt(nu / correction) + eps))
+      norm = jnp.sqrt(jnp.sum(scaled * scaled, axis=(-2, -1), keepdims=True))
+      scaled = scaled * (math.sqrt(min(view.fan_in, view.fan_out)) / (norm + eps))
+      out.append(view.from_matrices(scaled).astype(leaf.dtype))
+      new_nu.append(nu)
+    return (jax.tree_util.tree_unflatten(treedef, out),
+            ScaleByAdaMuonState(count=count, nu=jax.tree_util.tree_unflatten(treedef, new_nu)))
+
+  return optax.GradientTransformation(init_fn, update_fn)
