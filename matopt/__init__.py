@@ -25,6 +25,7 @@ from matopt.transforms import clip_by_norm as clip_by_norm
 from matopt.transforms import normalize_by_norm as normalize_by_norm
 from matopt.transforms import partition as partition
 from matopt.transforms import scale_by_lmo as scale_by_lmo
+from matopt.transforms import qk_clip as qk_clip
 from matopt.transforms import scale_by_adamuon as scale_by_adamuon
 from matopt.transforms import scale_by_msign as scale_by_msign
 from matopt.transforms import scale_by_normuon as scale_by_normuon
@@ -56,6 +57,7 @@ __all__ = [
     "normalize_by_norm",
     "nsgd",
     "partition",
+    "qk_clip",
     "scale_by_lmo",
     "scale_by_adamuon",
     "scale_by_msign",

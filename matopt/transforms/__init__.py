@@ -10,6 +10,7 @@ from matopt.transforms.normalize import normalize_by_norm as normalize_by_norm
 from matopt.transforms.normuon import ScaleByNorMuonState as ScaleByNorMuonState
 from matopt.transforms.normuon import scale_by_normuon as scale_by_normuon
 from matopt.transforms.partition import partition as partition
+from matopt.transforms.qk_clip import qk_clip as qk_clip
 from matopt.transforms.shampoo import ScaleByShampooState as ScaleByShampooState
 from matopt.transforms.shampoo import scale_by_shampoo as scale_by_shampoo
 from matopt.transforms.shape_scale import scale_by_shape as scale_by_shape
@@ -28,6 +29,7 @@ __all__ = [
     "clip_by_norm",
     "normalize_by_norm",
     "partition",
+    "qk_clip",
     "scale_by_lmo",
     "scale_by_adamuon",
     "scale_by_msign",

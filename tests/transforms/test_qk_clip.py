@@ -1,0 +1,119 @@
+"""QK-clip: each head's logits shrink by exactly min(1, τ/S_h) after the step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import matopt
+
+D, H, DH, TAU = 8, 4, 3, 10.0
+S = jnp.asarray([5.0, 20.0, 10.0, 400.0])  # heads 1 and 3 above τ
+GAMMA = np.minimum(1.0, TAU / np.asarray(S))
+
+
+def _normal(shape, seed):
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _attn(seed=0):
+  # nnx.MultiHeadAttention layout: kernels (d, heads, d_head), biases (heads, d_head).
+  return {name: {"kernel": _normal((D, H, DH), seed + i), "bias": _normal((H, DH), seed + 10 + i)}
+          for i, name in enumerate(("query", "key", "value"))}
+
+
+def _logits(p, x):
+  q = jnp.einsum("td,dhk->thk", x, p["query"]["kernel"]) + p["query"]["bias"][None]
+  k = jnp.einsum("td,dhk->thk", x, p["key"]["kernel"]) + p["key"]["bias"][None]
+  return jnp.einsum("thk,shk->hts", q, k)
+
+
+def _step(tx, params, max_logits):
+  updates = jax.tree.map(lambda w: 0.1 * _normal(w.shape, 99), params)
+  clipped, _ = jax.jit(tx.update)(updates, tx.init(params), params, max_logits=max_logits)
+  return optax.apply_updates(params, updates), optax.apply_updates(params, clipped)
+
+
+@pytest.mark.parametrize("logits_tree", [
+    lambda s: {"blocks": {"0": {"attn": s}}},
+    lambda s: {"blocks": {"0": {"attn": {"max_logits": (s,)}}}},  # what nnx.sow gives
+], ids=["module_path", "sow_path"])
+def test_each_head_logits_shrink_by_gamma(logits_tree):
+  params = {"blocks": {"0": {"attn": _attn()}}, "head": {"kernel": _normal((D, 5), 7)}}
+  plain, clipped = _step(matopt.qk_clip(TAU), params, logits_tree(S))
+  x = _normal((6, D), 3)
+  before = _logits(plain["blocks"]["0"]["attn"], x)
+  after = _logits(clipped["blocks"]["0"]["attn"], x)
+  np.testing.assert_allclose(after, before * GAMMA[:, None, None], rtol=1e-5, atol=1e-5)
+  for untouched in (clipped["blocks"]["0"]["attn"]["value"], clipped["head"]):
+    ref = plain["blocks"]["0"]["attn"]["value"] if "bias" in untouched else plain["head"]
+    jax.tree.map(np.testing.assert_array_equal, untouched, ref)
+
+
+def test_flat_and_fused_kernels_with_head_dim():
+  attn = _attn(1)
+  flat = {n: {"kernel": attn[n]["kernel"].reshape(D, H * DH)} for n in ("query", "key", "value")}
+  _, clipped = _step(matopt.qk_clip(TAU, head_dim=DH), {"attn": flat}, {"attn": S})
+  plain, _ = _step(matopt.qk_clip(TAU, head_dim=DH), {"attn": flat}, {"attn": jnp.zeros(H)})  # nothing above τ
+  q = clipped["attn"]["query"]["kernel"].reshape(D, H, DH)
+  np.testing.assert_allclose(q, np.asarray(plain["attn"]["query"]["kernel"]).reshape(D, H, DH) * np.sqrt(GAMMA)[:, None],
+                             rtol=1e-6)
+  # Fused [Q | K | V]: Q and K heads scaled, V left alone.
+  fused = {"attn": {"qkv": {"kernel": jnp.concatenate([flat[n]["kernel"] for n in ("query", "key", "value")], -1)}}}
+  tx = matopt.qk_clip(TAU, query="qkv", key="qkv", head_dim=DH)
+  plain, clipped = _step(tx, fused, {"attn": S})
+  sections = np.asarray(clipped["attn"]["qkv"]["kernel"]).reshape(D, 3, H, DH)
+  ref = np.asarray(plain["attn"]["qkv"]["kernel"]).reshape(D, 3, H, DH)
+  factor = np.sqrt(GAMMA)[:, None]
+  np.testing.assert_allclose(sections[:, :2], ref[:, :2] * factor, rtol=1e-6)
+  np.testing.assert_array_equal(sections[:, 2], ref[:, 2])
+
+
+def test_stacked_layers():
+  # Layers stacked on a leading axis (nnx.scan): max_logits (layers, heads).
+  layers = 2
+  attn = jax.tree.map(lambda w: jnp.stack([w, 2 * w]), _attn(2))
+  s = jnp.stack([S, jnp.ones(H)])
+  plain, clipped = _step(matopt.qk_clip(TAU), {"attn": attn}, {"attn": s})
+  g = np.ones((layers, 1, H, 1))
+  g[0, 0, :, 0] = np.sqrt(GAMMA)
+  np.testing.assert_allclose(clipped["attn"]["query"]["kernel"], np.asarray(plain["attn"]["query"]["kernel"]) * g, rtol=1e-6)
+
+
+def test_heads_below_tau_and_finite_inputs_leave_weights():
+  params = {"attn": _attn(4)}
+  for s in (jnp.zeros(H), jnp.full(H, TAU), jnp.full(H, -1e30)):
+    plain, clipped = _step(matopt.qk_clip(TAU), params, {"attn": s})
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), clipped, plain)
+  _, clipped = _step(matopt.qk_clip(TAU), params, {"attn": jnp.full(H, 1e30)})
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(clipped))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tau": 0.0}, "tau"),
+    ({"query": ""}, "query must be the name of a child module"),
+    ({"head_dim": 0}, "head_dim must be None or a positive int"),
+    ({"query": "qkv", "key": "qkv"}, "fused QKV kernel .* needs head_dim"),
+])
+def test_bad_options_raise_at_construction(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    matopt.qk_clip(**kwargs)
+
+
+def test_bad_calls_name_the_problem():
+  params = {"blocks": {"attn": _attn()}}
+  tx = matopt.qk_clip(TAU)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="needs the model's attention logits"):
+    tx.update(params, state, params)
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(params, state, max_logits={"blocks": {"attn": S}})
+  with pytest.raises(ValueError, match="no parameters named 'query' under max_logits path 'mlp'"):
+    tx.update(params, state, params, max_logits={"mlp": S})
+  with pytest.raises(ValueError, match="leaf 'blocks/attn/(query|key)/(kernel|bias)' of shape .* no head axis of size 5"):
+    tx.update(params, state, params, max_logits={"blocks": {"attn": jnp.ones(5)}})
+  with pytest.raises(ValueError, match="pass head_dim="):
+    tx.update({"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
+              state, {"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
+              max_logits={"attn": S})
