@@ -15,14 +15,14 @@ from matopt.transforms import views as views_lib
 from matopt.transforms.blocks import make_blocking
 
 GRAFTS = ("adam", "rmsprop", "sgd", "none")
-_EMPTY = (0,)
+_EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
 
 
 class Preconditioner(NamedTuple):
   """One leaf's Kronecker factors: blocked statistics and their inverse roots.
 
   Shapes ``(batch, bm, bn, s, s)``; a side that is not preconditioned (or a
-  leaf with no matrix view) holds an empty ``(0,)`` array.
+  leaf with no matrix view) holds a 0-d placeholder.
   """
 
   stats_left: jax.Array
@@ -264,7 +264,7 @@ def scale_by_shampoo(
       precs[i] = precs[i]._replace(stats_left=sl, stats_right=sr)
     # 2. Roots of all statistics at once, on refresh steps only.
     sides = [(i, side) for i in blocks for side in ("left", "right")
-             if getattr(precs[i], f"stats_{side}").size]
+             if getattr(precs[i], f"stats_{side}").ndim]
     stats = [getattr(precs[i], f"stats_{side}") for i, side in sides]
     old = [getattr(precs[i], f"root_{side}") for i, side in sides]
     roots = jax.lax.cond(refresh, lambda: refresh_roots(stats, old), lambda: old) if sides else []

@@ -13,7 +13,7 @@ from matopt import sharding as sharding_lib
 from matopt.linalg.eigenbasis import eigenbasis, refresh_eigenbasis
 from matopt.transforms import views as views_lib
 
-_EMPTY = (0,)
+_EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
 
 
 class ScaleBySoapState(NamedTuple):
@@ -24,7 +24,7 @@ class ScaleBySoapState(NamedTuple):
   same as rotating it into each new basis; ``nu`` lives in the rotated basis,
   shaped like the leaf's matrix view ``(batch, m, n)`` (float32). Statistics
   and bases are ``(batch, m, m)`` / ``(batch, n, n)`` float32, or empty
-  ``(0,)`` for a side that is not rotated.
+  a 0-d placeholder for a side that is not rotated.
   """
 
   count: jax.Array  # int32 calls so far (the first only builds the bases)
@@ -34,6 +34,25 @@ class ScaleBySoapState(NamedTuple):
   stats_right: optax.Updates
   basis_left: optax.Updates
   basis_right: optax.Updates
+
+
+def _finite_or(q: jax.Array, q_old: jax.Array) -> jax.Array:
+  """``q`` where every entry of a matrix is finite, else that matrix's old basis.
+
+  Statistics that overflowed (gradients near 1e30 squared exceed float32)
+  give NaN eigenvectors; keeping the previous basis keeps the update finite,
+  as Shampoo keeps its previous root (scalable_shampoo)."""
+  ok = jnp.all(jnp.isfinite(q), axis=(-2, -1), keepdims=True)
+  return jnp.where(ok, q, q_old)
+
+
+def _guarded_refresh(a: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`refresh_eigenbasis`, keeping the old basis (identity permutation)
+  where the new one is not finite."""
+  q_new, perm = refresh_eigenbasis(a, q)
+  ok = jnp.all(jnp.isfinite(q_new), axis=(-2, -1))
+  identity = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
+  return jnp.where(ok[..., None, None], q_new, q), jnp.where(ok[..., None], perm, identity)
 
 
 def scale_by_soap(
@@ -126,9 +145,9 @@ def scale_by_soap(
 
   def rotate(x, ql, qr, forward):
     """Q_Lᵀ x Q_R (forward) or Q_L x Q_Rᵀ (back); empty bases are identities."""
-    if ql.size:
+    if ql.ndim:
       x = (jnp.swapaxes(ql, -1, -2) if forward else ql) @ x
-    if qr.size:
+    if qr.ndim:
       x = x @ (qr if forward else jnp.swapaxes(qr, -1, -2))
     return x
 
@@ -148,9 +167,9 @@ def scale_by_soap(
     u = jnp.where(first, 0.0, u).astype(g.dtype)
     v = jnp.where(first, v, v_new)
     # Statistics take this gradient after it was used (the reference's order).
-    if sl.size:
+    if sl.ndim:
       sl = beta * sl + (1.0 - beta) * (gm @ jnp.swapaxes(gm, -1, -2))
-    if sr.size:
+    if sr.ndim:
       sr = beta * sr + (1.0 - beta) * (jnp.swapaxes(gm, -1, -2) @ gm)
     return u, v, sl, sr
 
@@ -180,14 +199,13 @@ def scale_by_soap(
         per_leaf.append([*update_leaf(g, m, v, sl, sr, ql, qr, view, first, k), ql, qr])
     leaf_ids = [i for i, leaf in enumerate(per_leaf) if not _tree.is_masked(leaf)]
     # (leaf, side) for every rotated side; side 0 is left (rows of V), 1 right.
-    sides = [(i, side) for i in leaf_ids for side in (0, 1) if per_leaf[i][2 + side].size]
+    sides = [(i, side) for i in leaf_ids for side in (0, 1) if per_leaf[i][2 + side].ndim]
 
     def first_bases(stats, bases, vs):
-      del bases
-      return [q for (q,) in grouped(lambda a: (eigenbasis(a),), stats)], vs
+      return [q for (q,) in grouped(lambda a, q0: (_finite_or(eigenbasis(a), q0),), stats, bases)], vs
 
     def new_bases(stats, bases, vs):
-      refreshed = grouped(refresh_eigenbasis, stats, bases)
+      refreshed = grouped(_guarded_refresh, stats, bases)
       vs = dict(vs)
       for (i, side), (_, perm) in zip(sides, refreshed):
         # V lives in the old basis: its rows (left) or columns (right) follow π.

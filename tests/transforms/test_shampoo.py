@@ -99,7 +99,7 @@ def test_large_sides_skip_preconditioning_and_vectors_take_graft():
   tx = scale_by_shampoo(beta=0.0, eps=1e-12, precondition_every=1, graft="sgd", max_precond_dim=16,
                         block_size=None)
   u, state = tx.update(grads, tx.init(params))
-  assert state.stats_right["w"].shape == (0,)
+  assert state.stats_right["w"].shape == ()
   np.testing.assert_array_equal(u["b"], grads["b"])
   # Left-only: L^{-1/4} G, rescaled to ‖G‖ (sgd graft).
   g = np.asarray(grads["w"], np.float64)

@@ -107,7 +107,7 @@ def test_vectors_get_adam_and_long_sides_stay_unrotated():
   params = {"b": jnp.zeros(4), "w": jnp.zeros((3, 20))}
   tx = scale_by_soap(max_precond_dim=10, eps=1e-3)
   state = tx.init(params)
-  assert state.basis_right["w"].shape == (0,) and state.basis_left["w"].shape == (1, 3, 3)
+  assert state.basis_right["w"].shape == () and state.basis_left["w"].shape == (1, 3, 3)
   adam = optax.scale_by_adam(b1=0.95, b2=0.95, eps=1e-3)
   astate = adam.init(params)
   for t in range(4):
