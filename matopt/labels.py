@@ -61,12 +61,14 @@ def _check_overrides(overrides: Mapping[str, str] | None) -> list[tuple[re.Patte
 
 def role_of(path: tuple, leaf: Any, overrides: list[tuple[re.Pattern, str]] = ()) -> str:
   """The role of one leaf given its key path (see :func:`by_role`)."""
+  # Vectors first: an override naming a module (``"attn"``) relabels its
+  # kernels, never its biases or norm scales into a matrix-only role.
+  if getattr(leaf, "ndim", len(getattr(leaf, "shape", ()))) < 2:
+    return "vector"
   path_text = _tree.path_str(path)
   for pattern, role in overrides:
     if pattern.search(path_text):
       return role
-  if getattr(leaf, "ndim", len(getattr(leaf, "shape", ()))) < 2:
-    return "vector"
   # The module that owns the leaf decides: ``('Embed_0', 'embedding')``,
   # ``('lm_head', 'kernel')``; the leaf's own name alone is not enough
   # (``'embedding'`` is also the attribute nnx.Embed stores its table in).
@@ -81,9 +83,10 @@ def role_of(path: tuple, leaf: Any, overrides: list[tuple[re.Pattern, str]] = ()
 def by_role(params: optax.Params, *, overrides: Mapping[str, str] | None = None) -> Any:
   """Labels each leaf ``"embedding" | "hidden" | "head" | "vector"``.
 
-  Rules, in order: the first regex in ``overrides`` that matches the leaf's
-  path (``"a/b/kernel"``) gives its role; a leaf with ndim < 2 is
-  ``"vector"``; a path containing an embedding name (Embed, embed, wte, wpe,
+  Rules, in order: a leaf with ndim < 2 is ``"vector"``; the first regex in
+  ``overrides`` that matches the leaf's path (``"a/b/kernel"``) gives its
+  role (so an override naming a module relabels its matrices, not its
+  biases); a path containing an embedding name (Embed, embed, wte, wpe,
   tok, token) is ``"embedding"``; one containing a head name (head, lm_head,
   logits, classifier, output, readout) is ``"head"``; anything else is
   ``"hidden"``. Works on linen param dicts and on ``nnx.State``.

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import linen as nn
 from flax import nnx
@@ -77,3 +78,13 @@ def test_recipes():
   assert labels.scion_recipe("image")["embedding"] == "spectral"
   with pytest.raises(ValueError, match=r"Unknown Scion recipe 'audio'; valid recipes are"):
     labels.scion_recipe("audio")
+
+
+def test_override_naming_a_module_leaves_its_vectors_alone():
+  # Relabelling a whole module must not send its bias to a matrix-only role.
+  params = {"blocks": {"attn": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}}, "temp": jnp.ones(())}
+  labels = matopt.labels.by_role(params, overrides={"attn": "head", "temp": "hidden"})
+  assert labels == {"blocks": {"attn": {"kernel": "head", "bias": "vector"}}, "temp": "vector"}
+  tx = matopt.muon(0.02, labels=functools.partial(matopt.labels.by_role, overrides={"attn": "hidden"}))
+  updates, _ = tx.update(params, tx.init(params), params)  # the bias goes to AdamW, no error
+  assert np.all(np.isfinite(np.asarray(updates["blocks"]["attn"]["bias"])))

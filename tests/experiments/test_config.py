@@ -57,7 +57,7 @@ def test_grid_and_options_are_kept():
     "changes, match",
     [
         ({"optimizers": [{"name": "lion", "learning_rate": 1e-3}]},
-         r"config.optimizers\[0\]: unknown optimizer 'lion'; valid optimizers are \['adam', 'adamw', .*'soap'"),
+         r"config.optimizers\[0\]: unknown optimizer 'lion'; valid optimizers are \['adam', 'adamuon', 'adamw', .*'normuon', .*'soap'"),
         ({"stepz": 3}, r"config: unknown key\(s\) \['stepz'\]; valid keys are \[.*'steps'"),
         ({"steps": "100"}, r"config.steps must be int, got str '100'"),
         ({"steps": 0}, r"config.steps must be > 0"),
