@@ -120,3 +120,27 @@ def test_mixed_rank_tree_routes_each_leaf():
   for leaf in ("temperature",):
     np.testing.assert_allclose(u[leaf], -adam_lr * np.sign(grads[leaf]), rtol=1e-4)
   np.testing.assert_allclose(u["conv"]["bias"], -adam_lr * np.sign(grads["conv"]["bias"]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_random_trees_of_every_rank(name):
+  # Random trees mixing 0-d, 1-D, 2-D and 4-D leaves: every optimizer inits,
+  # steps finitely, keeps shapes and dtypes, and by_role routes ndim < 2 to
+  # "vector" and everything else to a matrix role.
+  entry = REGISTRY[name]
+  rng = np.random.default_rng(sum(map(ord, name)))
+  for _ in range(2):
+    shapes = {"temperature": (), "Dense_0": {"bias": (int(rng.integers(1, 6)),)},
+              "Conv_0": {"kernel": tuple(int(d) for d in rng.integers(1, 5, 4))},
+              "Dense_1": {"kernel": tuple(int(d) for d in rng.integers(1, 7, 2))}}
+    params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes,
+                          is_leaf=lambda s: isinstance(s, tuple))
+    labels = matopt.labels.by_role(params)
+    for leaf, label in zip(jax.tree.leaves(params), jax.tree.leaves(labels)):
+      assert (label == "vector") == (leaf.ndim < 2), (leaf.shape, label)
+    tx = entry.factory(entry.learning_rate)
+    state = tx.init(params)
+    for step in range(entry.silent_steps + 2):
+      u, state = tx.update(_grads(step, params), state, params)
+      assert jax.tree.map(lambda x: (x.shape, x.dtype), u) == jax.tree.map(lambda x: (x.shape, x.dtype), params)
+      assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(u))
