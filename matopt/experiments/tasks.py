@@ -150,7 +150,8 @@ class DigitsTask:
     # The whole validation split, cut into eval_batches equal batches (the rest dropped).
     per = len(yv) // config.eval_batches
     if per == 0:
-      raise ConfigError(f"config.eval_batches {config.eval_batches} exceeds the {len(yv)} validation images.")
+      raise ConfigError(f"config.eval_batches {config.eval_batches} exceeds the {len(yv)} validation images;"
+                        " lower it, or raise config.data.val_percent.")
     n = per * config.eval_batches
     self._val = (xv[:n].reshape(config.eval_batches, per, 8, 8, 1), yv[:n].reshape(config.eval_batches, per))
     self.units_per_step = config.batch_size

@@ -121,6 +121,10 @@ def train(
     timings (training seconds exclude compilation and evaluation), and
     ``diverged`` when the loss became non-finite.
   """
+  if checkpoint_every and run_dir is None:
+    raise ValueError(
+        f"train(checkpoint_every={checkpoint_every}) needs run_dir=, the directory its checkpoints go"
+        " to; pass one, or checkpoint_every=0 for none.")
   model = task.make_model(seed)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if mesh is None:
@@ -149,8 +153,6 @@ def train(
   start, seconds, wall_before = 0, 0.0, 0.0
   ckpt = None
   if checkpoint_every:
-    if run_dir is None:
-      raise ValueError("checkpoint_every needs run_dir.")
     ckpt = _Checkpoints(Path(run_dir) / "checkpoints")
     latest = ckpt.latest()
     if latest is not None:

@@ -95,7 +95,7 @@ def resolve_schedule(coeffs: object = "jordan", steps: int | None = None) -> Sch
   if isinstance(coeffs, str):
     if coeffs not in PRESETS:
       raise ValueError(
-          f"Unknown Newton–Schulz coefficient preset {coeffs!r}; valid presets"
+          f"coeffs: unknown Newton–Schulz coefficient preset {coeffs!r}; valid presets"
           f" are {PRESETS}, or pass an explicit (k, 3) array of (a, b, c)."
       )
     n = DEFAULT_STEPS[coeffs] if steps is None else steps
@@ -118,14 +118,14 @@ def resolve_schedule(coeffs: object = "jordan", steps: int | None = None) -> Sch
     rows = rows[None]
   if rows.ndim != 2 or rows.shape[1] != 3 or rows.shape[0] < 1:
     raise ValueError(
-        f"Explicit Newton–Schulz coefficients must have shape (k, 3) with k >= 1"
+        f"coeffs: explicit Newton–Schulz coefficients must have shape (k, 3) with k >= 1"
         f" (one (a, b, c) row per step), got shape {np.shape(coeffs)}."
     )
   if not np.all(np.isfinite(rows)):
-    raise ValueError(f"Newton–Schulz coefficients must be finite, got {rows}.")
+    raise ValueError(f"coeffs: Newton–Schulz coefficients must be finite, got {rows}.")
   if np.any(rows[:, 0] <= 0):
     raise ValueError(
-        "Every Newton–Schulz step needs a > 0 (the linear coefficient), or"
+        "coeffs: every Newton–Schulz step needs a > 0 (the linear coefficient), or"
         f" small singular values change sign; got a = {rows[:, 0]}."
     )
   n = len(rows) if steps is None else steps

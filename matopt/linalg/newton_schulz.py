@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from matopt import _checks
 from matopt.linalg import lapack
 from matopt.linalg.coefficients import Schedule, resolve_schedule
 
@@ -234,6 +235,7 @@ def msign(
   if method not in _METHODS:
     raise ValueError(f"Unknown msign method {method!r}; valid methods are {_METHODS}.")
   schedule = resolve_schedule(coeffs, steps)
+  _checks.check_range("eps", eps, 0.0, float("inf"))
   x = jnp.asarray(x)
   if x.ndim < 2:
     raise ValueError(

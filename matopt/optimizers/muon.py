@@ -94,6 +94,10 @@ def muon(
   """
   _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
+  _checks.check_learning_rate("learning_rate", learning_rate)
+  _checks.check_learning_rate("adam_learning_rate", adam_learning_rate)
+  _checks.check_bool("nesterov", nesterov)
   hidden = optax.chain(
       optax.trace(decay=momentum, nesterov=nesterov),
       scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),

@@ -44,6 +44,7 @@ def _scion(
     labels: Callable[[optax.Params], Any] | Any | None,
 ) -> optax.GradientTransformation:
   _checks.check_range("momentum", momentum, 0.0, 1.0, lo_open=True)
+  _checks.check_learning_rate("learning_rate", learning_rate)
   role_norms = labels_lib.scion_recipe(recipe)
   role_radii = dict(DEFAULT_RADII[recipe])
   for given, name in ((norms, "norms"), (radii, "radii")):

@@ -62,6 +62,8 @@ def shampoo(
     Optimization. ICML.
   """
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
+  _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
       scale_by_shampoo(
           beta=beta, exponent=exponent, eps=eps, precondition_every=precondition_every,

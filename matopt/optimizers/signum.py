@@ -39,6 +39,8 @@ def signum(
   """
   _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
+  _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
       optax.ema(decay=momentum, debias=False),
       scale_by_sign(),

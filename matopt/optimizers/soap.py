@@ -53,6 +53,8 @@ def soap(
     ICLR.
   """
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
+  _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
       scale_by_soap(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
                     max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers),

@@ -9,7 +9,7 @@ import jax
 import optax
 from jax.typing import ArrayLike
 
-from matopt import _tree
+from matopt import _checks, _tree
 from matopt.linalg import operator_norms as lmo_lib
 from matopt.transforms import views as views_lib
 
@@ -62,6 +62,7 @@ def scale_by_lmo(
     Deep Learning Models with Norm-Constrained LMOs. arXiv:2502.07529
   """
   _check_norm_spec(norm)
+  _checks.check_bool("normalized", normalized)
   spectral_options = {"coeffs": coeffs, "steps": steps}
   lmo_lib.check_lmo_options("spectral", spectral_options)
 

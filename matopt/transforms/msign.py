@@ -7,6 +7,7 @@ from typing import Any
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
+from matopt import _checks
 from matopt.linalg.coefficients import resolve_schedule
 from matopt.linalg.newton_schulz import _METHODS, _msign, compute_dtype_for
 from matopt.transforms import views as views_lib
@@ -56,6 +57,7 @@ def scale_by_msign(
     networks. https://kellerjordan.github.io/posts/muon/
   """
   schedule = resolve_schedule(coeffs, steps)
+  _checks.check_range("eps", eps, 0.0, float("inf"))
   if method not in _METHODS:
     raise ValueError(f"Unknown msign method {method!r}; valid methods are {_METHODS}.")
 

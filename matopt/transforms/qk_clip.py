@@ -46,7 +46,10 @@ def _scale_heads(w: jax.Array, factor: jax.Array, head_dim: int | None, sections
   heads = factor.shape[-1]
   lead = factor.shape[:-1]
   if w.shape[:len(lead)] != lead:
-    raise ValueError(f"qk_clip: leaf {name!r} of shape {w.shape} does not start with max_logits' leading shape {lead}.")
+    raise ValueError(
+        f"qk_clip: leaf {name!r} of shape {w.shape} does not start with max_logits' leading shape {lead}."
+        " A stacked (scanned) attention reports one row of heads per layer: (layers, heads); an"
+        " unstacked one reports (heads,).")
   if head_dim is None:
     if w.ndim < len(lead) + 2 or w.shape[-2] != heads:
       raise ValueError(
@@ -140,7 +143,9 @@ def qk_clip(
     for lpath, logits in jax.tree_util.tree_flatten_with_path(max_logits)[0]:
       module = _module_of(_path(lpath), param_paths, query)
       if module in factors:
-        raise ValueError(f"qk_clip: two max_logits leaves for attention module {'/'.join(module)!r}.")
+        raise ValueError(
+            f"qk_clip: two max_logits leaves for attention module {'/'.join(module)!r}. Report one"
+            " array of per-head maxima per module (take the max over calls if it runs more than once).")
       s = jnp.asarray(logits, jnp.float32)
       gamma = jnp.where(s > tau, tau / jnp.where(s > tau, s, 1.0), 1.0)
       factors[module] = jnp.sqrt(gamma).reshape(s.shape if s.ndim else (1,))

@@ -141,6 +141,7 @@ def scale_by_shampoo(
   _checks.check_range("eps", eps, 0.0, float("inf"))
   _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
   _checks.check_range("graft_b2", graft_b2, 0.0, 1.0, hi_open=True)
+  _checks.check_range("graft_eps", graft_eps, 0.0, float("inf"))
   _checks.check_range("max_root_error", max_root_error, 0.0, float("inf"), lo_open=True)
   for name, value in (("precondition_every", precondition_every),
                       ("start_preconditioning_step", start_preconditioning_step),

@@ -195,8 +195,9 @@ def resolve_views(
       )
     if not is_dimension_numbers(dn):
       raise ValueError(
-          f"Leaf {_tree.path_str(path)!r}: expected DimensionNumbers or"
-          f" optax.contrib.MuonDimensionNumbers, got {dn!r}."
+          f"{transform}: dimension_numbers gave leaf {_tree.path_str(path)!r} {dn!r};"
+          " give each leaf a DimensionNumbers, an optax.contrib.MuonDimensionNumbers"
+          " or None (the default view)."
       )
     views.append(make_view(shape, dn, _tree.path_str(path)))
   return views

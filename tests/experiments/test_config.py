@@ -70,6 +70,11 @@ def test_grid_and_options_are_kept():
         ({"schedule": {"decay": "step"}}, r"unknown decay 'step'; valid decays are \('constant', 'linear', 'cosine'\)"),
         ({"schedule": {"warmup": 3}}, r"config.schedule: unknown key\(s\) \['warmup'\]"),
         ({"optimizers": []}, "config.optimizers must be a non-empty list"),
+        ({"optimizers": ["muon"]}, r"config.optimizers\[0\] must be a mapping with at least 'name', got 'muon'"),
+        ({"optimizers": [{"learning_rate": 0.1}]}, r"config.optimizers\[0\].name must be a string naming the run"),
+        ({"optimizers": [{"name": "muon", "learning_rate": 0.02, "momentum": float("nan")}]},
+         r"config.optimizers\[0\]: momentum must lie in \[0.0, 1.0\)"),
+        ({"schedule": {"final_fraction": 1.5}}, r"config.schedule.final_fraction must lie in \[0, 1\], got 1.5"),
         ({"optimizers": [{"name": "muon", "learning_rate": 0.02, "momentun": 0.9}]},
          r"config.optimizers\[0\]: unknown option\(s\) \['momentun'\]; valid options are \[.*'momentum'"),
         ({"optimizers": [{"name": "muon", "learning_rate": 0.02, "momentum": "high"}]},
@@ -119,3 +124,10 @@ def test_cli_bad_overrides(tmp_path, capsys, args, match):
 def test_missing_config_file(tmp_path, capsys):
   assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
   assert "does not exist" in capsys.readouterr().err
+
+
+def test_invalid_yaml(tmp_path, capsys):
+  path = tmp_path / "broken.yaml"
+  path.write_text("steps: [1, 2\n")
+  assert cli.main(["run", str(path)]) == 2
+  assert re.search(r"broken.yaml: not valid YAML", capsys.readouterr().err)

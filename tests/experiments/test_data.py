@@ -1,7 +1,10 @@
 """Data: the standard-library corpus and digits are deterministic, split by
 file, and batches are functions of the step alone."""
 
+import sys
+
 import numpy as np
+import pytest
 
 from matopt.experiments import data
 
@@ -37,3 +40,11 @@ def test_digits_split():
   assert x.shape[1:] == (8, 8, 1) and len(x) + len(xv) == 1797 and len(xv) == 359
   assert 0.0 <= x.min() and x.max() <= 1.0
   assert set(np.unique(y)) == set(range(10)) == set(np.unique(yv))
+
+
+def test_missing_sources_and_missing_sklearn_say_what_to_do(tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError, match=r"No \.py sources under .*install the python3 source package or use the 'digits' task"):
+    data.stdlib_files(tmp_path)
+  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import now fails, as without scikit-learn
+  with pytest.raises(ImportError, match=r"pip install 'matopt\[digits\]'"):
+    data.digits(val_percent=20)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from matopt import _tree, labels
@@ -49,3 +50,8 @@ def test_image_model_roles():
   cnn = models.CNN(in_channels=1, width=4, layers=2, classes=10, rngs=nnx.Rngs(0))
   assert _roles(cnn)["hidden/0/kernel"] == "hidden"
   assert cnn(jnp.zeros((2, 8, 8, 1))).shape == (2, 10)
+
+
+def test_gpt_rejects_heads_that_do_not_split_the_width():
+  with pytest.raises(ValueError, match="width 30 must split into 4 heads of even size"):
+    models.GPT(vocab=256, width=30, layers=1, heads=4, seq_len=8, positions="rope", rngs=nnx.Rngs(0))

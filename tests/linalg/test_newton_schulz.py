@@ -185,10 +185,14 @@ def test_jit_matches_eager():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"coeffs": "quintic"}, "Unknown Newton–Schulz coefficient preset 'quintic'"),
+        ({"coeffs": "quintic"}, "coeffs: unknown Newton–Schulz coefficient preset 'quintic'"),
         ({"coeffs": np.ones((4, 2))}, r"shape \(k, 3\)"),
         ({"coeffs": [[1.0, np.nan, 0.0]]}, "finite"),
         ({"coeffs": [[-1.0, 0.0, 0.0]]}, "a > 0"),
+        ({"coeffs": [["a", "b", "c"]]}, "coeffs must be one of"),
+        ({"coeffs": 3}, r"coeffs: .*shape \(k, 3\)"),
+        ({"eps": float("nan")}, r"eps must lie in \[0.0, inf\]"),
+        ({"eps": -1e-7}, "eps must lie in"),
         ({"steps": 0}, "steps must be >= 1"),
         ({"steps": 2.5}, "positive int"),
         ({"method": "eig"}, "Unknown msign method 'eig'"),

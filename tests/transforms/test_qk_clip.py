@@ -113,6 +113,13 @@ def test_bad_calls_name_the_problem():
     tx.update(params, state, params, max_logits={"mlp": S})
   with pytest.raises(ValueError, match="leaf 'blocks/attn/(query|key)/(kernel|bias)' of shape .* no head axis of size 5"):
     tx.update(params, state, params, max_logits={"blocks": {"attn": jnp.ones(5)}})
+  with pytest.raises(ValueError, match=r"leaf 'blocks/attn/.*' of shape \(.*\) does not start with .* \(2,\)\. A stacked"):
+    tx.update(params, state, params, max_logits={"blocks": {"attn": jnp.ones((2, H))}})
+  with pytest.raises(ValueError, match="two max_logits leaves for attention module 'blocks/attn'. Report one"):
+    tx.update(params, state, params, max_logits={"blocks": {"attn": {"a": S, "b": S}}})
+  flat = {"attn": {"query": {"kernel": jnp.ones((D, H * DH + 1))}, "key": {"kernel": jnp.ones((D, H * DH))}}}
+  with pytest.raises(ValueError, match=r"leaf 'attn/query/kernel' of shape \(8, 13\): last axis must be 1×4 heads×3 = 12"):
+    matopt.qk_clip(TAU, head_dim=DH).update(flat, state, flat, max_logits={"attn": S})
   with pytest.raises(ValueError, match="pass head_dim="):
     tx.update({"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
               state, {"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},

@@ -42,6 +42,10 @@ def test_resolve_views_names_vector_leaf():
   tree = {"layer": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}}
   with pytest.raises(ValueError, match=r"scale_by_x acts on matrices, but leaf 'layer/bias' has shape \(4,\).*Label it"):
     views.resolve_views(None, tree, transform="scale_by_x")
+  # A callable is only seen at init, so what it returns is checked per leaf there.
+  with pytest.raises(ValueError, match=r"scale_by_x: dimension_numbers gave leaf 'layer/kernel' \(0, 1\); give each leaf"):
+    views.resolve_views(lambda p: {"layer": {"kernel": (0, 1)}}, {"layer": {"kernel": jnp.ones((3, 4))}},
+                        transform="scale_by_x")
 
 
 def test_bad_dimension_numbers_raise():

@@ -1,0 +1,31 @@
+"""Tasks reject data settings they cannot serve, before any step, saying which setting to change."""
+
+import dataclasses
+
+import pytest
+
+from matopt.experiments import config as config_lib
+from matopt.experiments import optimizers, tasks
+
+BASE = {
+    "steps": 2, "batch_size": 2, "eval_batches": 1,
+    "optimizers": [{"name": "adamw", "learning_rate": 1e-3}],
+}
+
+
+def _config(**raw):
+  return config_lib.parse({**BASE, **raw}, catalogue=optimizers.CATALOGUE, tasks=tasks.TASKS)
+
+
+def test_corpus_shorter_than_a_window():
+  config = _config(task="gpt", model={"layers": 1, "width": 16, "heads": 2, "seq_len": 64},
+                   data={"max_bytes": 60, "val_percent": 10})
+  with pytest.raises(config_lib.ConfigError, match=r"corpus has \d+ bytes, fewer than seq_len \+ 1; raise data.max_bytes"):
+    tasks.TASKS["gpt"](config)
+
+
+def test_more_eval_batches_than_validation_images():
+  config = dataclasses.replace(_config(task="digits", data={"val_percent": 1}), eval_batches=100)
+  with pytest.raises(config_lib.ConfigError, match=r"config.eval_batches 100 exceeds the 17 validation images; lower it"):
+    tasks.TASKS["digits"](config)
+
