@@ -70,12 +70,25 @@ def _scale_heads(w: jax.Array, factor: jax.Array, head_dim: int | None, sections
   return (split * mult.astype(w.dtype)).reshape(w.shape).astype(w.dtype)
 
 
+def _scale_grouped_queries(w: jax.Array, gamma: jax.Array, head_dim: int, kv_heads: int, name: str) -> jax.Array:
+  """A fused ``[Q | K | V]`` kernel with grouped keys: Q's heads scaled by ``gamma``, K and V untouched."""
+  heads = gamma.shape[-1]
+  width = (heads + 2 * kv_heads) * head_dim
+  if w.shape[-1] != width:
+    raise ValueError(
+        f"qk_clip: leaf {name!r} of shape {w.shape}: last axis must be (heads + 2·kv_heads)×head_dim ="
+        f" ({heads} + 2×{kv_heads})×{head_dim} = {width} (max_logits has {heads} heads).")
+  q, kv = jnp.split(w, [heads * head_dim], axis=-1)
+  return jnp.concatenate([_scale_heads(q, gamma, head_dim, 1, name), kv], axis=-1)
+
+
 def qk_clip(
     tau: float = 100.0,
     *,
     query: str = "query",
     key: str = "key",
     head_dim: int | None = None,
+    kv_heads: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""QK-clip: after the step, shrink W_q and W_k of heads whose logits exceeded τ.
 
@@ -102,6 +115,15 @@ def qk_clip(
   ``{"max_logits": (x,)}`` of an ``nnx.sow``. Every leaf under the module's
   ``query`` and ``key`` children (kernel and bias) is scaled per head.
 
+  With grouped-query attention (``kv_heads`` key heads, each shared by
+  ``heads / kv_heads`` query heads) a key head cannot take one √γ for heads
+  that need different ones, and shrinking it for the worst head would also
+  shrink heads that never exceeded τ. As K2 does for its shared rotary key
+  (§2.1: :math:`q^R` takes γ, the shared :math:`k^R` is untouched), the query
+  head takes the whole factor, :math:`W_q^{(h)} \leftarrow \gamma_h W_q^{(h)}`,
+  and the keys are left alone; every logit of head :math:`h` again shrinks by
+  :math:`\gamma_h`.
+
   Args:
     tau: threshold τ > 0 (Kimi K2: 100).
     query: name of the query projection child of an attention module.
@@ -111,11 +133,13 @@ def qk_clip(
     head_dim: ``None`` for kernels laid out ``(..., heads, head_dim)``
       (``nnx.MultiHeadAttention``); an int for flat ``(..., heads·head_dim)``
       kernels, heads-major.
+    kv_heads: number of key heads under grouped-query attention (``None``:
+      as many as query heads). A fused kernel is then ``[Q | K | V]`` with
+      ``heads``, ``kv_heads`` and ``kv_heads`` heads of ``head_dim``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (stateless) whose
-    ``update`` takes ``max_logits=``. Query and key must have the same number
-    of heads (grouped-query key heads are not supported).
+    ``update`` takes ``max_logits=`` (one entry per query head).
 
   References:
     Kimi Team, 2025. Kimi K2: Open Agentic Intelligence. arXiv:2507.20534,
@@ -127,6 +151,8 @@ def qk_clip(
       raise ValueError(f"qk_clip: {name} must be the name of a child module, got {value!r}.")
   if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1):
     raise ValueError(f"qk_clip: head_dim must be None or a positive int, got {head_dim!r}.")
+  if kv_heads is not None and (isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1):
+    raise ValueError(f"qk_clip: kv_heads must be None or a positive int, got {kv_heads!r}.")
   if query == key and head_dim is None:
     raise ValueError("qk_clip: a fused QKV kernel (query == key) needs head_dim= to find its Q and K heads.")
   sections = 3 if query == key else 1
@@ -148,20 +174,36 @@ def qk_clip(
             " array of per-head maxima per module (take the max over calls if it runs more than once).")
       s = jnp.asarray(logits, jnp.float32)
       gamma = jnp.where(s > tau, tau / jnp.where(s > tau, s, 1.0), 1.0)
-      factors[module] = jnp.sqrt(gamma).reshape(s.shape if s.ndim else (1,))
+      factors[module] = gamma.reshape(s.shape if s.ndim else (1,))
 
     def clip(path, u, w):
       p = _path(path)
-      for module, f in factors.items():
+      for module, gamma in factors.items():
         n = len(module)
         if p[:n] == module and len(p) > n and p[n] in (query, key):
           name = "/".join(p)
-          if f.shape == (1,) and head_dim is None and sections == 1:
-            new = (w + u) * f[0].astype(w.dtype)
+          if _grouped(gamma, name):
+            if sections == 3:
+              new = _scale_grouped_queries(w + u, gamma, head_dim, kv_heads, name)
+            elif p[n] == key:
+              return u  # shared key heads stay; their query heads take all of γ
+            else:
+              new = _scale_heads(w + u, gamma, head_dim, 1, name)
+          elif gamma.shape == (1,) and head_dim is None and sections == 1:
+            new = (w + u) * jnp.sqrt(gamma[0]).astype(w.dtype)
           else:
-            new = _scale_heads(w + u, f, head_dim, sections, name)
+            new = _scale_heads(w + u, jnp.sqrt(gamma), head_dim, sections, name)
           return (new - w).astype(u.dtype)
       return u
+
+    def _grouped(gamma, name):
+      if kv_heads is None or kv_heads == gamma.shape[-1]:
+        return False
+      if gamma.shape[-1] % kv_heads:
+        raise ValueError(
+            f"qk_clip: max_logits for {name!r} has {gamma.shape[-1]} heads, not a multiple of"
+            f" kv_heads={kv_heads}; report one maximum per query head.")
+      return True
 
     return jax.tree_util.tree_map_with_path(clip, updates, params), state
 

@@ -94,6 +94,7 @@ def test_heads_below_tau_and_finite_inputs_leave_weights():
     ({"tau": 0.0}, "tau"),
     ({"query": ""}, "query must be the name of a child module"),
     ({"head_dim": 0}, "head_dim must be None or a positive int"),
+    ({"kv_heads": 0}, "kv_heads must be None or a positive int"),
     ({"query": "qkv", "key": "qkv"}, "fused QKV kernel .* needs head_dim"),
 ])
 def test_bad_options_raise_at_construction(kwargs, message):
@@ -124,3 +125,48 @@ def test_bad_calls_name_the_problem():
     tx.update({"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
               state, {"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
               max_logits={"attn": S})
+
+
+KV = 2  # grouped-query attention: each key head serves H // KV query heads
+
+
+def _gqa_logits(q_kernel, k_kernel, x):
+  q = jnp.einsum("td,dhk->thk", x, q_kernel)
+  k = jnp.repeat(jnp.einsum("td,dhk->thk", x, k_kernel), H // KV, axis=1)
+  return jnp.einsum("thk,shk->hts", q, k)
+
+
+def test_grouped_query_heads_take_all_of_gamma():
+  attn = {"query": {"kernel": _normal((D, H, DH), 0)}, "key": {"kernel": _normal((D, KV, DH), 1)},
+          "value": {"kernel": _normal((D, KV, DH), 2)}}
+  plain, clipped = _step(matopt.qk_clip(TAU, kv_heads=KV), {"attn": attn}, {"attn": S})
+  x = _normal((6, D), 3)
+  before = _gqa_logits(plain["attn"]["query"]["kernel"], plain["attn"]["key"]["kernel"], x)
+  after = _gqa_logits(clipped["attn"]["query"]["kernel"], clipped["attn"]["key"]["kernel"], x)
+  np.testing.assert_allclose(after, before * GAMMA[:, None, None], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(clipped["attn"]["key"]["kernel"], plain["attn"]["key"]["kernel"])
+  # kv_heads == heads is ordinary attention: √γ on each side.
+  _, same = _step(matopt.qk_clip(TAU, kv_heads=H), {"attn": _attn()}, {"attn": S})
+  _, ref = _step(matopt.qk_clip(TAU), {"attn": _attn()}, {"attn": S})
+  jax.tree.map(np.testing.assert_array_equal, same, ref)
+
+
+def test_grouped_fused_kernel():
+  # [Q (H·DH) | K (KV·DH) | V (KV·DH)]: only Q's heads change, each by γ_h.
+  w = _normal((D, (H + 2 * KV) * DH), 5)
+  tx = matopt.qk_clip(TAU, query="qkv", key="qkv", head_dim=DH, kv_heads=KV)
+  plain, clipped = _step(tx, {"attn": {"qkv": {"kernel": w}}}, {"attn": S})
+  new, old = np.asarray(clipped["attn"]["qkv"]["kernel"]), np.asarray(plain["attn"]["qkv"]["kernel"])
+  q_new, q_old = new[:, :H * DH].reshape(D, H, DH), old[:, :H * DH].reshape(D, H, DH)
+  np.testing.assert_allclose(q_new, q_old * GAMMA[:, None], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(new[:, H * DH:], old[:, H * DH:])
+  bad = {"attn": {"qkv": {"kernel": _normal((D, 3 * H * DH), 5)}}}
+  with pytest.raises(ValueError, match=r"last axis must be \(heads \+ 2·kv_heads\)×head_dim = \(4 \+ 2×2\)×3 = 24"):
+    tx.update(bad, tx.init(bad), bad, max_logits={"attn": S})
+
+
+def test_grouped_heads_must_divide():
+  attn = {"query": {"kernel": _normal((D, H, DH), 0)}, "key": {"kernel": _normal((D, 3, DH), 1)}}
+  tx = matopt.qk_clip(TAU, kv_heads=3)
+  with pytest.raises(ValueError, match="has 4 heads, not a multiple of kv_heads=3; report one maximum per query head"):
+    tx.update({"attn": attn}, tx.init(attn), {"attn": attn}, max_logits={"attn": S})
