@@ -100,7 +100,9 @@ def test_without_a_mesh_nothing_is_constrained():
 @pytest.mark.parametrize("factory", [
     lambda: matopt.muon(0.02),
     lambda: matopt.scion(0.01, radii={"hidden": 1.0, "head": 8.0, "embedding": 1.0, "vector": 1.0}),
-], ids=["muon", "scion"])
+    lambda: matopt.normuon(0.02),
+    lambda: matopt.adamuon(0.02),
+], ids=["muon", "scion", "normuon", "adamuon"])
 @pytest.mark.parametrize("axis_type", AXIS_TYPES, ids=["auto", "explicit"])
 def test_optimizer_state_sharding_is_stable_and_compiles_once(factory, axis_type):
   mesh = _mesh(axis_type)

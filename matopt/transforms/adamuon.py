@@ -63,7 +63,8 @@ def scale_by_adamuon(
 
   def init_fn(params):
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
-    nu = [leaf if view is None else jnp.zeros(jnp.shape(leaf), jnp.float32)
+    # zeros_like keeps the parameter's sharding, which the update's v inherits too.
+    nu = [leaf if view is None else jnp.zeros_like(leaf, jnp.float32)
           for leaf, view in zip(leaves, views_of(params))]
     return ScaleByAdaMuonState(count=jnp.zeros([], jnp.int32), nu=jax.tree_util.tree_unflatten(treedef, nu))
 

@@ -68,7 +68,9 @@ def scale_by_normuon(
 
   def init_fn(params):
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
-    nu = [leaf if v is None else jnp.zeros((v.batch, 1, v.fan_out), jnp.float32)
+    # Shaped (and, on a mesh, sharded) like the update's neuron means, so the
+    # state keeps one layout across steps and the step compiles once.
+    nu = [leaf if v is None else jnp.zeros_like(jnp.sum(v.to_matrices(leaf), axis=-2, keepdims=True), jnp.float32)
           for leaf, v in zip(leaves, views_of(params))]
     return ScaleByNorMuonState(nu=jax.tree_util.tree_unflatten(treedef, nu))
 
