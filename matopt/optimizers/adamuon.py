@@ -22,6 +22,7 @@ def adamuon(
     coeffs: str | ArrayLike = "jordan",
     steps: int | None = None,
     scale: str = "rms",
+    sign_momentum: bool = False,
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
     dimension_numbers: Any = None,
@@ -42,7 +43,13 @@ def adamuon(
       \cdot \sqrt{\min(\text{fan\_in}, \text{fan\_out})}\,\frac{\hat O_t}{\|\hat O_t\|_F} + \lambda W_t\Big)
 
   with :math:`N_t` Muon's (Nesterov) momentum. ``scale="rms"`` (the
-  reference's 0.2·√max) lets AdaMuon use AdamW's learning rate.
+  reference's 0.2·√max) lets AdaMuon use AdamW's learning rate: the update's
+  RMS is 0.2, Adam's typical one (the paper's RMS-aligned rescaling).
+
+  The paper's later version (v2) orthogonalises the momentum's sign,
+  :math:`O_t = \operatorname{msign}(\operatorname{sign}(N_t))`;
+  ``sign_momentum=True`` does so. It is off by default because the public
+  reference code (Chongjie-Si/AdaMuon, which the tests transcribe) does not.
 
   Args:
     learning_rate: η for hidden matrices (float or schedule).
@@ -51,6 +58,7 @@ def adamuon(
     momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
       adam_learning_rate, aux, labels: as in :func:`matopt.muon`.
     scale: shape factor, as in :func:`matopt.muon` (here ``"rms"`` by default, the reference's 0.2·√max).
+    sign_momentum: orthogonalise sign(N_t) instead of N_t (the paper's sign-stabilised update).
     dimension_numbers: matrix views of hidden leaves (also the adaptive step's).
 
   Returns:
@@ -61,6 +69,7 @@ def adamuon(
     arXiv:2507.11005
   """
   return muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
+              sign_momentum=sign_momentum,
               weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay,
               dimension_numbers=dimension_numbers, adaptive=scale_by_adamuon(b2=b2, eps=eps, dimension_numbers=dimension_numbers),
               adam_learning_rate=adam_learning_rate, aux=aux, labels=labels)

@@ -12,6 +12,7 @@ from matopt import _checks, labels as labels_lib
 from matopt.transforms.msign import scale_by_msign
 from matopt.transforms.partition import partition
 from matopt.transforms.shape_scale import scale_by_shape
+from matopt.transforms.sign import scale_by_sign
 from matopt.transforms.decay import add_decayed_weights
 
 
@@ -26,6 +27,7 @@ def muon(
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
     dimension_numbers: Any = None,
+    sign_momentum: bool = False,
     adaptive: optax.GradientTransformation | None = None,
     adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
     aux: optax.GradientTransformation | None = None,
@@ -61,6 +63,10 @@ def muon(
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
     dimension_numbers: matrix views of hidden leaves, see
       :func:`matopt.scale_by_msign`.
+    sign_momentum: take the elementwise sign of the momentum before
+      Newton–Schulz, :math:`O_t = \operatorname{msign}(\operatorname{sign}(N_t))`
+      (AdaMuon's sign-stabilised update, Si et al. 2025 v2): one outlier
+      entry can no longer dominate the spectrum.
     adaptive: a transform applied to the orthogonalised update before the
       shape factor, such as :func:`matopt.scale_by_normuon` or
       :func:`matopt.scale_by_adamuon` (see :func:`matopt.normuon`,
@@ -98,8 +104,10 @@ def muon(
   _checks.check_learning_rate("learning_rate", learning_rate)
   _checks.check_learning_rate("adam_learning_rate", adam_learning_rate)
   _checks.check_bool("nesterov", nesterov)
+  _checks.check_bool("sign_momentum", sign_momentum)
   hidden = optax.chain(
       optax.trace(decay=momentum, nesterov=nesterov),
+      scale_by_sign() if sign_momentum else optax.identity(),
       scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),
       optax.identity() if adaptive is None else adaptive,
       scale_by_shape(scale, dimension_numbers=dimension_numbers),

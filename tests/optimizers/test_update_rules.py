@@ -81,20 +81,23 @@ def test_muon(nesterov, scale):
     np.testing.assert_allclose(got[k][n], ref, atol=2e-5)
 
 
-@pytest.mark.parametrize("variant", ["normuon", "adamuon"])
+@pytest.mark.parametrize("variant", ["normuon", "adamuon", "adamuon_sign"])
 def test_normuon_and_adamuon_match_reference_code(variant):
   # Transcribed in PyTorch's (out, in) layout from zichongli5/NorMuon
   # (normuon_update) and Chongjie-Si/AdaMuon (adamuon.py); our kernel is Wᵀ.
+  # adamuon_sign: the paper's v2 algorithm, Newton–Schulz of sign(momentum).
   params, grads = _problem(2)
   lr, beta, beta2, wd = 0.02, 0.95, 0.9, 0.1
   factory = matopt.normuon if variant == "normuon" else matopt.adamuon
-  got = _run(factory(lr, momentum=beta, b2=beta2, weight_decay=wd, adam_learning_rate=3e-3), params, grads)
+  options = {"sign_momentum": True} if variant == "adamuon_sign" else {}
+  got = _run(factory(lr, momentum=beta, b2=beta2, weight_decay=wd, adam_learning_rate=3e-3, **options), params, grads)
   p = params["Dense_0"]["kernel"].T.copy()
   buf, v = np.zeros_like(p), None
   for t, g in enumerate(grads, start=1):
     g = g["Dense_0"]["kernel"].T
     buf = buf + (1 - beta) * (g - buf)           # buf.lerp_(g, 1 - beta)
-    u = jordan_newton_schulz(g + beta * (buf - g))  # g.lerp_(buf, beta), Nesterov
+    n = g + beta * (buf - g)  # g.lerp_(buf, beta), Nesterov
+    u = jordan_newton_schulz(np.sign(n) if variant == "adamuon_sign" else n)
     if variant == "normuon":
       vnorm = np.linalg.norm(u)
       v_mean = np.mean(u * u, axis=-1, keepdims=True)
