@@ -12,6 +12,7 @@ from matopt.linalg import norm as norm
 from matopt.optimizers import adamuon as adamuon
 from matopt.optimizers import clipped_sgd as clipped_sgd
 from matopt.optimizers import muon as muon
+from matopt.optimizers import muon_clip as muon_clip
 from matopt.optimizers import normuon as normuon
 from matopt.optimizers import nsgd as nsgd
 from matopt.optimizers import scion as scion
@@ -52,6 +53,7 @@ __all__ = [
     "lmo",
     "msign",
     "muon",
+    "muon_clip",
     "normuon",
     "norm",
     "normalize_by_norm",

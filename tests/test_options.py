@@ -18,7 +18,7 @@ import pytest
 import matopt
 
 FACTORIES = (
-    "adamuon", "add_decayed_weights", "clip_by_norm", "clipped_sgd", "muon",
+    "adamuon", "add_decayed_weights", "clip_by_norm", "clipped_sgd", "muon", "muon_clip",
     "normalize_by_norm", "normuon", "nsgd", "partition", "qk_clip", "scale_by_adamuon",
     "scale_by_lmo", "scale_by_msign", "scale_by_normuon", "scale_by_shampoo",
     "scale_by_shape", "scale_by_sign", "scale_by_soap", "scion", "shampoo", "signum", "soap",
@@ -27,7 +27,7 @@ FACTORIES = (
 REQUIRED = {"learning_rate": 1e-3, "max_norm": 1.0, "norm": "spectral"}
 # Free-form names (attention submodules are whatever the model calls them):
 # they can only be checked against params, at update time (tests/transforms/test_qk_clip.py).
-FREE_TEXT = {("qk_clip", "query"), ("qk_clip", "key")}
+FREE_TEXT = {(f, o) for f in ("qk_clip", "muon_clip") for o in ("query", "key")}
 
 
 def _bad_values(annotation: str) -> list:
