@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from matopt import _checks, _tree
+from matopt import _checks
 from matopt.transforms import views as views_lib
 
 
@@ -62,32 +62,24 @@ def scale_by_adamuon(
     return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_adamuon")
 
   def init_fn(params):
-    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
     # zeros_like keeps the parameter's sharding, which the update's v inherits too.
-    nu = [leaf if view is None else jnp.zeros_like(leaf, jnp.float32)
-          for leaf, view in zip(leaves, views_of(params))]
-    return ScaleByAdaMuonState(count=jnp.zeros([], jnp.int32), nu=jax.tree_util.tree_unflatten(treedef, nu))
+    nu = views_lib.init_per_leaf(lambda leaf, view: jnp.zeros_like(leaf, jnp.float32), params, views_of(params))
+    return ScaleByAdaMuonState(count=jnp.zeros([], jnp.int32), nu=nu)
 
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
     correction = 1.0 - b2 ** count.astype(jnp.float32)
-    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
-    nus = treedef.flatten_up_to(state.nu)
-    out, new_nu = [], []
-    for leaf, nu, view in zip(leaves, nus, views_of(updates)):
-      if view is None or _tree.is_masked(leaf):
-        out.append(leaf)
-        new_nu.append(nu)
-        continue
+
+    def step(leaf, nu, view):
       o = leaf.astype(jnp.float32)
       nu = b2 * nu + (1.0 - b2) * o * o
       scaled = view.to_matrices(o / (jnp.sqrt(nu / correction) + eps))
       norm = jnp.sqrt(jnp.sum(scaled * scaled, axis=(-2, -1), keepdims=True))
       scaled = scaled * (math.sqrt(min(view.fan_in, view.fan_out)) / (norm + eps))
-      out.append(view.from_matrices(scaled).astype(leaf.dtype))
-      new_nu.append(nu)
-    return (jax.tree_util.tree_unflatten(treedef, out),
-            ScaleByAdaMuonState(count=count, nu=jax.tree_util.tree_unflatten(treedef, new_nu)))
+      return view.from_matrices(scaled).astype(leaf.dtype), nu
+
+    updates, nu = views_lib.map_with_state(step, updates, state.nu, views_of(updates))
+    return updates, ScaleByAdaMuonState(count=count, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

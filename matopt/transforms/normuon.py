@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from matopt import _checks, _tree
+from matopt import _checks
 from matopt.transforms import views as views_lib
 
 
@@ -66,31 +66,24 @@ def scale_by_normuon(
   def views_of(tree):
     return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_normuon")
 
-  def init_fn(params):
-    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
+  def zeros(leaf, view):
     # Shaped (and, on a mesh, sharded) like the update's neuron means, so the
     # state keeps one layout across steps and the step compiles once.
-    nu = [leaf if v is None else jnp.zeros_like(jnp.sum(v.to_matrices(leaf), axis=-2, keepdims=True), jnp.float32)
-          for leaf, v in zip(leaves, views_of(params))]
-    return ScaleByNorMuonState(nu=jax.tree_util.tree_unflatten(treedef, nu))
+    return jnp.zeros_like(jnp.sum(view.to_matrices(leaf), axis=-2, keepdims=True), jnp.float32)
+
+  def init_fn(params):
+    return ScaleByNorMuonState(nu=views_lib.init_per_leaf(zeros, params, views_of(params)))
+
+  def step(leaf, nu, view):
+    o = view.to_matrices(leaf).astype(jnp.float32)
+    nu = b2 * nu + (1.0 - b2) * jnp.mean(o * o, axis=-2, keepdims=True)
+    normalised = o / (jnp.sqrt(nu) + eps)
+    normalised = normalised * (_frobenius(o) / (_frobenius(normalised) + eps))
+    return view.from_matrices(normalised).astype(leaf.dtype), nu
 
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
-    nus = treedef.flatten_up_to(state.nu)
-    out, new_nu = [], []
-    for leaf, nu, view in zip(leaves, nus, views_of(updates)):
-      if view is None or _tree.is_masked(leaf):
-        out.append(leaf)
-        new_nu.append(nu)
-        continue
-      o = view.to_matrices(leaf).astype(jnp.float32)
-      nu = b2 * nu + (1.0 - b2) * jnp.mean(o * o, axis=-2, keepdims=True)
-      normalised = o / (jnp.sqrt(nu) + eps)
-      normalised = normalised * (_frobenius(o) / (_frobenius(normalised) + eps))
-      out.append(view.from_matrices(normalised).astype(leaf.dtype))
-      new_nu.append(nu)
-    return (jax.tree_util.tree_unflatten(treedef, out),
-            ScaleByNorMuonState(nu=jax.tree_util.tree_unflatten(treedef, new_nu)))
+    updates, nu = views_lib.map_with_state(step, updates, state.nu, views_of(updates))
+    return updates, ScaleByNorMuonState(nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

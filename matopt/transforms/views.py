@@ -248,6 +248,29 @@ def map_matrices(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list)
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def init_per_leaf(make: Callable[[Any, MatrixView], Any], tree: Any, views: list[MatrixView | None]) -> Any:
+  """A state tree shaped like ``tree``: ``make(leaf, view)`` for each viewed
+  leaf; masked leaves are kept as they are (``optax.masked``'s placeholders)."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_tree.is_masked)
+  return jax.tree_util.tree_unflatten(
+      treedef, [leaf if view is None else make(leaf, view) for leaf, view in zip(leaves, views)])
+
+
+def map_with_state(fn: Callable[..., tuple[Any, Any]], tree: Any, state: Any, views: list[MatrixView | None]) -> tuple[Any, Any]:
+  """Applies ``fn(leaf, leaf_state, view) -> (leaf, leaf_state)`` to every
+  viewed leaf of ``tree``, with ``state`` a tree of per-leaf states (as made
+  by :func:`init_per_leaf`); masked leaves and their states pass through.
+
+  Returns:
+    ``(new_tree, new_state)``.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_tree.is_masked)
+  pairs = [(leaf, s) if view is None or _tree.is_masked(leaf) else fn(leaf, s, view)
+           for leaf, s, view in zip(leaves, treedef.flatten_up_to(state), views)]
+  return (jax.tree_util.tree_unflatten(treedef, [p[0] for p in pairs]),
+          jax.tree_util.tree_unflatten(treedef, [p[1] for p in pairs]))
+
+
 def map_matrices_grouped(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list) -> Any:
   """:func:`map_matrices` for a matrix-by-matrix ``fn``: same-shape matrices
   with equal extras go through one batched call, spread over the devices of
