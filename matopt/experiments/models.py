@@ -24,10 +24,15 @@ def rope(x: jax.Array, base: float = 10000.0) -> jax.Array:
 
 
 class Attention(nnx.Module):
-  """Causal self-attention with a fused QKV kernel ``(d, 3d)``."""
+  """Causal self-attention with a fused QKV kernel ``(d, 3d)``, laid out
+  ``[Q | K | V]`` with heads-major columns (what ``matopt.qk_clip(query="qkv",
+  key="qkv", head_dim=...)`` expects). With ``report_logits`` it sows each
+  head's largest pre-softmax logit (over batch and positions) as the
+  ``nnx.Intermediate`` ``max_logits``, for QK-clip; that costs one more
+  ``QKᵀ``, so it is off unless an optimizer needs it."""
 
-  def __init__(self, width: int, heads: int, *, use_rope: bool, rngs: nnx.Rngs):
-    self.heads, self.use_rope = heads, use_rope
+  def __init__(self, width: int, heads: int, *, use_rope: bool, rngs: nnx.Rngs, report_logits: bool = False):
+    self.heads, self.use_rope, self.report_logits = heads, use_rope, report_logits
     self.qkv = nnx.Linear(width, 3 * width, use_bias=False, rngs=rngs)
     self.proj = nnx.Linear(width, width, use_bias=False, rngs=rngs)
 
@@ -36,6 +41,10 @@ class Attention(nnx.Module):
     q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.heads, d // self.heads), 3, axis=2)
     if self.use_rope:
       q, k = rope(q), rope(k)
+    if self.report_logits:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(d // self.heads)
+      causal = jnp.tril(jnp.ones((t, t), bool))
+      self.sow(nnx.Intermediate, "max_logits", jnp.max(jnp.where(causal, logits, -jnp.inf), axis=(0, 2, 3)))
     y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
     return self.proj(y.reshape(b, t, d))
 
@@ -43,9 +52,9 @@ class Attention(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm transformer block: attention and a 4× GELU MLP."""
 
-  def __init__(self, width: int, heads: int, *, use_rope: bool, rngs: nnx.Rngs):
+  def __init__(self, width: int, heads: int, *, use_rope: bool, rngs: nnx.Rngs, report_logits: bool = False):
     self.norm1 = nnx.RMSNorm(width, rngs=rngs)
-    self.attn = Attention(width, heads, use_rope=use_rope, rngs=rngs)
+    self.attn = Attention(width, heads, use_rope=use_rope, rngs=rngs, report_logits=report_logits)
     self.norm2 = nnx.RMSNorm(width, rngs=rngs)
     self.fc = nnx.Linear(width, 4 * width, use_bias=False, rngs=rngs)
     self.proj = nnx.Linear(4 * width, width, use_bias=False, rngs=rngs)
@@ -57,16 +66,18 @@ class Block(nnx.Module):
 
 class GPT(nnx.Module):
   """Byte-level GPT: token embedding, RoPE or learned positions, pre-norm
-  blocks, untied head. Input ``(batch, time)`` int32, output logits."""
+  blocks, untied head. Input ``(batch, time)`` int32, output logits.
+  ``report_logits``: every attention sows its per-head largest logit."""
 
   def __init__(self, *, vocab: int, width: int, layers: int, heads: int, seq_len: int,
-               positions: str, rngs: nnx.Rngs):
+               positions: str, rngs: nnx.Rngs, report_logits: bool = False):
     if width % heads or (width // heads) % 2:
       raise ValueError(f"width {width} must split into {heads} heads of even size.")
     self.embed = nnx.Embed(vocab, width, rngs=rngs)
     use_rope = positions == "rope"
     self.pos_embed = None if use_rope else nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq_len, width)))
-    self.blocks = nnx.List([Block(width, heads, use_rope=use_rope, rngs=rngs) for _ in range(layers)])
+    self.blocks = nnx.List([Block(width, heads, use_rope=use_rope, rngs=rngs, report_logits=report_logits)
+                            for _ in range(layers)])
     self.norm = nnx.RMSNorm(width, rngs=rngs)
     # Zero head (as modded-nanogpt): the first loss is exactly log(vocab).
     self.head = nnx.Linear(width, vocab, use_bias=False, kernel_init=nnx.initializers.zeros, rngs=rngs)

@@ -47,8 +47,10 @@ class Entry:
   defaults: Mapping[str, Any]
   # Options that are learning rates too, scheduled like ``learning_rate``.
   rates: tuple[str, ...] = ()
-  # Defaults the runner fills from the task (Scion's recipe).
+  # Defaults the runner fills from the task (Scion's recipe, QK-clip's heads).
   task_defaults: tuple[str, ...] = ()
+  # update() takes the model's per-head largest attention logits (QK-clip).
+  needs_max_logits: bool = False
 
   def check_options(self, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(self.options))
@@ -86,6 +88,7 @@ CATALOGUE: dict[str, Entry] = {
                   {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "nesterov": False}),
     "sgd": Entry(optax.sgd, {"momentum": float | None, "nesterov": bool}, {"momentum": None, "nesterov": False}),
     "muon": _from_signature(matopt.muon),
+    "muon_clip": _from_signature(matopt.muon_clip, task_defaults=("query", "key", "head_dim"), needs_max_logits=True),
     "normuon": _from_signature(matopt.normuon),
     "adamuon": _from_signature(matopt.adamuon),
     "scion": _from_signature(matopt.scion, task_defaults=("recipe",)),

@@ -130,7 +130,11 @@ def run(
   out = Path(out)
   task = tasks.TASKS[config.task](config)
   mesh = parallel.make_mesh(config.mesh) if config.mesh is not None else None
-  task_defaults = {"recipe": task.scion_recipe}
+  task_defaults = {"recipe": task.scion_recipe, **(task.qk_clip_defaults or {})}
+  for i, spec in enumerate(config.optimizers):
+    if optimizers_lib.CATALOGUE[spec.optimizer].needs_max_logits and task.qk_clip_defaults is None:
+      raise ConfigError(f"config.optimizers[{i}]: {spec.optimizer} clips attention logits, but the"
+                        f" {config.task!r} task's models have no attention; use it with the 'gpt' task.")
 
   def build(spec, lr):
     return optimizers_lib.build(spec.optimizer, lr, spec.options, schedule=config.schedule,
@@ -156,7 +160,8 @@ def run(
           result = train.train(
               task, build(spec, lr), steps=config.steps, seed=config.seed, eval_every=config.eval_every,
               checkpoint_every=config.checkpoint_every, run_dir=run_dir,
-              on_step=bars.start(label, config.steps), stop_after=stop_after, mesh=mesh)
+              on_step=bars.start(label, config.steps), stop_after=stop_after, mesh=mesh,
+              max_logits=optimizers_lib.CATALOGUE[spec.optimizer].needs_max_logits)
           if not result["complete"]:
             continue
           report.write_json(done, result)

@@ -95,10 +95,15 @@ class GPTTask:
     self._val = data_lib.windows(self.val, starts, length).reshape(config.eval_batches, config.batch_size, length)
     self.units_per_step = config.batch_size * self.model_cfg.seq_len
 
-  def make_model(self, seed: int) -> nnx.Module:
+  @property
+  def qk_clip_defaults(self) -> dict[str, Any]:
+    """Where QK-clip finds the heads: the fused ``qkv`` kernels of :class:`models.Attention`."""
+    return {"query": "qkv", "key": "qkv", "head_dim": self.model_cfg.width // self.model_cfg.heads}
+
+  def make_model(self, seed: int, *, report_logits: bool = False) -> nnx.Module:
     m = self.model_cfg
     return models.GPT(vocab=256, width=m.width, layers=m.layers, heads=m.heads, seq_len=m.seq_len,
-                      positions=m.positions, rngs=nnx.Rngs(seed))
+                      positions=m.positions, rngs=nnx.Rngs(seed), report_logits=report_logits)
 
   def train_batch(self, step: int) -> np.ndarray:
     length = self.model_cfg.seq_len + 1
@@ -138,6 +143,7 @@ class DigitsTask:
 
   scion_recipe = "image"
   unit = "examples"
+  qk_clip_defaults = None  # no attention
 
   @staticmethod
   def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[DigitsModel, DigitsData]:

@@ -98,6 +98,7 @@ def train(
     on_step: StepCallback | None = None,
     stop_after: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    max_logits: bool = False,
 ) -> dict[str, Any]:
   """Train ``task``'s model with ``tx`` for ``steps`` steps.
 
@@ -114,6 +115,9 @@ def train(
       an interrupted run would; the result is then marked incomplete.
     mesh: run on these devices (:mod:`matopt.experiments.parallel`); None:
       the default device.
+    max_logits: build the model with ``report_logits=True`` and pass the
+      per-head largest attention logits it sows to ``tx.update(...,
+      max_logits=)`` (for :func:`matopt.qk_clip` / :func:`matopt.muon_clip`).
 
   Returns:
     A record: ``history`` (per step: step, training seconds, train loss;
@@ -125,7 +129,7 @@ def train(
     raise ValueError(
         f"train(checkpoint_every={checkpoint_every}) needs run_dir=, the directory its checkpoints go"
         " to; pass one, or checkpoint_every=0 for none.")
-  model = task.make_model(seed)
+  model = task.make_model(seed, report_logits=True) if max_logits else task.make_model(seed)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if mesh is None:
     opt_state = tx.init(params)
@@ -139,13 +143,24 @@ def train(
     shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
     jit = functools.partial(jax.jit, out_shardings=(*shardings, parallel.replicated(mesh)))
 
+  def loss_and_logits(p, batch):
+    """``(loss, (aux, max_logits))``; ``max_logits`` is what the attention sowed (None when off)."""
+    model = nnx.merge(graphdef, p, rest)
+    if not max_logits:
+      loss, aux = task.loss(model, batch)
+      return loss, (aux, None)
+    (loss, aux), sown = nnx.capture(task.loss, nnx.Intermediate)(model, batch)
+    return loss, (aux, nnx.to_pure_dict(sown))
+
   def loss_fn(p, batch):
-    return task.loss(nnx.merge(graphdef, p, rest), batch)
+    loss, (aux, _) = loss_and_logits(p, batch)
+    return loss, aux
 
   @jit
   def train_step(p, s, batch):
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
-    updates, s = tx.update(grads, s, p)
+    (loss, (_, logits)), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(p, batch)
+    extra = {} if logits is None else {"max_logits": logits}
+    updates, s = tx.update(grads, s, p, **extra)
     return optax.apply_updates(p, updates), s, loss
 
   eval_fn = jax.jit(loss_fn)

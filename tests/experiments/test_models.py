@@ -55,3 +55,22 @@ def test_image_model_roles():
 def test_gpt_rejects_heads_that_do_not_split_the_width():
   with pytest.raises(ValueError, match="width 30 must split into 4 heads of even size"):
     models.GPT(vocab=256, width=30, layers=1, heads=4, seq_len=8, positions="rope", rngs=nnx.Rngs(0))
+
+
+def test_attention_reports_each_heads_largest_causal_logit():
+  width, heads, t = 16, 2, 6
+  attn = models.Attention(width, heads, use_rope=True, rngs=nnx.Rngs(0), report_logits=True)
+  x = jax.random.normal(jax.random.key(1), (3, t, width))
+  y, sown = nnx.capture(attn, nnx.Intermediate)(x)
+  (got,) = nnx.to_pure_dict(sown)["max_logits"]
+  # Reference: the fused kernel's [Q | K | V] heads, RoPE, scaled dot products, causal mask.
+  qkv = (x @ attn.qkv.kernel[...]).reshape(3, t, 3, heads, width // heads)
+  q, k = models.rope(qkv[:, :, 0]), models.rope(qkv[:, :, 1])
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // heads)
+  logits = np.where(np.tril(np.ones((t, t), bool)), logits, -np.inf)
+  np.testing.assert_allclose(got, logits.max(axis=(0, 2, 3)), rtol=1e-5)
+  # Off by default: nothing sown, the same output.
+  plain = models.Attention(width, heads, use_rope=True, rngs=nnx.Rngs(0))
+  out, nothing = nnx.capture(plain, nnx.Intermediate)(x)
+  assert not jax.tree.leaves(nnx.to_pure_dict(nothing))
+  np.testing.assert_allclose(out, y, rtol=1e-6)

@@ -113,3 +113,15 @@ def test_python_dash_m_help():
   done = subprocess.run([sys.executable, "-m", "matopt", "run", "--help"], capture_output=True, text=True,
                         check=True)
   assert "--optimizers" in done.stdout and "configs/quickstart.yaml" in done.stdout
+
+
+def test_muon_clip_runs_on_the_gpt_and_is_refused_without_attention(tmp_path, capsys):
+  raw = {**TINY, "optimizers": [{"name": "muon_clip", "learning_rate": 0.02, "tau": 1.0, "adam_learning_rate": 0.003}]}
+  (record,) = runner.run(runner.load(_write(tmp_path, raw)), tmp_path / "out", progress=False)
+  assert not record["diverged"] and np.isfinite(record["final_val_loss"])
+  digits = {"task": "digits", "steps": 2, "batch_size": 8, "eval_batches": 1,
+            "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}]}
+  out = tmp_path / "digits"
+  assert cli.main(["run", str(_write(tmp_path, digits, "digits")), "--out", str(out)]) == 2
+  assert "muon_clip clips attention logits, but the 'digits' task's models have no attention" in capsys.readouterr().err
+  assert not out.exists()
