@@ -131,3 +131,10 @@ def test_invalid_yaml(tmp_path, capsys):
   path.write_text("steps: [1, 2\n")
   assert cli.main(["run", str(path)]) == 2
   assert re.search(r"broken.yaml: not valid YAML", capsys.readouterr().err)
+
+
+def test_configs_readme_lists_every_optimizer():
+  from matopt.experiments import optimizers
+
+  text = (Path(__file__).parents[2] / "configs" / "README.md").read_text()
+  assert [n for n in sorted(optimizers.CATALOGUE) if f"`{n}`" not in text] == []
