@@ -203,6 +203,7 @@ def _record(spec, lr: float, best: dict, grid: list, task: Any, config: Config) 
       "throughput": best["units_per_second"],
       "throughput_unit": f"{task.unit}/s",
       "diverged": best["diverged"],
+      **({"final_max_logit": best["final_max_logit"]} if "final_max_logit" in best else {}),
       "hyperparameters": {"learning_rate": lr, **dict(spec.options),
                           "schedule": dataclasses.asdict(config.schedule)},
       "grid": [{"learning_rate": g_lr, "final_val_loss": r["final_val_loss"],

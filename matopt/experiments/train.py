@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -117,7 +118,9 @@ def train(
       the default device.
     max_logits: build the model with ``report_logits=True`` and pass the
       per-head largest attention logits it sows to ``tx.update(...,
-      max_logits=)`` (for :func:`matopt.qk_clip` / :func:`matopt.muon_clip`).
+      max_logits=)`` (for :func:`matopt.qk_clip` / :func:`matopt.muon_clip`);
+      the history then has ``max_logit`` (step, largest logit of the step)
+      and the result ``final_max_logit`` (mean of the last 10 steps').
 
   Returns:
     A record: ``history`` (per step: step, training seconds, train loss;
@@ -161,10 +164,12 @@ def train(
     (loss, (_, logits)), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(p, batch)
     extra = {} if logits is None else {"max_logits": logits}
     updates, s = tx.update(grads, s, p, **extra)
-    return optax.apply_updates(p, updates), s, loss
+    # The largest attention logit of the step (before clipping), NaN when not reported.
+    peak = jnp.max(jnp.stack([jnp.max(x) for x in jax.tree.leaves(logits)])) if logits else jnp.float32(jnp.nan)
+    return optax.apply_updates(p, updates), s, (loss, peak)
 
   eval_fn = jax.jit(loss_fn)
-  history: dict[str, list] = {"train": [], "val": []}
+  history: dict[str, list] = {"train": [], "val": [], **({"max_logit": []} if max_logits else {})}
   start, seconds, wall_before = 0, 0.0, 0.0
   ckpt = None
   if checkpoint_every:
@@ -190,11 +195,13 @@ def train(
       while step < steps:
         batch = task.train_batch(step)
         t0 = time.perf_counter()
-        params, opt_state, loss = compiled(params, opt_state, place(batch))
+        params, opt_state, (loss, peak) = compiled(params, opt_state, place(batch))
         loss = float(loss)  # waits for the step: per-step times are real
         seconds += time.perf_counter() - t0
         step += 1
         history["train"].append([step, seconds, loss])
+        if max_logits:
+          history["max_logit"].append([step, float(peak)])
         if on_step:
           on_step(step, loss)
         if not math.isfinite(loss):
@@ -217,6 +224,7 @@ def train(
       if not diverged:
         history["val"].append([step, seconds, val_loss, val_aux])
   tail = [h[2] for h in history["train"][-10:]]
+  peaks = [h[1] for h in history.get("max_logit", [])[-10:]]
   return {
       "history": history,
       "steps": step,
@@ -229,4 +237,5 @@ def train(
       "compile_seconds": compile_seconds,
       "wall_seconds": wall_before + time.perf_counter() - wall_start,
       "units_per_second": step * task.units_per_step / seconds if seconds > 0 else None,
+      **({"final_max_logit": float(np.mean(peaks)) if peaks else math.nan} if max_logits else {}),
   }

@@ -119,6 +119,7 @@ def test_muon_clip_runs_on_the_gpt_and_is_refused_without_attention(tmp_path, ca
   raw = {**TINY, "optimizers": [{"name": "muon_clip", "learning_rate": 0.02, "tau": 1.0, "adam_learning_rate": 0.003}]}
   (record,) = runner.run(runner.load(_write(tmp_path, raw)), tmp_path / "out", progress=False)
   assert not record["diverged"] and np.isfinite(record["final_val_loss"])
+  assert np.isfinite(record["final_max_logit"])  # what QK-clip saw, in results.json
   digits = {"task": "digits", "steps": 2, "batch_size": 8, "eval_batches": 1,
             "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}]}
   out = tmp_path / "digits"

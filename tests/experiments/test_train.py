@@ -50,3 +50,19 @@ def test_muon_clip_gets_the_models_logits():
   never = _losses(task, matopt.muon_clip(0.02, tau=1e9, adam_learning_rate=0.003, **heads), max_logits=True)
   np.testing.assert_allclose(never, plain, rtol=1e-6)
   assert not np.allclose(clipped[1:], plain[1:], rtol=1e-4)
+
+
+def test_clipping_holds_the_reported_logits_near_tau():
+  # The logits each step reports are measured before that step's clip, on a
+  # new batch: with τ = 0.3 they stay near τ after the first step, while
+  # without clipping (τ never reached) this GPT's logits sit at 1.7–3.4.
+  task = _gpt_task()
+  peaks = {}
+  for tau in (0.3, 1e9):
+    tx = matopt.muon_clip(0.02, tau=tau, adam_learning_rate=0.003, **task.qk_clip_defaults)
+    result = train.train(task, tx, steps=6, seed=0, max_logits=True)
+    peaks[tau] = [h[1] for h in result["history"]["max_logit"]]
+    assert [h[0] for h in result["history"]["max_logit"]] == list(range(1, 7))
+    np.testing.assert_allclose(result["final_max_logit"], np.mean(peaks[tau]))
+  assert peaks[0.3][0] == peaks[1e9][0] > 1.0  # the same first step, before any clip
+  assert max(peaks[0.3][1:]) < 2 * 0.3 < 1.0 < min(peaks[1e9][1:])
