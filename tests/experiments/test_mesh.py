@@ -82,7 +82,10 @@ def _history(out):
     # this tiny model: perturbing the initial weights by 1e-7 moves the
     # one-device loss after one step by 7e-4. A larger eps conditions them.
     ({"name": "shampoo", "learning_rate": 0.01, "eps": 1e-4}, {"shape": [8], "axes": ["data"]}),
-], ids=["muon-4x2", "shampoo-8"])
+    # QK-clip's logits come from the sharded attention and clip sharded kernels.
+    ({"name": "muon_clip", "learning_rate": 0.02, "tau": 1.0, "adam_learning_rate": 0.003},
+     {"shape": [4, 2], "axes": ["data", "model"]}),
+], ids=["muon-4x2", "shampoo-8", "muon_clip-4x2"])
 def test_mesh_run_matches_one_device_and_resumes(tmp_path, optimizer, mesh):
   raw = {**TINY, "optimizers": [optimizer]}
   single = runner.run(_parse(raw), tmp_path / "single", progress=False)
@@ -95,6 +98,8 @@ def test_mesh_run_matches_one_device_and_resumes(tmp_path, optimizer, mesh):
   np.testing.assert_allclose([h[2] for h in got["history"]["train"]],
                              [h[2] for h in want["history"]["train"]], rtol=1e-4)
   np.testing.assert_allclose(sharded[0]["final_val_loss"], single[0]["final_val_loss"], rtol=1e-4)
+  if "max_logit" in want["history"]:
+    np.testing.assert_allclose(got["history"]["max_logit"], want["history"]["max_logit"], rtol=1e-4)
 
 
 def test_shipped_mesh_config_loads_and_runs(tmp_path):
