@@ -200,8 +200,8 @@ def train(
         seconds += time.perf_counter() - t0
         step += 1
         history["train"].append([step, seconds, loss])
-        if max_logits:
-          history["max_logit"].append([step, float(peak)])
+        if max_logits:  # setdefault: a checkpoint's history may predate the key
+          history.setdefault("max_logit", []).append([step, float(peak)])
         if on_step:
           on_step(step, loss)
         if not math.isfinite(loss):
