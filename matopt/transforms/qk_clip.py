@@ -3,24 +3,15 @@ logits grew past a threshold."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from matopt import _checks
-
-
-def _key_str(entry: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
+from matopt import _checks, _tree
 
 
 def _path(path: tuple) -> tuple[str, ...]:
-  return tuple(_key_str(e) for e in path)
+  return tuple(_tree.key_name(e) for e in path)
 
 
 def _module_of(logit_path: tuple[str, ...], param_paths: list[tuple[str, ...]], query: str) -> tuple[str, ...]:
@@ -149,10 +140,9 @@ def qk_clip(
   for name, value in (("query", query), ("key", key)):
     if not isinstance(value, str) or not value:
       raise ValueError(f"qk_clip: {name} must be the name of a child module, got {value!r}.")
-  if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1):
-    raise ValueError(f"qk_clip: head_dim must be None or a positive int, got {head_dim!r}.")
-  if kv_heads is not None and (isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1):
-    raise ValueError(f"qk_clip: kv_heads must be None or a positive int, got {kv_heads!r}.")
+  for name, value in (("head_dim", head_dim), ("kv_heads", kv_heads)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ValueError(f"qk_clip: {name} must be None or a positive int, got {value!r}.")
   if query == key and head_dim is None:
     raise ValueError("qk_clip: a fused QKV kernel (query == key) needs head_dim= to find its Q and K heads.")
   sections = 3 if query == key else 1
