@@ -7,19 +7,45 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from matopt import __version__  # read from the package metadata
+
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 
 
+def _config_dirs() -> list[Path]:
+  """Where config names are looked up: ./configs, then the source tree's configs/."""
+  dirs = [Path("configs"), Path(__file__).resolve().parents[1] / "configs"]
+  return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [e.resolve() for e in dirs[:i]]]
+
+
 def _resolve(config: str) -> Path:
-  """A path as given, else a name under ./configs, else the source tree's configs/."""
-  candidates = [Path(config), Path("configs") / f"{config}.yaml",
-                Path(__file__).resolve().parents[1] / "configs" / Path(config).name,
-                Path(__file__).resolve().parents[1] / "configs" / f"{config}.yaml"]
-  return next((c for c in candidates if c.is_file()), Path(config))
+  """A path as given, else a name under ./configs, else the source tree's configs/.
+
+  Raises:
+    ConfigError: none of these is a file; the message lists the configs there
+      and, when one is close, suggests it.
+  """
+  candidates = [Path(config)]
+  for directory in _config_dirs():
+    candidates += [directory / Path(config).name, directory / f"{config}.yaml"]
+  found = next((c for c in candidates if c.is_file()), None)
+  if found is not None:
+    return found
+  import difflib
+
+  from matopt.experiments.config import ConfigError
+
+  names = sorted({p.stem for d in _config_dirs() for p in d.glob("*.yaml")})
+  close = difflib.get_close_matches(Path(config).stem, names, n=1)
+  guess = f"; did you mean {close[0]!r}?" if close else "."
+  listing = (f" Configs to run by name: {', '.join(names)} (in {', '.join(str(d) for d in _config_dirs())})."
+             if names else " There is no configs/ directory here or in the source tree to name one from.")
+  raise ConfigError(f"config {config!r} does not exist (no such file, nor a name in configs/){guess}{listing}")
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="matopt", description="Matrix-aware optimizers for JAX.")
+  parser.add_argument("--version", action="version", version=f"matopt {__version__}")
   commands = parser.add_subparsers(dest="command", required=True)
   run = commands.add_parser(
       "run", help="train a small model with several optimizers side by side",
@@ -40,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   # Imported after parsing so --help does not wait for JAX.
   from matopt.experiments import runner
-  from matopt.experiments.config import ConfigError
+  from matopt.experiments.config import ConfigError, count
 
   try:
     config = runner.override(
@@ -52,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"matopt: error: {e}", file=sys.stderr)
     return 2
   print((out / "results.md").read_text())
-  print(f"Wrote {out / 'results.json'} ({len(records)} optimizers), results.md and plots.")
+  print(f"Wrote {out / 'results.json'} ({count(len(records), 'optimizer')}), results.md and plots.")
   return 0
 
 

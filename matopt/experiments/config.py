@@ -159,6 +159,11 @@ def check_fields(cls: type, raw: Any, where: str, *, skip: tuple[str, ...] = ())
   return out
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+  """``n`` with its noun in the right number: ``1 optimizer``, ``2 optimizers``."""
+  return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def check_positive(where: str, value: int, *, zero_ok: bool = False) -> None:
   if value < 0 or (value == 0 and not zero_ok):
     raise ConfigError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}.")
@@ -183,7 +188,7 @@ def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
   devices = jax.device_count()
   if math.prod(shape) != devices:
     raise ConfigError(
-        f"config.mesh.shape {list(shape)} holds {math.prod(shape)} devices, but JAX sees {devices} "
+        f"config.mesh.shape {list(shape)} holds {count(math.prod(shape), 'device')}, but JAX sees {devices} "
         f"({jax.default_backend()}); use a shape whose product is {devices}, remove config.mesh, or on "
         f"CPU start with XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(shape)}.")
   if batch_size % shape[0]:

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from matopt.experiments.config import count
+
 
 def rope(x: jax.Array, base: float = 10000.0) -> jax.Array:
   """Rotary position embedding (Su et al. 2021) on ``(batch, time, heads, dim)``,
@@ -72,7 +74,7 @@ class GPT(nnx.Module):
   def __init__(self, *, vocab: int, width: int, layers: int, heads: int, seq_len: int,
                positions: str, rngs: nnx.Rngs, report_logits: bool = False):
     if width % heads or (width // heads) % 2:
-      raise ValueError(f"width {width} must split into {heads} heads of even size.")
+      raise ValueError(f"width {width} must split into {count(heads, 'head')} of even size.")
     self.embed = nnx.Embed(vocab, width, rngs=rngs)
     use_rope = positions == "rope"
     self.pos_embed = None if use_rope else nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq_len, width)))

@@ -76,7 +76,11 @@ def _check_out_dir(out: Path, config: Config, overwrite: bool) -> None:
 
 
 class _Progress:
-  """A rich progress bar per run, quiet when asked."""
+  """A rich progress bar per run, quiet when asked.
+
+  The bar shows the last step's training loss (noisy); the results table's
+  train loss is the mean of the last 10 steps, so each says which it is.
+  """
 
   def __init__(self, enabled: bool):
     self.enabled = enabled
@@ -84,7 +88,7 @@ class _Progress:
       from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
       self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
+                          TextColumn("loss (last step) {task.fields[loss]:.4f}"), TimeElapsedColumn())
 
   def __enter__(self):
     if self.enabled:
@@ -170,15 +174,17 @@ def run(
       if len(grid) != len(spec.learning_rates):
         continue
       lr, best = min(grid, key=lambda g: _key(g[1]))
-      curves.append((spec.name, best["history"]))
+      rates = {k: float(v) for k, v in spec.options.items()  # for the plots' legends
+               if k in optimizers_lib.CATALOGUE[spec.optimizer].rates and v is not None}
+      curves.append(report.Curve(spec.name, spec.optimizer, lr, rates, best["history"]))
       records.append(_record(spec, lr, best, grid, task, config))
   if len(records) != len(config.optimizers):
     return records  # interrupted: the next call resumes
   info = report.machine()
   report.write_json(out / "results.json", records)
   (out / "results.md").write_text(report.markdown(records, config_name=config.name, task=config.task,
-                                                  unit=task.unit, info=info))
-  report.plots(curves, out, title=f"{config.name}: {config.task}")
+                                                  unit=task.unit, loss_unit=task.loss_unit, info=info))
+  report.plots(curves, out, title=f"{config.name}: {config.task}", loss_unit=task.loss_unit)
   return records
 
 

@@ -20,7 +20,13 @@ from flax import nnx
 
 from matopt.experiments import data as data_lib
 from matopt.experiments import models
-from matopt.experiments.config import Config, ConfigError, check_fields, check_positive
+from matopt.experiments.config import (
+  Config,
+  ConfigError,
+  check_fields,
+  check_positive,
+  count,
+)
 
 POSITIONS = ("rope", "learned")
 IMAGE_MODELS = ("mlp", "cnn")
@@ -73,12 +79,13 @@ class GPTTask:
 
   scion_recipe = "language"
   unit = "tokens"
+  loss_unit = "nats/byte"  # mean cross-entropy per predicted byte
 
   @staticmethod
   def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[GPTModel, GPTData]:
     m, d = _sections(GPTModel, GPTData, model, data, {"positions": POSITIONS})
     if m.width % m.heads or (m.width // m.heads) % 2:
-      raise ConfigError(f"config.model: width {m.width} must split into {m.heads} heads of even size.")
+      raise ConfigError(f"config.model: width {m.width} must split into {count(m.heads, 'head')} of even size.")
     return m, d
 
   def __init__(self, config: Config):
@@ -89,7 +96,7 @@ class GPTTask:
     length = self.model_cfg.seq_len + 1
     for split, corpus in (("train", self.train), ("validation", self.val)):
       if len(corpus) <= length:
-        raise ConfigError(f"The {split} corpus has {len(corpus)} bytes, fewer than seq_len + 1; raise data.max_bytes.")
+        raise ConfigError(f"The {split} corpus has {count(len(corpus), 'byte')}, fewer than seq_len + 1; raise data.max_bytes.")
     starts = data_lib.random_starts(config.seed, 2, 0, config.eval_batches * config.batch_size,
                                     len(self.val), length)
     self._val = data_lib.windows(self.val, starts, length).reshape(config.eval_batches, config.batch_size, length)
@@ -143,6 +150,7 @@ class DigitsTask:
 
   scion_recipe = "image"
   unit = "examples"
+  loss_unit = "nats/example"  # mean cross-entropy per image
   qk_clip_defaults = None  # no attention
 
   @staticmethod
@@ -156,7 +164,7 @@ class DigitsTask:
     # The whole validation split, cut into eval_batches equal batches (the rest dropped).
     per = len(yv) // config.eval_batches
     if per == 0:
-      raise ConfigError(f"config.eval_batches {config.eval_batches} exceeds the {len(yv)} validation images;"
+      raise ConfigError(f"config.eval_batches {config.eval_batches} exceeds the {count(len(yv), 'validation image')};"
                         " lower it, or raise config.data.val_percent.")
     n = per * config.eval_batches
     self._val = (xv[:n].reshape(config.eval_batches, per, 8, 8, 1), yv[:n].reshape(config.eval_batches, per))
