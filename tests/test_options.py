@@ -4,7 +4,7 @@ The options are found from the signatures, so a new optimizer or option is
 covered without being listed here: a float option is tried with NaN, a
 negative value, a string and a bool; an int option with 0, 1.5, a string and a
 bool; a flag with ``"yes"`` and ``1``; a choice with an unknown name; a learning
-rate with NaN and a string. Each must raise a ValueError whose message names
+rate with NaN, infinity, a negative value and a string. Each must raise a ValueError whose message names
 the option (or, for a choice, lists the valid ones).
 """
 
@@ -32,7 +32,7 @@ FREE_TEXT = {(f, o) for f in ("qk_clip", "muon_clip") for o in ("query", "key")}
 
 def _bad_values(annotation: str) -> list:
   if "ScalarOrSchedule" in annotation:
-    return [math.nan, math.inf, "x"]
+    return [math.nan, math.inf, -1e-3, "x"]
   if annotation.startswith("float"):
     return [math.nan, -1.0, "x", True]
   if annotation.startswith("int"):
@@ -80,4 +80,4 @@ def test_array_and_schedule_learning_rates_pass(name):
   factory(jnp.asarray(1e-3))
   factory(optax.linear_schedule(1e-3, 0.0, 10))
   optax.inject_hyperparams(factory)(learning_rate=1e-3)
-  factory(-1e-3)  # gradient ascent is a legitimate use
+  factory(0.0)  # a frozen run is legitimate; a negative rate is not (test_bad_option_raises_naming_it)

@@ -138,5 +138,7 @@ def build(
   kwargs.update(options)
   for rate in entry.rates:
     base = kwargs.get(rate, entry.defaults[rate])
+    if base is None:
+      continue  # derived from learning_rate by the optimizer (Muon's AdamW rate): already scheduled
     kwargs[rate] = lambda step, base=base: base * mult(step)
   return entry.factory(lambda step: learning_rate * mult(step), **kwargs)

@@ -8,6 +8,7 @@ from typing import Any
 import optax
 from jax.typing import ArrayLike
 
+from matopt import _checks
 from matopt.optimizers.muon import muon
 from matopt.transforms.adamuon import scale_by_adamuon
 
@@ -25,8 +26,10 @@ def adamuon(
     sign_momentum: bool = False,
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     dimension_numbers: Any = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_lr_ratio: float | None = None,
     aux: optax.GradientTransformation | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
 ) -> optax.GradientTransformation:
@@ -56,7 +59,8 @@ def adamuon(
     b2: EMA rate of the second moment (reference 0.999).
     eps: ε (reference 1e-8).
     momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
-      adam_learning_rate, aux, labels: as in :func:`matopt.muon`.
+      weight_decay_mask, adam_learning_rate, adam_lr_ratio, aux, labels: as in
+      :func:`matopt.muon` (AdamW's rate follows ``learning_rate``).
     scale: shape factor, as in :func:`matopt.muon` (here ``"rms"`` by default, the reference's 0.2·√max).
     sign_momentum: orthogonalise sign(N_t) instead of N_t (the paper's sign-stabilised update).
     dimension_numbers: matrix views of hidden leaves (also the adaptive step's).
@@ -68,8 +72,10 @@ def adamuon(
     Si, Zhang and Shen, 2025. AdaMuon: Adaptive Muon Optimizer.
     arXiv:2507.11005
   """
+  # Before scale_by_adamuon sees a scheduled dimension_numbers (muon checks the rest).
+  _checks.check_not_injected("adamuon", ("labels", "dimension_numbers", "weight_decay_mask"))
   return muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
               sign_momentum=sign_momentum,
-              weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay,
+              weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay, weight_decay_mask=weight_decay_mask,
               dimension_numbers=dimension_numbers, adaptive=scale_by_adamuon(b2=b2, eps=eps, dimension_numbers=dimension_numbers),
-              adam_learning_rate=adam_learning_rate, aux=aux, labels=labels)
+              adam_learning_rate=adam_learning_rate, adam_lr_ratio=adam_lr_ratio, aux=aux, labels=labels)

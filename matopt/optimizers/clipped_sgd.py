@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import optax
 
 from matopt import _checks
+from matopt.optimizers import _weight_decay
 from matopt.transforms.normalize import clip_by_norm
 from matopt.transforms.decay import add_decayed_weights
 
@@ -17,6 +21,7 @@ def clipped_sgd(
     scope: str = "global",
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""SGD with momentum, the momentum clipped to ℓ2 norm at most λ.
 
@@ -29,13 +34,20 @@ def clipped_sgd(
   gradient-norm threshold whatever β is.
 
   Args:
-    learning_rate: η (float or schedule).
+    learning_rate: η (float ≥ 0 or schedule).
     max_norm: λ > 0.
-    momentum: β in [0, 1).
+    momentum: β in [0, 1) (a schedule under ``optax.inject_hyperparams``).
     scope: ``"global"`` (one norm over all leaves) or ``"leaf"``.
     weight_decay: decoupled weight decay μ (multiplied by η).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
+    weight_decay_mask: which leaves ``weight_decay`` reaches, as
+      ``optax.adamw``'s ``mask``: a pytree of bools with the params'
+      structure, or a callable of the params giving one (True: decay).
+      None (default): every leaf :func:`matopt.labels.by_role` does not
+      label ``"vector"`` (matrices yes, biases and norm scales no: nanoGPT's
+      and Hugging Face Trainer's practice). Under
+      ``optax.inject_hyperparams`` name a callable here in ``static_args``.
 
   Returns:
     An ``optax.GradientTransformation``; state: ``optax.ema``'s.
@@ -44,6 +56,8 @@ def clipped_sgd(
     Zhang, He, Sra, Jadbabaie, 2020. Why Gradient Clipping Accelerates
     Training: A Theoretical Justification for Adaptivity. ICLR.
   """
+  _checks.check_not_injected("clipped_sgd", ("weight_decay_mask",))
+  mask = _weight_decay.decay_mask("clipped_sgd", weight_decay_mask, weight_decay)
   _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
@@ -51,6 +65,6 @@ def clipped_sgd(
   return optax.chain(
       optax.ema(decay=momentum, debias=False),
       clip_by_norm(max_norm, scope=scope),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -15,6 +15,27 @@ from matopt.transforms.shape_scale import scale_by_shape
 from matopt.transforms.sign import scale_by_sign
 from matopt.transforms.decay import add_decayed_weights
 
+# Jordan's MuonWithAuxAdam example trains hidden matrices with Muon at 0.02
+# and everything else with AdamW at 3e-4 (github.com/KellerJordan/Muon):
+# the AdamW rate is this fraction of Muon's under the "shape" factor.
+SHAPE_ADAM_LR_RATIO = 3e-4 / 0.02
+
+
+def _times(ratio: Any, rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+  """``ratio · rate``, a schedule if ``rate`` is one (also a traced array under inject_hyperparams)."""
+  if callable(rate):
+    return lambda count: ratio * rate(count)
+  return ratio * rate
+
+
+def _adamw(learning_rate, weight_decay, cautious, mask) -> optax.GradientTransformation:
+  """optax.adamw with Jordan's settings and the hidden matrices' decay rule."""
+  return optax.chain(
+      optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-10),
+      add_decayed_weights(weight_decay, cautious=cautious, mask=mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
 
 def muon(
     learning_rate: optax.ScalarOrSchedule,
@@ -26,10 +47,12 @@ def muon(
     scale: str = "shape",
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     dimension_numbers: Any = None,
     sign_momentum: bool = False,
     adaptive: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_lr_ratio: float | None = None,
     aux: optax.GradientTransformation | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
 ) -> optax.GradientTransformation:
@@ -51,16 +74,36 @@ def muon(
   msign is scale-invariant, so the accumulating momentum above equals the
   EMA form :math:`(1-\beta)` of the reference up to Newton–Schulz's ε.
 
+  Embedding, head and vector leaves take AdamW at the rate
+  :math:`\eta_{\text{adam}} = r\,\eta` (r = ``adam_lr_ratio``) at every
+  step, so one schedule given as ``learning_rate`` shapes every leaf's step
+  (a warmup starts every leaf at 0). By default r = 3e-4 / 0.02 = 0.015
+  (Jordan's 0.02 for Muon and 3e-4 for AdamW) for ``scale="shape"`` and
+  ``"none"``, and r = 1 for ``scale="rms"``, whose purpose is that Muon and
+  AdamW share one rate (Liu et al. 2025). An explicit ``adam_learning_rate``
+  (float or schedule) replaces :math:`r\,\eta`.
+
+  ``weight_decay`` reaches matrices (hidden, embedding and head leaves), not
+  vectors (biases, norm scales), unless ``weight_decay_mask`` says otherwise.
+
   Args:
-    learning_rate: Muon's step size η (float or schedule).
-    momentum: β in [0, 1).
+    learning_rate: Muon's step size η (float ≥ 0 or schedule); AdamW's is
+      derived from it (see above).
+    momentum: β in [0, 1) (a schedule under ``optax.inject_hyperparams``).
     nesterov: use Nesterov momentum (Jordan's default; dion found it off better).
     coeffs: Newton–Schulz preset or array, see :func:`matopt.msign`.
     steps: Newton–Schulz iterations (``None``: the preset's default).
     scale: ``"shape"``, ``"rms"`` or ``"none"``.
-    weight_decay: decoupled weight decay λ for hidden matrices (multiplied by η).
+    weight_decay: decoupled weight decay λ (multiplied by each leaf's rate).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
+    weight_decay_mask: which leaves ``weight_decay`` reaches, as
+      ``optax.adamw``'s ``mask``: a pytree of bools with the params'
+      structure, or a callable of the params giving one (True: decay).
+      None (default): every leaf not labelled ``"vector"`` by ``labels``
+      (matrices yes, biases and norm scales no: nanoGPT's and Hugging Face
+      Trainer's practice). Does not reach a user-given ``aux``. Under
+      ``optax.inject_hyperparams`` name a callable here in ``static_args``.
     dimension_numbers: matrix views of hidden leaves, see
       :func:`matopt.scale_by_msign`.
     sign_momentum: take the elementwise sign of the momentum before
@@ -71,15 +114,25 @@ def muon(
       shape factor, such as :func:`matopt.scale_by_normuon` or
       :func:`matopt.scale_by_adamuon` (see :func:`matopt.normuon`,
       :func:`matopt.adamuon`); None for plain Muon.
-    adam_learning_rate: learning rate of the default AdamW for the other roles.
+    adam_learning_rate: rate of the default AdamW for the other roles (float
+      ≥ 0 or schedule); None (default): ``adam_lr_ratio · learning_rate``,
+      following ``learning_rate``'s schedule, or its injected value under
+      ``optax.inject_hyperparams``.
+    adam_lr_ratio: r in :math:`\eta_{\text{adam}} = r\,\eta` (≥ 0); None
+      (default): 0.015 for ``scale="shape"`` / ``"none"``, 1 for ``"rms"``.
+      Give it or ``adam_learning_rate``, not both.
     aux: transform for embedding, head and vector leaves; default
       ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, eps=1e-10,
-      weight_decay=weight_decay)`` (Jordan's MuonWithAuxAdam settings; its
-      decay cautious too with ``cautious_weight_decay``).
+      weight_decay=weight_decay, mask=weight_decay_mask)`` (Jordan's
+      MuonWithAuxAdam settings; its decay cautious too with
+      ``cautious_weight_decay``).
     labels: label function (or tree) giving each leaf a role in
       ``("embedding", "hidden", "head", "vector")``; None means
       :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
-      a callable here in ``static_args`` (optax treats callables as schedules).
+      a callable here in ``static_args`` (optax treats callables as
+      schedules); so for ``dimension_numbers`` and ``weight_decay_mask``.
+      Scheduling one of them, or injecting ``steps`` or an array ``coeffs``,
+      raises a ValueError saying so.
 
   Returns:
     An ``optax.GradientTransformation``; state is ``optax.multi_transform``'s,
@@ -98,29 +151,45 @@ def muon(
     >>> state = tx.init(params)
     >>> updates, state = tx.update(params, state, params)
   """
+  _checks.check_not_injected("muon", ("labels", "dimension_numbers", "weight_decay_mask"))
+  _checks.check_not_injected("muon", ("steps", "coeffs"), numbers_too=True)
+  _checks.check_static_int("muon", "steps", steps)
+  _checks.check_labels("muon", labels)
+  _checks.check_mask("muon", "weight_decay_mask", weight_decay_mask)
   _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
-  _checks.check_learning_rate("adam_learning_rate", adam_learning_rate)
   _checks.check_bool("nesterov", nesterov)
   _checks.check_bool("sign_momentum", sign_momentum)
+  if adam_lr_ratio is None:
+    adam_lr_ratio = 1.0 if scale == "rms" else SHAPE_ADAM_LR_RATIO
+  elif adam_learning_rate is not None:
+    raise ValueError(
+        f"muon: give adam_learning_rate ({adam_learning_rate!r}) or adam_lr_ratio"
+        f" ({adam_lr_ratio!r}), not both: the ratio derives the AdamW rate from learning_rate."
+    )
+  else:
+    _checks.check_range("adam_lr_ratio", adam_lr_ratio, 0.0, float("inf"))
+  if adam_learning_rate is None:
+    adam_learning_rate = _times(adam_lr_ratio, learning_rate)
+  else:
+    _checks.check_learning_rate("adam_learning_rate", adam_learning_rate)
   hidden = optax.chain(
       optax.trace(decay=momentum, nesterov=nesterov),
       scale_by_sign() if sign_momentum else optax.identity(),
       scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),
       optax.identity() if adaptive is None else adaptive,
       scale_by_shape(scale, dimension_numbers=dimension_numbers),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
+  vector_aux = aux
   if aux is None:
-    aux = optax.chain(  # optax.adamw, with the hidden matrices' decay rule
-        optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-10),
-        add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
-        optax.scale_by_learning_rate(adam_learning_rate),
-    )
+    aux = _adamw(adam_learning_rate, weight_decay, cautious_weight_decay, weight_decay_mask)
+    # The default mask is the routing itself: the "vector" label is not decayed.
+    vector_aux = aux if weight_decay_mask is not None else _adamw(adam_learning_rate, 0.0, False, None)
   return partition(
-      {"hidden": hidden, "embedding": aux, "head": aux, "vector": aux},
+      {"hidden": hidden, "embedding": aux, "head": aux, "vector": vector_aux},
       labels_lib.by_role if labels is None else labels,
   )

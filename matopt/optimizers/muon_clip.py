@@ -8,6 +8,7 @@ from typing import Any
 import optax
 from jax.typing import ArrayLike
 
+from matopt import _checks
 from matopt.optimizers.muon import muon
 from matopt.transforms.qk_clip import qk_clip
 
@@ -27,8 +28,10 @@ def muon_clip(
     scale: str = "rms",
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     dimension_numbers: Any = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_lr_ratio: float | None = None,
     aux: optax.GradientTransformation | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -47,10 +50,13 @@ def muon_clip(
 
   Args:
     learning_rate: η for hidden matrices (float or schedule).
-    tau, query, key, head_dim, kv_heads: as in :func:`matopt.qk_clip`.
+    tau, query, key, head_dim, kv_heads: as in :func:`matopt.qk_clip`
+      (``head_dim`` and ``kv_heads`` fix shapes: under
+      ``optax.inject_hyperparams`` name them in ``static_args``).
     momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
-      dimension_numbers, adam_learning_rate, aux, labels: as in
-      :func:`matopt.muon`.
+      weight_decay_mask, dimension_numbers, adam_learning_rate, adam_lr_ratio,
+      aux, labels: as in :func:`matopt.muon` (with ``scale="rms"``, AdamW
+      runs at ``learning_rate`` itself, following its schedule).
     scale: shape factor, as in :func:`matopt.muon` (``"rms"`` by default, as in K2).
 
   Returns:
@@ -63,8 +69,12 @@ def muon_clip(
 
     Liu et al., 2025. Muon is Scalable for LLM Training. arXiv:2502.16982
   """
+  _checks.check_not_injected("muon_clip", ("labels", "dimension_numbers", "weight_decay_mask"))
+  _checks.check_not_injected("muon_clip", ("head_dim", "kv_heads"), numbers_too=True)
+  for name, value in (("head_dim", head_dim), ("kv_heads", kv_heads)):
+    _checks.check_static_int("muon_clip", name, value)
   clip = qk_clip(tau, query=query, key=key, head_dim=head_dim, kv_heads=kv_heads)
   inner = muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
-               weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay,
-               dimension_numbers=dimension_numbers, adam_learning_rate=adam_learning_rate, aux=aux, labels=labels)
+               weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay, weight_decay_mask=weight_decay_mask,
+               dimension_numbers=dimension_numbers, adam_learning_rate=adam_learning_rate, adam_lr_ratio=adam_lr_ratio, aux=aux, labels=labels)
   return optax.chain(inner, clip)

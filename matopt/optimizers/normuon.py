@@ -8,6 +8,7 @@ from typing import Any
 import optax
 from jax.typing import ArrayLike
 
+from matopt import _checks
 from matopt.optimizers.muon import muon
 from matopt.transforms.normuon import scale_by_normuon
 
@@ -24,8 +25,10 @@ def normuon(
     scale: str = "shape",
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     dimension_numbers: Any = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_lr_ratio: float | None = None,
     aux: optax.GradientTransformation | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
 ) -> optax.GradientTransformation:
@@ -47,7 +50,8 @@ def normuon(
     b2: EMA rate of the per-neuron second moment (reference 0.95).
     eps: ε of the normalisation (reference 1e-10).
     momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
-      adam_learning_rate, aux, labels: as in :func:`matopt.muon`.
+      weight_decay_mask, adam_learning_rate, adam_lr_ratio, aux, labels: as in
+      :func:`matopt.muon` (AdamW's rate follows ``learning_rate``).
     scale: shape factor, as in :func:`matopt.muon` (the reference's √max(1, fan_out/fan_in)).
     dimension_numbers: matrix views of hidden leaves (also the adaptive step's).
 
@@ -58,7 +62,9 @@ def normuon(
     Li et al., 2025. NorMuon: Making Muon more efficient and scalable.
     arXiv:2510.05491
   """
+  # Before scale_by_normuon sees a scheduled dimension_numbers (muon checks the rest).
+  _checks.check_not_injected("normuon", ("labels", "dimension_numbers", "weight_decay_mask"))
   return muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
-              weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay,
+              weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay, weight_decay_mask=weight_decay_mask,
               dimension_numbers=dimension_numbers, adaptive=scale_by_normuon(b2=b2, eps=eps, dimension_numbers=dimension_numbers),
-              adam_learning_rate=adam_learning_rate, aux=aux, labels=labels)
+              adam_learning_rate=adam_learning_rate, adam_lr_ratio=adam_lr_ratio, aux=aux, labels=labels)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import optax
 
 from matopt import _checks
+from matopt.optimizers import _weight_decay
 from matopt.transforms.normalize import normalize_by_norm
 from matopt.transforms.decay import add_decayed_weights
 
@@ -16,6 +20,7 @@ def nsgd(
     scope: str = "global",
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""Normalised SGD with momentum: steps of fixed ℓ2 length η.
 
@@ -24,13 +29,20 @@ def nsgd(
     W_{t+1} = W_t - \eta \Big(\frac{m_t}{\|m_t\|_2} + \lambda W_t\Big)
 
   Args:
-    learning_rate: η (float or schedule).
-    momentum: β in [0, 1).
+    learning_rate: η (float ≥ 0 or schedule).
+    momentum: β in [0, 1) (a schedule under ``optax.inject_hyperparams``).
     scope: ``"global"`` (one norm over all leaves, as in the paper) or
       ``"leaf"`` (each leaf normalised on its own, ‖·‖_F per matrix).
     weight_decay: decoupled weight decay λ (multiplied by η).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
+    weight_decay_mask: which leaves ``weight_decay`` reaches, as
+      ``optax.adamw``'s ``mask``: a pytree of bools with the params'
+      structure, or a callable of the params giving one (True: decay).
+      None (default): every leaf :func:`matopt.labels.by_role` does not
+      label ``"vector"`` (matrices yes, biases and norm scales no: nanoGPT's
+      and Hugging Face Trainer's practice). Under
+      ``optax.inject_hyperparams`` name a callable here in ``static_args``.
 
   Returns:
     An ``optax.GradientTransformation``; state: ``optax.ema``'s.
@@ -38,6 +50,8 @@ def nsgd(
   References:
     Cutkosky and Mehta, 2020. Momentum Improves Normalized SGD. ICML.
   """
+  _checks.check_not_injected("nsgd", ("weight_decay_mask",))
+  mask = _weight_decay.decay_mask("nsgd", weight_decay_mask, weight_decay)
   _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
@@ -45,6 +59,6 @@ def nsgd(
   return optax.chain(
       optax.ema(decay=momentum, debias=False),
       normalize_by_norm(scope=scope),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -43,6 +43,11 @@ def _scion(
     steps: int | None,
     labels: Callable[[optax.Params], Any] | Any | None,
 ) -> optax.GradientTransformation:
+  name = "scion" if constrained else "unconstrained_scion"
+  _checks.check_not_injected(name, ("labels",))
+  _checks.check_not_injected(name, ("steps", "coeffs"), numbers_too=True)
+  _checks.check_static_int(name, "steps", steps)
+  _checks.check_labels(name, labels)
   _checks.check_range("momentum", momentum, 0.0, 1.0, lo_open=True)
   _checks.check_learning_rate("learning_rate", learning_rate)
   role_norms = labels_lib.scion_recipe(recipe)
@@ -81,9 +86,10 @@ def _scion(
 
 _ARGS_DOC = """
   Args:
-    learning_rate: γ (float or schedule).
+    learning_rate: γ (float ≥ 0 or schedule); every role's step follows it.
     momentum: α in (0, 1]: ``d ← (1 − α) d + α g`` (1.0: no momentum; the
-      reference's nanoGPT value is 0.1).
+      reference's nanoGPT value is 0.1); may be a schedule under
+      ``optax.inject_hyperparams``.
     recipe: ``"language"`` (ColNorm → Spectral → Sign) or ``"image"``
       (Spectral → Spectral → Sign), Pethick et al. 2025, Recommendation 3.1.
       Vectors (biases, norm scales) use ColNorm on their ``(1, n)`` view,
@@ -94,10 +100,12 @@ _ARGS_DOC = """
       ``{1, 1, 1024, 1}``. Sign LMOs are normalised by fan_in, as in the
       reference implementation.
     coeffs: Newton–Schulz preset for Spectral roles.
-    steps: Newton–Schulz iterations for Spectral roles.
+    steps: Newton–Schulz iterations for Spectral roles (fixes a loop: under
+      ``optax.inject_hyperparams`` name it in ``static_args``).
     labels: label function (or tree) giving each leaf a role; None means
       :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
-      a callable here in ``static_args`` (optax treats callables as schedules).
+      a callable here in ``static_args`` (optax treats callables as
+      schedules; scheduling it raises a ValueError saying so).
 
   Returns:
     An ``optax.GradientTransformation`` (``optax.multi_transform`` state with
@@ -151,6 +159,9 @@ scion.__doc__ = r"""Scion (SCG): constrained steps along per-role LMOs.
 
   The iterates stay in the norm ball of radius ρ (the update is a convex
   combination of W and a point of the ball): weight decay of 1 in disguise.
+  That contraction is the method, not a regulariser, so it reaches every
+  role, vectors included (the norm ball bounds them too); there is no
+  ``weight_decay`` option to mask.
 """ + _ARGS_DOC
 
 unconstrained_scion.__doc__ = r"""Unconstrained Scion (uSCG): steps along per-role LMOs.

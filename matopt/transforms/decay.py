@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,10 @@ def add_decayed_weights(
   direction that will be subtracted). With ``cautious=False`` this is
   ``optax.add_decayed_weights``.
 
+  λ may be an array or a tracer (``optax.inject_hyperparams`` passes one).
+  Unlike the optimizers, this primitive decays every leaf unless ``mask``
+  says otherwise, as ``optax.add_decayed_weights`` does.
+
   Args:
     weight_decay: λ ≥ 0.
     cautious: mask the decay by ``u ⊙ W ≥ 0``.
@@ -53,7 +58,8 @@ def add_decayed_weights(
     return optax.add_decayed_weights(weight_decay, mask)
 
   def update_fn(updates, state, params=None):
-    if weight_decay == 0.0:
+    # A concrete λ = 0 needs no params; a traced λ cannot be tested here.
+    if isinstance(weight_decay, numbers.Real) and weight_decay == 0.0:
       return updates, state
     if params is None:
       raise ValueError("add_decayed_weights(cautious=True) needs params: call update(updates, state, params).")

@@ -27,10 +27,11 @@ REGISTRY = {
     "adamuon": Entry(lambda learning_rate, adam_learning_rate=0.02: matopt.adamuon(
         learning_rate, adam_learning_rate=adam_learning_rate), 0.02),
     # Cautious decay still decays where the update is 0 (u ⊙ W ≥ 0), so zero
-    # gradients shrink every weight by η λ.
+    # gradients shrink every weight matrix by η λ (the default decay mask
+    # leaves biases alone).
     "muon_cautious": Entry(lambda learning_rate, adam_learning_rate=0.05: matopt.muon(
         learning_rate, weight_decay=0.1, cautious_weight_decay=True, adam_learning_rate=adam_learning_rate), 0.05,
-        zero_grad_update=lambda params, lr: jax.tree.map(lambda p: -lr * 0.1 * p, params)),
+        zero_grad_update=lambda params, lr: jax.tree.map(lambda p: -lr * 0.1 * (p.ndim > 1) * p, params)),
     "muon_rms": Entry(lambda learning_rate: matopt.muon(learning_rate, scale="rms", adam_learning_rate=learning_rate), 0.02),
     "scion": Entry(lambda learning_rate: matopt.scion(learning_rate, radii=_RADII, momentum=0.5), 0.1,
                    zero_grad_update=lambda params, lr: jax.tree.map(lambda p: -lr * p, params)),

@@ -48,8 +48,9 @@ def test_optimizers_decay_only_where_update_and_weight_agree(name):
   for p, u0, uc, uf in zip(*(jax.tree.leaves(t) for t in (params, plain, cautious, full))):
     direction = -np.asarray(u0) / LR  # the update before the learning rate
     agree = direction * np.asarray(p) >= 0
+    decayed = np.ndim(p) > 1  # weight_decay reaches matrices, not the bias (its default mask)
     flags.append(agree)
-    np.testing.assert_allclose(uc, np.asarray(u0) - LR * lam * agree * np.asarray(p), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(uf, np.asarray(u0) - LR * lam * np.asarray(p), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(uc, np.asarray(u0) - LR * lam * decayed * agree * np.asarray(p), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(uf, np.asarray(u0) - LR * lam * decayed * np.asarray(p), rtol=1e-5, atol=1e-7)
   flags = np.concatenate([f.ravel() for f in flags])
   assert 0 < flags.sum() < flags.size

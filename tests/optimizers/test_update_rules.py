@@ -77,7 +77,8 @@ def test_muon(nesterov, scale):
     w = w - lr * (s * jordan_newton_schulz(direction) + wd * w)
   np.testing.assert_allclose(got["Dense_0"]["kernel"], w, atol=2e-5)
   for k, n in [("Embed_0", "embedding"), ("Dense_0", "bias"), ("head", "kernel")]:
-    ref = _adamw(params[k][n], [g[k][n] for g in grads], adam_lr, 0.9, 0.95, 1e-10, wd)
+    # weight_decay reaches matrices, not the bias (the default decay mask).
+    ref = _adamw(params[k][n], [g[k][n] for g in grads], adam_lr, 0.9, 0.95, 1e-10, wd if n != "bias" else 0.0)
     np.testing.assert_allclose(got[k][n], ref, atol=2e-5)
 
 
@@ -154,7 +155,7 @@ def test_signum_nsgd_clipped():
     ms = [np.zeros_like(w) for w in ws]
     for g in grads:
       ms = [beta * m + (1 - beta) * x for m, x in zip(ms, flat(g))]
-      ws = [w - lr * (d + wd * w) for w, d in zip(ws, direction(ms))]
+      ws = [w - lr * (d + wd * (w.ndim > 1) * w) for w, d in zip(ws, direction(ms))]  # no decay on the bias
     for a, b in zip(got, ws):
       np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
 
@@ -203,14 +204,15 @@ def test_preconditioners_decay_decoupled_and_partition_by_role(build, direction)
   params, grads = _problem(3)
   lr, wd = 0.01, 0.1
   got = _run(build(lr, wd), params, grads)
-  # W ← W − η (u + λ W), with u from the bare transform on the same gradients.
+  # W ← W − η (u + λ W), with u from the bare transform on the same gradients
+  # (λ = 0 for the bias: weight_decay's default mask).
   f32 = lambda t: {k: {n: jnp.asarray(v, jnp.float32) for n, v in d.items()} for k, d in t.items()}
   tx = direction()
   p = f32(params)
   state = tx.init(p)
   for g in grads:
     u, state = tx.update(f32(g), state, p)
-    p = {k: {n: w - lr * (u[k][n] + wd * w) for n, w in d.items()} for k, d in p.items()}
+    p = {k: {n: w - lr * (u[k][n] + wd * (w.ndim > 1) * w) for n, w in d.items()} for k, d in p.items()}
   for k, d in p.items():
     for n, w in d.items():
       np.testing.assert_allclose(got[k][n], w, atol=1e-5, err_msg=f"{k}/{n}")
