@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -72,3 +73,85 @@ def map_with_path(fn: Callable, tree: Any, *rest: Any) -> Any:
     return fn(path, x, *xs)
 
   return jax.tree_util.tree_map_with_path(wrapped, tree, *rest, is_leaf=is_masked)
+
+
+# Names a parameter takes inside its module (Flax kernel/bias/scale/embedding,
+# PyTorch-style weight, Haiku w/b/offset): they say what kind of array a leaf
+# is, while the module that owns it says what it does in the network.
+PARAM_NAMES = ("kernel", "weight", "w", "embedding", "bias", "b", "scale", "offset")
+# Leaf names of vectors however many axes they have: a bias or a norm's scale
+# stacked by nn.scan / nnx.vmap is (L, d), nnx.MultiHeadAttention's biases are
+# (heads, d_head); neither is a linear map.
+VECTOR_NAMES = ("bias", "b", "scale", "offset")
+# Words naming normalisation modules (LayerNorm, RMSNorm, ln_1, final_layer_norm),
+# whose parameters are gains and offsets even when called "weight".
+NORM_WORDS = ("norm", "layernorm", "rmsnorm", "batchnorm", "groupnorm", "ln")
+# Collections a linen variable dict starts with; not part of the model's structure.
+COLLECTIONS = ("params",)
+
+
+def words(name: str) -> list[str]:
+  """Lower-case words of a path entry: ``'lm_head'`` → ``['lm', 'head']``,
+  ``'LayerNorm_0'`` → ``['layer', 'norm', '0']`` (split on ``_ - . /`` and camel case)."""
+  return [w.lower() for w in re.split(r"[_\-./]+|(?<=[a-z])(?=[A-Z])", name) if w]
+
+
+def module_path(path: tuple) -> tuple[str, ...]:
+  """Names along a key path without wrappers and a leading collection (``params``)."""
+  names = path_names(path)
+  while names[:1] and names[0] in COLLECTIONS and len(names) > 1:
+    names = names[1:]
+  return names
+
+
+def owner_index(names: tuple[str, ...]) -> int:
+  """Index of the module that owns the leaf: its parent when the leaf has a
+  parameter name (``dense/kernel``), else the leaf itself (a parameter
+  declared by name, such as ``pos_embedding`` or ViT's ``cls_token``)."""
+  if len(names) > 1 and names[-1].lower() in PARAM_NAMES:
+    return len(names) - 2
+  return len(names) - 1
+
+
+def is_vector_leaf(path: tuple, shape: tuple[int, ...]) -> bool:
+  """True for leaves that are vectors whatever their rank.
+
+  A leaf of ndim < 2; one named like a bias or a norm's scale (``bias``,
+  ``scale``; stacked ``(L, d)`` or per-head ``(heads, d_head)``); a parameter
+  of a normalisation module (``input_layernorm/weight``); or a leaf of ndim
+  >= 3 with at most one axis longer than 1 (ViT's ``cls_token (1, 1, d)``).
+  """
+  if len(shape) < 2:
+    return True
+  names = module_path(path)
+  if not names:
+    return False
+  leaf = names[-1].lower()
+  if leaf in VECTOR_NAMES:
+    return True
+  if len(names) > 1 and leaf not in ("kernel", "embedding") and any(
+      w in NORM_WORDS for w in words(names[-2])):
+    return True
+  return len(shape) >= 3 and sum(n > 1 for n in shape) <= 1
+
+
+def is_boxed(x: Any) -> bool:
+  """True for a leaf wrapped with axis metadata: an ``nnx.Variable`` (what
+  ``nnx.Optimizer`` gives ``tx.init``) or a linen ``nn.Partitioned`` box."""
+  return (hasattr(x, "get_metadata") and hasattr(x, "get_value")) or (
+      hasattr(x, "names") and hasattr(x, "unbox"))
+
+
+def axis_names(x: Any) -> tuple | None:
+  """The axis (sharding) names a model library recorded for a boxed leaf:
+  nnx ``out_sharding`` metadata (extended by ``nnx.vmap`` / ``nnx.scan``
+  with ``transform_metadata={nnx.PARTITION_NAME: ...}``) or linen
+  ``nn.Partitioned.names`` (extended by ``nn.scan(metadata_params=...)``)."""
+  if hasattr(x, "get_metadata"):
+    meta = x.get_metadata()
+    names = meta.get("out_sharding") or meta.get("sharding_names")
+  elif hasattr(x, "names") and hasattr(x, "unbox"):
+    names = x.names
+  else:
+    return None
+  return tuple(names) if names else None

@@ -4,12 +4,20 @@ A 2-D Flax kernel ``W`` has shape ``(fan_in, fan_out)`` (``y = x @ W``). A leaf
 of another rank is viewed through dimension numbers naming its reduction
 (fan-in) and output (fan-out) axes; every other axis is a batch axis. The
 view is ``(batch, fan_in, fan_out)`` with the named axes flattened in order.
+
+With no dimension numbers, :func:`infer_dimension_numbers` picks the view from
+the leaf's path and shape alone (``nnx.Optimizer`` gives ``tx.init`` Variables
+but ``tx.update`` bare arrays, so metadata could not decide it the same way
+at both calls): vectors of any rank have none, Flax attention kernels are
+their Dense matrices, conv kernels keep fan_out last, and a 3-D leaf that may
+be a stack of layers is refused with the dimension numbers to pass.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -41,7 +49,11 @@ class DimensionNumbers(NamedTuple):
   ``(kh, kw, c_in, c_out)`` by default is ``((0, 1, 2), 3)``; a Flax nnx
   attention kernel ``(d, heads, d_head)`` is per head with
   ``DimensionNumbers(reduction_axis=0, output_axis=2)`` (heads become a
-  batch axis).
+  batch axis; the default is its ``(d, heads·d_head)`` Dense matrix); a
+  Hugging Face ``Conv1D`` kernel ``(fan_out, fan_in)`` (GPT-2's ``c_attn``,
+  ``c_proj``, ``c_fc``) is ``DimensionNumbers(reduction_axis=1, output_axis=0)``.
+  Axes may be negative, counted from the end as in Python indexing; axes
+  outside ``[-ndim, ndim)`` raise naming the leaf.
   """
 
   reduction_axis: Sequence[int] | int = 0
@@ -61,9 +73,133 @@ def default_dimension_numbers(ndim: int) -> DimensionNumbers | None:
   return DimensionNumbers(tuple(range(ndim - 1)), ndim - 1)
 
 
-def _axes(spec: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
+def _axes(spec: Sequence[int] | int, shape: tuple[int, ...], dn: Any, path: str) -> tuple[int, ...]:
+  # Negative axes count from the end as in Python indexing; anything outside
+  # [-ndim, ndim) is a mistake (wrapping it modulo ndim would silently view
+  # another matrix, e.g. (1, 2) on a 2-D leaf as its transpose).
+  ndim = len(shape)
   spec = (spec,) if isinstance(spec, int) else tuple(spec)
-  return tuple(a % ndim if ndim else a for a in spec)
+  bad = [a for a in spec if not -ndim <= a < ndim]
+  if bad:
+    raise ValueError(
+        f"Leaf {path!r} of shape {shape}: dimension numbers {dn} name axes {bad},"
+        f" out of range for ndim {ndim} (valid axes: -{ndim}..{ndim - 1}). Give this"
+        " leaf its own DimensionNumbers (a pytree, a callable, or"
+        " matopt.transforms.views.dimension_numbers_by_path)."
+    )
+  return tuple(a % ndim for a in spec)
+
+
+# Modules of Flax attention (nnx.MultiHeadAttention, linen
+# MultiHeadDotProductAttention) keep per-head kernels: query/key/value
+# (d, heads, d_head) and out (heads, d_head, d).
+_ATTENTION_IN = ("query", "key", "value")
+_ATTENTION_OUT = ("out",)
+
+
+def _dn_text(dn: DimensionNumbers) -> str:
+  return f"DimensionNumbers(reduction_axis={dn.reduction_axis}, output_axis={dn.output_axis})"
+
+
+def infer_dimension_numbers(path: tuple, shape: tuple[int, ...]) -> DimensionNumbers | None:
+  """The default view of a leaf from its key path and shape.
+
+  * vectors (ndim < 2, biases and norm scales of any rank, see
+    :func:`matopt._tree.is_vector_leaf`): None, no matrix view;
+  * matrices ``(fan_in, fan_out)``: ``(0, 1)``;
+  * attention kernels of Flax's multi-head attention modules, owned by
+    ``query`` / ``key`` / ``value`` ``(d, heads, d_head)`` or ``out``
+    ``(heads, d_head, d)``: the matrix of the equivalent Dense layer,
+    ``(d, heads·d_head)`` and ``(heads·d_head, d)`` (per head instead:
+    ``DimensionNumbers(0, 2)`` and ``DimensionNumbers(1, 2)``);
+  * other ndim >= 4 leaves: conv kernels ``(kh, kw, c_in, c_out)``, fan_out
+    the last axis, fan_in the others.
+
+  Raises:
+    ValueError: for a 3-D leaf that is not an attention kernel, which may be
+      a stack of layers ``(L, d_in, d_out)`` (``nn.scan``, ``nnx.vmap``) or a
+      1-D conv kernel ``(k, c_in, c_out)``, and for stacked attention kernels:
+      the arrays carry no record of which (``nnx.Optimizer`` passes
+      ``tx.update`` bare arrays), so the message names the leaf and the
+      ``DimensionNumbers`` for each reading.
+  """
+  shape = tuple(shape)
+  ndim = len(shape)
+  if _tree.is_vector_leaf(path, shape):
+    return None
+  if ndim == 2:
+    return DimensionNumbers(0, 1)
+  names = _tree.module_path(path)
+  owner = names[_tree.owner_index(names)].lower() if names else ""
+  where = f"Leaf {_tree.path_str(path)!r} of shape {shape}"
+  advice = (" Pass it through dimension_numbers (a pytree, a callable of the params, or"
+            " matopt.transforms.views.dimension_numbers_by_path({regex: DimensionNumbers}));"
+            " other leaves keep their defaults.")
+  if owner in _ATTENTION_IN + _ATTENTION_OUT:
+    inputs = owner in _ATTENTION_IN
+    if ndim == 3:
+      return DimensionNumbers(0, (1, 2)) if inputs else DimensionNumbers((0, 1), 2)
+    stacked = DimensionNumbers(1, (2, 3)) if inputs else DimensionNumbers((1, 2), 3)
+    raise ValueError(
+        f"{where} is an attention kernel with {ndim - 3} leading axis(es) that may stack"
+        f" layers (nn.scan / nnx.vmap / nnx.scan): for layers stacked on axis 0 use"
+        f" {_dn_text(stacked)}." + advice
+    )
+  if ndim == 3:
+    raise ValueError(
+        f"{where} is ambiguous: for a stack of (d_in, d_out) layers on axis 0"
+        f" (nn.scan / nnx.vmap / nnx.scan) use {_dn_text(DimensionNumbers(1, 2))}; for a"
+        f" 1-D convolution kernel (k, c_in, c_out) use"
+        f" {_dn_text(DimensionNumbers((0, 1), 2))}." + advice
+    )
+  return DimensionNumbers(tuple(range(ndim - 1)), ndim - 1)
+
+
+def dimension_numbers_by_path(rules: Mapping[str, Any]) -> Callable[[Any], Any]:
+  """A ``dimension_numbers`` callable choosing views by leaf path.
+
+  Args:
+    rules: ``{regex: DimensionNumbers}``; the first regex that matches a
+      leaf's ``/``-joined path (``"blocks/linear/kernel"``) gives its view,
+      other leaves keep the default (None).
+
+  Returns:
+    ``params -> pytree of DimensionNumbers | None``, for any transform or
+    optimizer's ``dimension_numbers``. Paths are the same for ``nnx.State``
+    with Variables (``tx.init`` under ``nnx.Optimizer``) and the bare arrays
+    ``tx.update`` receives.
+
+  Raises:
+    ValueError: for a bad regex or a value that is not dimension numbers.
+
+  Examples:
+    >>> import matopt
+    >>> from matopt.transforms.views import dimension_numbers_by_path
+    >>> dn = dimension_numbers_by_path({r"^blocks/.*/kernel$": matopt.DimensionNumbers(1, 2)})
+    >>> tx = matopt.muon(0.02, dimension_numbers=dn)
+  """
+  compiled = []
+  for pattern, dn in rules.items():
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"dimension_numbers_by_path: {pattern!r} is not a valid regex: {e}") from e
+    if not is_dimension_numbers(dn):
+      raise ValueError(
+          f"dimension_numbers_by_path: {pattern!r} maps to {dn!r}; give a DimensionNumbers"
+          " or optax.contrib.MuonDimensionNumbers."
+      )
+    check_dimension_numbers_spec(dn)
+    compiled.append((regex, dn))
+
+  def spec(params: Any) -> Any:
+    def pick(path, _):
+      text = _tree.path_str(path)
+      return next((dn for regex, dn in compiled if regex.search(text)), None)
+
+    return _tree.map_with_path(pick, params)
+
+  return spec
 
 
 class MatrixView(NamedTuple):
@@ -127,10 +263,11 @@ class MatrixView(NamedTuple):
 def make_view(shape: tuple[int, ...], dn: Any, path: str) -> MatrixView:
   """Resolves dimension numbers for a leaf, with errors that name the leaf."""
   ndim = len(shape)
-  red = _axes(dn.reduction_axis, ndim)
-  out = _axes(dn.output_axis, ndim)
+  shape = tuple(shape)
+  red = _axes(dn.reduction_axis, shape, dn, path)
+  out = _axes(dn.output_axis, shape, dn, path)
   named = red + out
-  if any(not 0 <= a < ndim for a in named) or len(set(named)) != len(named):
+  if len(set(named)) != len(named):
     raise ValueError(
         f"Leaf {path!r} of shape {shape}: dimension numbers {dn} must name"
         f" distinct axes in range({ndim})."
@@ -176,20 +313,29 @@ def resolve_views(
       dimension_numbers, tree, is_spec=lambda s: s is None or is_dimension_numbers(s)
   )
   paths_leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_tree.is_masked)[0]
+  # Axis names recorded by the model library, for error messages: seen at
+  # init under nnx.Optimizer (Variables), never at update (bare arrays).
+  boxes = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: _tree.is_masked(x) or _tree.is_boxed(x))
+  names = [_tree.axis_names(b) for b in boxes] if len(boxes) == len(paths_leaves) else [None] * len(paths_leaves)
   views: list[MatrixView | None] = []
-  for (path, leaf), dn in zip(paths_leaves, specs):
+  for (path, leaf), dn, axis_names in zip(paths_leaves, specs, names):
     if _tree.is_masked(leaf):
       views.append(None)
       continue
     shape = tuple(jnp.shape(leaf))
-    dn = default_dimension_numbers(len(shape)) if dn is None else dn
+    try:
+      dn = infer_dimension_numbers(path, shape) if dn is None else dn
+    except ValueError as e:
+      recorded = f" The model library names its axes {axis_names}." if axis_names else ""
+      raise ValueError(f"{transform}: {e}{recorded}") from None
     if dn is None and vectors_ok:
       views.append(None)
       continue
     if dn is None:
+      kind = "a vector (bias, norm scale, stacked or per-head vector)" if len(shape) >= 2 else "no matrix"
       raise ValueError(
           f"{transform} acts on matrices, but leaf {_tree.path_str(path)!r} has"
-          f" shape {shape}. Label it for another transform (e.g. optax.adamw via"
+          f" shape {shape}, {kind}. Label it for another transform (e.g. optax.adamw via"
           " optax.multi_transform with matopt.labels.by_role), or pass"
           " dimension_numbers that view it as a matrix."
       )
