@@ -21,6 +21,7 @@ from matopt.optimizers import signum as signum
 from matopt.optimizers import soap as soap
 from matopt.optimizers import unconstrained_scion as unconstrained_scion
 from matopt.transforms import DimensionNumbers as DimensionNumbers
+from matopt.transforms.views import dimension_numbers_by_path as dimension_numbers_by_path
 from matopt.transforms import add_decayed_weights as add_decayed_weights
 from matopt.transforms import clip_by_norm as clip_by_norm
 from matopt.transforms import normalize_by_norm as normalize_by_norm
@@ -42,6 +43,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "DimensionNumbers",
+    "dimension_numbers_by_path",
     "add_decayed_weights",
     "clip_by_norm",
     "adamuon",

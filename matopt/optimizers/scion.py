@@ -24,9 +24,14 @@ DEFAULT_RADII = {
 
 
 def _vector_view(params: optax.Params) -> Any:
-  """Views every vector/scalar leaf as a (1, n) row (fan_in = 1)."""
+  """Views every vector/scalar leaf as a (1, n) row (fan_in = 1).
+
+  Leading axes are batch axes: a stacked ``(L, d)`` bias or norm scale (from
+  ``nn.scan`` / ``nnx.vmap``) is L rows, each normalised on its own as the
+  separate layers' vectors would be, not one row across all layers.
+  """
   return _tree.map_with_path(
-      lambda _, leaf: DimensionNumbers(reduction_axis=(), output_axis=tuple(range(jnp.ndim(leaf)))),
+      lambda _, leaf: DimensionNumbers(reduction_axis=(), output_axis=tuple(range(jnp.ndim(leaf)))[-1:]),
       params,
   )
 

@@ -52,13 +52,17 @@ def _scale_heads(w: jax.Array, factor: jax.Array, head_dim: int | None, sections
   if w.shape[-1] != width:
     raise ValueError(
         f"qk_clip: leaf {name!r} of shape {w.shape}: last axis must be {sections}×{heads} heads×{head_dim}"
-        f" = {width} (max_logits has {heads} heads).")
-  split = w.reshape(w.shape[:-1] + (sections, heads, head_dim))
-  f = factor.reshape(lead + (1,) * (w.ndim - len(lead) - 1) + (1, heads, 1))
+        f" = {width} (max_logits has {heads} head{'' if heads == 1 else 's'}).")
+  # One factor per column, [Q heads | K heads | V ones], times the kernel as
+  # it is: reshaping a kernel whose last axis is split over a mesh into
+  # (sections, heads, head_dim) and back is refused under explicit axes.
   scaled_sections = min(sections, 2)  # Q and K of a fused kernel; V untouched
-  mult = jnp.concatenate([jnp.broadcast_to(f, f.shape[:-3] + (scaled_sections, heads, 1)),
-                          jnp.ones(f.shape[:-3] + (sections - scaled_sections, heads, 1), f.dtype)], axis=-3)
-  return (split * mult.astype(w.dtype)).reshape(w.shape).astype(w.dtype)
+  per_column = jnp.repeat(factor, head_dim, axis=-1)
+  mult = jnp.concatenate([per_column] * scaled_sections
+                         + [jnp.ones(lead + ((sections - scaled_sections) * heads * head_dim,), factor.dtype)],
+                         axis=-1)
+  mult = mult.reshape(lead + (1,) * (w.ndim - len(lead) - 1) + (width,))
+  return (w * mult.astype(w.dtype)).astype(w.dtype)
 
 
 def _scale_grouped_queries(w: jax.Array, gamma: jax.Array, head_dim: int, kv_heads: int, name: str) -> jax.Array:
@@ -68,7 +72,7 @@ def _scale_grouped_queries(w: jax.Array, gamma: jax.Array, head_dim: int, kv_hea
   if w.shape[-1] != width:
     raise ValueError(
         f"qk_clip: leaf {name!r} of shape {w.shape}: last axis must be (heads + 2·kv_heads)×head_dim ="
-        f" ({heads} + 2×{kv_heads})×{head_dim} = {width} (max_logits has {heads} heads).")
+        f" ({heads} + 2×{kv_heads})×{head_dim} = {width} (max_logits has {heads} head{'' if heads == 1 else 's'}).")
   q, kv = jnp.split(w, [heads * head_dim], axis=-1)
   return jnp.concatenate([_scale_heads(q, gamma, head_dim, 1, name), kv], axis=-1)
 

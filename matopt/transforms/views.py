@@ -85,7 +85,7 @@ def _axes(spec: Sequence[int] | int, shape: tuple[int, ...], dn: Any, path: str)
         f"Leaf {path!r} of shape {shape}: dimension numbers {dn} name axes {bad},"
         f" out of range for ndim {ndim} (valid axes: -{ndim}..{ndim - 1}). Give this"
         " leaf its own DimensionNumbers (a pytree, a callable, or"
-        " matopt.transforms.views.dimension_numbers_by_path)."
+        " matopt.dimension_numbers_by_path)."
     )
   return tuple(a % ndim for a in spec)
 
@@ -133,7 +133,7 @@ def infer_dimension_numbers(path: tuple, shape: tuple[int, ...]) -> DimensionNum
   owner = names[_tree.owner_index(names)].lower() if names else ""
   where = f"Leaf {_tree.path_str(path)!r} of shape {shape}"
   advice = (" Pass it through dimension_numbers (a pytree, a callable of the params, or"
-            " matopt.transforms.views.dimension_numbers_by_path({regex: DimensionNumbers}));"
+            " matopt.dimension_numbers_by_path({regex: DimensionNumbers}));"
             " other leaves keep their defaults.")
   if owner in _ATTENTION_IN + _ATTENTION_OUT:
     inputs = owner in _ATTENTION_IN
