@@ -4,8 +4,10 @@ Two methods, both regularised by a ridge relative to the largest eigenvalue,
 ``A + ε·λ_max(A)·I`` (Anil et al. 2020, scalable Shampoo), so the result does
 not depend on the scale of the statistics:
 
-* ``"eigh"``: ``Q diag((λ + ridge)^{-1/p}) Qᵀ`` from ``jnp.linalg.eigh``; exact
-  up to round-off. If it returns non-finite values in float32 it is retried in
+* ``"eigh"``: ``Q diag((max(λ, n·u·λ_max) + ridge)^{-1/p}) Qᵀ`` from
+  ``jnp.linalg.eigh`` (u the unit round-off of the compute dtype): eigenvalues
+  below eigh's accuracy are raised to it, so the root is one multiple of the
+  identity on the numerical null space and does not depend on round-off there. If it returns non-finite values in float32 it is retried in
   float64 when ``jax_enable_x64`` is on.
 * ``"newton"``: the coupled Newton iteration of Guo & Higham (2006), matmuls
   only, suited to accelerators:
@@ -31,12 +33,20 @@ from matopt.linalg import lapack
 METHODS = ("eigh", "newton")
 
 
+def _is_array(x: object) -> bool:
+  # Under optax.inject_hyperparams p and eps arrive as (traced) scalar arrays.
+  return isinstance(x, jax.Array) and not jnp.ndim(x)
+
+
 def _check(a: jax.Array, p: object, eps: object, method: str) -> None:
   if method not in METHODS:
     raise ValueError(f"Unknown root method {method!r}; valid methods are {METHODS}.")
-  if isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0:
+  if method == "newton" and _is_array(p):
+    raise ValueError(f"method='newton' needs a static integer p, got the array {p!r}; use method='eigh'"
+                     " or pass p as a Python number (static_args under optax.inject_hyperparams).")
+  if not _is_array(p) and (isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0):
     raise ValueError(f"p must be a positive number (e.g. 4 for Shampoo's L^(-1/4)), got {p!r}.")
-  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+  if not _is_array(eps) and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0):
     raise ValueError(f"eps must be a non-negative number, got {eps!r}.")
   if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
     raise ValueError(f"Expected square matrices (..., n, n), got shape {a.shape}.")
@@ -56,7 +66,12 @@ def _ridge(a: jax.Array, eps: float, lam_max: jax.Array) -> jax.Array:
 def _eigh_root(a: jax.Array, p: float, eps: float) -> jax.Array:
   w, q = lapack.eigh(a)
   lam_max = jnp.max(w, axis=-1, keepdims=True)
-  w = jnp.maximum(w, 0.0) + _ridge(a, eps, lam_max)
+  # Eigenvalues below eigh's accuracy (n·u·λ_max, Golub & Van Loan §8.1) are
+  # round-off: raised to that level they become equal, so the root acts as
+  # one multiple of the identity on the numerical null space, whatever basis
+  # eigh picked there, instead of amplifying round-off by up to ridge^{-1/p}.
+  noise = a.shape[-1] * jnp.finfo(a.dtype).eps * lam_max
+  w = jnp.maximum(w, noise) + _ridge(a, eps, lam_max)
   return (q * w[..., None, :] ** (-1.0 / p)) @ jnp.swapaxes(q, -1, -2)
 
 

@@ -8,6 +8,7 @@ import optax
 
 from matopt import _checks
 from matopt.transforms.shampoo import scale_by_shampoo
+from matopt.optimizers import _weight_decay
 from matopt.transforms.decay import add_decayed_weights
 
 
@@ -19,9 +20,9 @@ def shampoo(
     exponent: float = 0.25,
     eps: float = 1e-12,
     precondition_every: int = 10,
-    start_preconditioning_step: int = 1,
+    start_preconditioning_step: int | None = None,
     graft: str = "adam",
-    block_size: int | None = 1024,
+    block_size: int | None = None,
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
     dimension_numbers: Any = None,
@@ -34,9 +35,14 @@ def shampoo(
   where :math:`u_t` is the grafted Shampoo direction of the momentum
   (statistics ``beta``, momentum ``b1``). Vectors and scalars take the
   graft's step. Defaults follow the modded-nanogpt Shampoo comparison
-  (betas (0.95, 0.95), ε 1e-12, roots every 10 steps, Adam grafting); the
-  learning rate there was 0.0018. To give some roles another optimizer,
-  partition with :func:`matopt.partition` and :mod:`matopt.labels`.
+  (betas (0.95, 0.95), ε 1e-12, roots every 10 steps, Adam grafting; the
+  learning rate there was 0.0018), except that the first root is taken at
+  step 10, not 1, as in Meta's DistributedShampoo (see
+  :func:`matopt.scale_by_shampoo`). Works under
+  ``optax.inject_hyperparams`` as is; ``block_size`` fixes the state's
+  shapes and must be listed in ``static_args`` to be injected. To give some
+  roles another optimizer, partition with :func:`matopt.partition` and
+  :mod:`matopt.labels`.
 
   Args:
     learning_rate: η (float or schedule).
@@ -45,9 +51,11 @@ def shampoo(
     exponent: p in :math:`L^{-p} G R^{-p}`.
     eps: ridge relative to the largest eigenvalue of each statistic.
     precondition_every: steps between inverse-root computations.
-    start_preconditioning_step: first step using Shampoo (graft before).
+    start_preconditioning_step: first step using Shampoo (graft before);
+      None: ``precondition_every``.
     graft: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``"none"``.
-    block_size: largest block side (None: whole matrices).
+    block_size: largest block side (None: 1024; a large int keeps whole
+      matrices).
     weight_decay: decoupled weight decay λ (multiplied by η).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
@@ -70,6 +78,6 @@ def shampoo(
           start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft,
           block_size=block_size, dimension_numbers=dimension_numbers,
       ),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=_weight_decay.decay_mask("shampoo", None, weight_decay)),
       optax.scale_by_learning_rate(learning_rate),
   )

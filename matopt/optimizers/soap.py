@@ -8,6 +8,7 @@ import optax
 
 from matopt import _checks
 from matopt.transforms.soap import scale_by_soap
+from matopt.optimizers import _weight_decay
 from matopt.transforms.decay import add_decayed_weights
 
 
@@ -20,7 +21,8 @@ def soap(
     weight_decay: float = 0.01,
     cautious_weight_decay: bool = False,
     precondition_every: int = 10,
-    max_precond_dim: int = 10000,
+    start_preconditioning_step: int | None = None,
+    max_precond_dim: int | None = None,
     dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   r"""SOAP (:func:`matopt.scale_by_soap`) with decoupled weight decay.
@@ -29,9 +31,14 @@ def soap(
     W_{t+1} = W_t - \eta\,\big(u_t + \lambda W_t\big)
 
   where :math:`u_t` is Adam's step in the eigenbasis of Shampoo's L and R
-  (zero at the first step, which only builds the bases). Defaults are the
-  paper's: betas (0.95, 0.95), ε 1e-8, weight decay 0.01, bases refreshed
-  every 10 steps, max_precond_dim 10000 (their learning rate: 3e-3).
+  (plain Adam until the bases are first built at ``start_preconditioning_step``).
+  Defaults are the paper's: betas (0.95, 0.95), ε 1e-8, weight decay 0.01,
+  bases refreshed every 10 steps, max_precond_dim 10000 (their learning
+  rate: 3e-3), except that the first bases are built after 10 gradients
+  rather than from the first one (``start_preconditioning_step=1`` restores
+  the reference's zero first step; see :func:`matopt.scale_by_soap`). Works
+  under ``optax.inject_hyperparams`` as is; ``max_precond_dim`` fixes the
+  state's shapes and must be listed in ``static_args`` to be injected.
 
   Args:
     learning_rate: η (float or schedule).
@@ -42,7 +49,9 @@ def soap(
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
     precondition_every: steps between basis refreshes.
-    max_precond_dim: sides longer than this are not rotated.
+    start_preconditioning_step: call after whose update the bases are first
+      built (None: ``precondition_every``).
+    max_precond_dim: sides longer than this are not rotated (None: 10000).
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
 
   Returns:
@@ -57,7 +66,8 @@ def soap(
   _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
       scale_by_soap(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
+                    start_preconditioning_step=start_preconditioning_step,
                     max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=_weight_decay.decay_mask("soap", None, weight_decay)),
       optax.scale_by_learning_rate(learning_rate),
   )

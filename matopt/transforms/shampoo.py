@@ -12,7 +12,7 @@ from matopt import _checks, _tree
 from matopt import sharding as sharding_lib
 from matopt.linalg import roots as roots_lib
 from matopt.transforms import views as views_lib
-from matopt.transforms.blocks import make_blocking
+from matopt.transforms.blocks import check_step_option, make_blocking, static_size
 
 GRAFTS = ("adam", "rmsprop", "sgd", "none")
 _EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
@@ -63,13 +63,13 @@ def scale_by_shampoo(
     exponent: float = 0.25,
     eps: float = 1e-12,
     precondition_every: int = 10,
-    start_preconditioning_step: int = 1,
+    start_preconditioning_step: int | None = None,
     b1: float = 0.0,
     graft: str = "adam",
     graft_b2: float = 0.95,
     graft_eps: float = 1e-8,
-    block_size: int | None = 1024,
-    max_precond_dim: int = 8192,
+    block_size: int | None = None,
+    max_precond_dim: int | None = None,
     root_method: str = "eigh",
     max_root_error: float = 0.1,
     dimension_numbers: Any = None,
@@ -88,9 +88,9 @@ def scale_by_shampoo(
     u_t = \frac{\|A_t\|_F}{\|D_t\|_F} D_t
 
   where :math:`\hat L^{-p}, \hat R^{-p}` are inverse roots with a ridge
-  ``eps`` relative to the largest eigenvalue (:func:`matopt.inverse_pth_root`),
-  recomputed every ``precondition_every`` steps from step
-  ``start_preconditioning_step`` on, and :math:`A_t` is the graft's direction
+  ``eps`` relative to the largest eigenvalue (:func:`matopt.inverse_pth_root`;
+  eigenvalues below eigh's round-off are treated as equal), recomputed every
+  ``precondition_every`` steps from step ``start_preconditioning_step`` on, and :math:`A_t` is the graft's direction
   (``"adam"``: :math:`\hat M_t/(\sqrt{\hat V_t} + \epsilon_g)`; ``"rmsprop"``:
   :math:`M_t/(\sqrt{V_t} + \epsilon_g)`; ``"sgd"``: :math:`M_t`), whose norm
   the Shampoo direction takes block by block (each matrix of the view, or
@@ -99,6 +99,18 @@ def scale_by_shampoo(
   :math:`D_t`. Before the start step the update is :math:`A_t` (:math:`M_t`
   for ``"none"``). With ``beta=0``, ``exponent=1/4``, ``b1=0``, no graft and a
   root every step, :math:`u_t = \operatorname{msign}(G_t)` (seed 001).
+
+  The first root waits for ``precondition_every`` gradients by default, as
+  Meta's DistributedShampoo does (``start_preconditioning_step = -1``): a root
+  of one gradient's statistics (rank ≤ min(m, n)) reused for the next steps
+  amplifies every new direction by up to ``eps^{-p}`` and made the update
+  depend on round-off (a 1e-6 relative change of one gradient changed the
+  next update by 90%). Google's distributed Shampoo likewise starts late
+  (``start_preconditioning_step``) from statistics ``ε·I``.
+
+  Every numeric option but ``block_size`` and ``max_precond_dim`` (which fix
+  the state's shapes) may be an array, as ``optax.inject_hyperparams`` passes
+  them; ``root_method="newton"`` also needs a Python ``exponent``.
 
   Matrices are cut into blocks of at most ``block_size`` per side; a block
   side larger than ``max_precond_dim`` is left unpreconditioned. Leaves with
@@ -112,13 +124,15 @@ def scale_by_shampoo(
     exponent: p in :math:`L^{-p} G R^{-p}` (1/4 for a matrix).
     eps: ridge relative to each statistic's largest eigenvalue.
     precondition_every: steps between root computations.
-    start_preconditioning_step: first step (1-based) that uses Shampoo.
+    start_preconditioning_step: first step (1-based) that uses Shampoo; None:
+      ``precondition_every`` (the reference code's first step is 1).
     b1: momentum of the gradient (EMA); 0 for none.
     graft: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``"none"``.
     graft_b2: second-moment EMA of the Adam / RMSprop graft.
     graft_eps: ε of the Adam / RMSprop graft.
-    block_size: largest block side, or None for whole matrices.
-    max_precond_dim: block sides above this get no preconditioner.
+    block_size: largest block side (None: 1024); matrices whose sides are
+      all at most this are not cut, so a large int keeps whole matrices.
+    max_precond_dim: block sides above this get no preconditioner (None: 8192).
     root_method: ``"eigh"`` or ``"newton"`` (:func:`matopt.inverse_pth_root`).
     max_root_error: failure guard threshold for ``"newton"`` roots.
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
@@ -143,20 +157,29 @@ def scale_by_shampoo(
   _checks.check_range("graft_b2", graft_b2, 0.0, 1.0, hi_open=True)
   _checks.check_range("graft_eps", graft_eps, 0.0, float("inf"))
   _checks.check_range("max_root_error", max_root_error, 0.0, float("inf"), lo_open=True)
-  for name, value in (("precondition_every", precondition_every),
-                      ("start_preconditioning_step", start_preconditioning_step),
-                      ("max_precond_dim", max_precond_dim)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-  if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
-    raise ValueError(f"block_size must be an int >= 1 or None, got {block_size!r}.")
+  check_step_option("precondition_every", precondition_every)
+  if start_preconditioning_step is None:
+    start_preconditioning_step = precondition_every
+  check_step_option("start_preconditioning_step", start_preconditioning_step)
+  block_size = static_size("block_size", block_size, 1024)
+  max_precond_dim = static_size("max_precond_dim", max_precond_dim, 8192)
   if graft not in GRAFTS:
     raise ValueError(f"Unknown graft {graft!r}; valid grafts are {GRAFTS}.")
   if root_method not in roots_lib.METHODS:
     raise ValueError(f"Unknown root_method {root_method!r}; valid methods are {roots_lib.METHODS}.")
   views_lib.check_dimension_numbers_spec(dimension_numbers)
+  # Traced hyperparameters (optax.inject_hyperparams) take part in float32
+  # arithmetic only; nothing below branches on their values in Python.
+  f32 = lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, jax.Array) else x
+  beta, exponent, eps, b1, graft_b2, graft_eps = map(f32, (beta, exponent, eps, b1, graft_b2, graft_eps))
+  max_root_error = f32(max_root_error)
+  if root_method == "newton" and isinstance(exponent, jax.Array):
+    raise ValueError(
+        "root_method='newton' needs a static exponent (an integer 1/exponent); under"
+        " optax.inject_hyperparams list 'exponent' in static_args, or use root_method='eigh'.")
   p = 1.0 / exponent
-  stat_weight = 1.0 if beta == 1.0 else 1.0 - beta
+  stat_weight = jnp.where(beta == 1.0, 1.0, 1.0 - beta) if isinstance(beta, jax.Array) else (
+      1.0 if beta == 1.0 else 1.0 - beta)
 
   def views_of(tree):
     return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_shampoo", vectors_ok=True)
@@ -230,13 +253,16 @@ def scale_by_shampoo(
     step = count  # 1-based index of this step
     use_shampoo = step >= start_preconditioning_step
     refresh = use_shampoo & ((step - start_preconditioning_step) % precondition_every == 0)
-    mu = jax.tree.map(lambda m, g: (b1 * m + (1.0 - b1) * g).astype(m.dtype) if b1 else g, state.mu, updates)
+    # b1 = 0 gives g exactly (0·m + 1·g); float32 arithmetic for low-precision m.
+    mu = jax.tree.map(
+        lambda m, g: (b1 * m.astype(jnp.float32) + (1.0 - b1) * g.astype(jnp.float32)).astype(m.dtype),
+        state.mu, updates)
     if graft in ("adam", "rmsprop"):
       nu = jax.tree.map(lambda v, g: graft_b2 * v + (1.0 - graft_b2) * jnp.square(g.astype(jnp.float32)),
                         state.nu, updates)
       if graft == "adam":
         t = count.astype(jnp.float32)
-        c1 = 1.0 - b1**t if b1 else 1.0
+        c1 = 1.0 - b1**t
         c2 = 1.0 - graft_b2**t
         graft_dirs = jax.tree.map(
             lambda m, v: (m.astype(jnp.float32) / c1) / (jnp.sqrt(v / c2) + graft_eps), mu, nu)
@@ -278,7 +304,7 @@ def scale_by_shampoo(
       if _tree.is_masked(g):
         outs.append(g)
       elif view is None:
-        outs.append(a if graft != "none" else m)
+        outs.append((a if graft != "none" else m).astype(g.dtype))
       else:
         outs.append(direction_of(g, m, a, blocks[i], precs[i], view, use_shampoo))
     fields = [jax.tree_util.tree_unflatten(treedef, [getattr(p, f, p) for p in precs])

@@ -12,6 +12,7 @@ from matopt import _checks, _tree
 from matopt import sharding as sharding_lib
 from matopt.linalg.eigenbasis import eigenbasis, refresh_eigenbasis
 from matopt.transforms import views as views_lib
+from matopt.transforms.blocks import check_step_option, static_size
 
 _EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
 
@@ -20,14 +21,14 @@ class ScaleBySoapState(NamedTuple):
   """State of :func:`scale_by_soap`; every field but ``count`` is a tree with
   the parameters' structure.
 
-  ``mu`` is kept in the original coordinates (parameter dtype), which is the
-  same as rotating it into each new basis; ``nu`` lives in the rotated basis,
+  ``mu`` is kept in the original coordinates (float32, or float64 for
+  float64 parameters), which is the same as rotating it into each new basis; ``nu`` lives in the rotated basis,
   shaped like the leaf's matrix view ``(batch, m, n)`` (float32). Statistics
   and bases are ``(batch, m, m)`` / ``(batch, n, n)`` float32, or empty
   a 0-d placeholder for a side that is not rotated.
   """
 
-  count: jax.Array  # int32 calls so far (the first only builds the bases)
+  count: jax.Array  # int32 calls so far
   mu: optax.Updates
   nu: optax.Updates
   stats_left: optax.Updates
@@ -61,15 +62,15 @@ def scale_by_soap(
     b2: float = 0.95,
     eps: float = 1e-8,
     precondition_every: int = 10,
+    start_preconditioning_step: int | None = None,
     shampoo_beta: float | None = None,
-    max_precond_dim: int = 10000,
+    max_precond_dim: int | None = None,
     dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   r"""SOAP direction: Adam in the eigenbasis of Shampoo's L and R.
 
   For a matrix with gradient :math:`G_t`, eigenbases :math:`Q_L, Q_R` and
-  step :math:`k = t - 1` (call :math:`t = 1` only builds the statistics and
-  bases by ``eigh`` and returns a zero update, as in the reference code):
+  Adam step :math:`k`:
 
   .. math::
     M_k = b_1 M_{k-1} + (1 - b_1) G_t, \quad
@@ -79,22 +80,45 @@ def scale_by_soap(
     u_t = Q_L \frac{Q_L^\top M_k Q_R / (1 - b_1^k)}
       {\sqrt{V_k / (1 - b_2^k)} + \epsilon} Q_R^\top
 
-  then :math:`L \leftarrow \beta L + (1-\beta) G_t G_t^\top`, likewise R, and
-  every ``precondition_every`` steps the bases are refreshed by one power
-  iteration + QR (:func:`matopt.linalg.eigenbasis.refresh_eigenbasis`), with
+  then :math:`L \leftarrow \beta L + (1-\beta) G_t G_t^\top`, likewise R.
+  The bases are the identity (plain Adam, :math:`k = t`) until call
+  :math:`t_0` = ``start_preconditioning_step``, after whose update they are
+  built by ``eigh`` of L and R, with :math:`V` carried over as
+  :math:`(Q_L^{\odot 2})^\top V Q_R^{\odot 2}` (the rotated second moment of
+  uncorrelated entries). From then on, every ``precondition_every`` steps the
+  bases are refreshed by one power iteration + QR
+  (:func:`matopt.linalg.eigenbasis.refresh_eigenbasis`), with
   :math:`V` permuted to follow the eigenvalue order. :math:`M` is kept in the
   original coordinates, so it is exactly rotated into each new basis. A side
   longer than ``max_precond_dim`` is not rotated; leaves with no matrix view
   (vectors, scalars) get plain Adam. With every gradient diagonal, the bases
-  are permutations and the update equals Adam started at step 2.
+  are permutations and the update equals Adam.
+
+  ``start_preconditioning_step=1`` is the reference code's convention: call 1
+  only builds the statistics and bases and returns a zero update, and
+  :math:`k = t - 1`. The default waits for ``precondition_every`` gradients
+  instead (as Meta's DistributedShampoo starts its roots): bases of one
+  gradient's statistics are arbitrary in their null space (rank ≤ min(m, n)),
+  and Adam run in such a basis made the update depend on round-off (a 1e-6
+  relative change of one gradient changed later updates by 67%; runs on a
+  mesh drifted from one device). Statistics whose rank is still deficient at
+  the start (a side longer than ``start_preconditioning_step`` times the
+  other) keep some of that sensitivity. :math:`M` is kept in float32 (float64 for float64
+  parameters), as in the reference: rounded to bfloat16 in the original
+  coordinates it leaks into directions where :math:`V \approx 0`.
+
+  Every numeric option but ``max_precond_dim`` (it fixes the state's shapes)
+  may be an array, as ``optax.inject_hyperparams`` passes them.
 
   Args:
     b1: first-moment EMA.
     b2: second-moment EMA.
     eps: Adam's ε (added to the root of the second moment).
     precondition_every: steps between basis refreshes.
+    start_preconditioning_step: call (1-based) after whose update the bases
+      are first built; None: ``precondition_every``.
     shampoo_beta: EMA of L and R (None: ``b2``, as the reference).
-    max_precond_dim: sides longer than this stay unrotated.
+    max_precond_dim: sides longer than this stay unrotated (None: 10000).
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
 
   Returns:
@@ -109,9 +133,13 @@ def scale_by_soap(
   _checks.check_range("eps", eps, 0.0, float("inf"))
   beta = b2 if shampoo_beta is None else shampoo_beta
   _checks.check_range("shampoo_beta", beta, 0.0, 1.0, hi_open=True)
-  for name, value in (("precondition_every", precondition_every), ("max_precond_dim", max_precond_dim)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+  check_step_option("precondition_every", precondition_every)
+  start = precondition_every if start_preconditioning_step is None else start_preconditioning_step
+  check_step_option("start_preconditioning_step", start)
+  max_precond_dim = static_size("max_precond_dim", max_precond_dim, 10000)
+  # Traced hyperparameters (optax.inject_hyperparams) enter float32 arithmetic only.
+  f32 = lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, jax.Array) else x
+  b1, b2, eps, beta = map(f32, (b1, b2, eps, beta))
   views_lib.check_dimension_numbers_spec(dimension_numbers)
   fields = ("stats_left", "stats_right", "basis_left", "basis_right")
 
@@ -130,6 +158,13 @@ def scale_by_soap(
             zeros(m) if left else empty, zeros(n) if right else empty,
             eye(m) if left else empty, eye(n) if right else empty)
 
+  def mu_dtype(leaf):
+    # m is kept in at least float32: rounded to bfloat16 in the original
+    # coordinates, its error has components in directions where the rotated
+    # second moment is ~0 (the null space of rank-deficient statistics), and
+    # m/√v turns them into O(100) steps. The reference keeps it in float32 too.
+    return jnp.float64 if jnp.result_type(leaf) == jnp.float64 else jnp.float32
+
   def unflatten(treedef, per_leaf, i):
     return jax.tree_util.tree_unflatten(treedef, [p if _tree.is_masked(p) else p[i] for p in per_leaf])
 
@@ -139,7 +174,7 @@ def scale_by_soap(
                 for leaf, v in zip(leaves, views_of(params))]
     per_leaf = sharding_lib.shard_rows(per_leaf, sharding_lib.mesh_of(params))
     return ScaleBySoapState(
-        jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
+        jnp.zeros([], jnp.int32), jax.tree.map(lambda x: jnp.zeros_like(x, mu_dtype(x)), params),
         *(unflatten(treedef, per_leaf, i) for i in range(5)),
     )
 
@@ -151,21 +186,21 @@ def scale_by_soap(
       x = x @ (qr if forward else jnp.swapaxes(qr, -1, -2))
     return x
 
-  def update_leaf(g, m, v, sl, sr, ql, qr, view, first, k):
+  def update_leaf(g, m, v, sl, sr, ql, qr, view, skip, k):
     """The update and new second moment and statistics (bases unchanged)."""
     g32 = g.astype(jnp.float32)
     if view is None:  # plain Adam on vectors and scalars
       v_new = b2 * v + (1.0 - b2) * g32 * g32
       u = (m.astype(jnp.float32) / (1.0 - b1**k)) / (jnp.sqrt(v_new / (1.0 - b2**k)) + eps)
-      return jnp.where(first, 0.0, u).astype(g.dtype), jnp.where(first, v, v_new), sl, sr
+      return jnp.where(skip, 0.0, u).astype(g.dtype), jnp.where(skip, v, v_new), sl, sr
     gm = view.to_matrices(g32)
     mm = view.to_matrices(m.astype(jnp.float32))
     g_rot = rotate(gm, ql, qr, True)
     v_new = b2 * v + (1.0 - b2) * g_rot * g_rot
     n_rot = (rotate(mm, ql, qr, True) / (1.0 - b1**k)) / (jnp.sqrt(v_new / (1.0 - b2**k)) + eps)
     u = view.from_matrices(rotate(n_rot, ql, qr, False))
-    u = jnp.where(first, 0.0, u).astype(g.dtype)
-    v = jnp.where(first, v, v_new)
+    u = jnp.where(skip, 0.0, u).astype(g.dtype)
+    v = jnp.where(skip, v, v_new)
     # Statistics take this gradient after it was used (the reference's order).
     if sl.ndim:
       sl = beta * sl + (1.0 - beta) * (gm @ jnp.swapaxes(gm, -1, -2))
@@ -182,12 +217,16 @@ def scale_by_soap(
 
   def update_fn(updates, state, params=None):
     del params
-    first = state.count == 0
-    count = optax.safe_increment(state.count)
-    k = jnp.maximum(count - 1, 1).astype(jnp.float32)  # Adam's step number
-    refresh = (count - 1) % precondition_every == 0
+    count = optax.safe_increment(state.count)  # 1-based index of this call
+    # start = 1 is the reference's convention: the first call only builds the
+    # bases (zero update), so Adam's count lags one behind.
+    from_first = jnp.asarray(start) == 1
+    skip = (count == 1) & from_first
+    k = jnp.maximum(count - from_first.astype(count.dtype), 1).astype(jnp.float32)  # Adam's step number
+    build = count == start
+    refresh = (count > start) & ((count - start) % precondition_every == 0)
     mu = jax.tree.map(
-        lambda m, g: jnp.where(first, m, b1 * m + (1.0 - b1) * g).astype(m.dtype), state.mu, updates)
+        lambda m, g: jnp.where(skip, m, b1 * m + (1.0 - b1) * g.astype(m.dtype)).astype(m.dtype), state.mu, updates)
     flat = lambda t: jax.tree_util.tree_flatten(t, is_leaf=_tree.is_masked)[0]
     leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
     columns = zip(leaves, flat(mu), flat(state.nu), *(flat(getattr(state, f)) for f in fields), views_of(updates))
@@ -196,13 +235,22 @@ def scale_by_soap(
       if _tree.is_masked(g):
         per_leaf.append(g)
       else:  # [u, v, stats_left, stats_right, basis_left, basis_right]
-        per_leaf.append([*update_leaf(g, m, v, sl, sr, ql, qr, view, first, k), ql, qr])
+        per_leaf.append([*update_leaf(g, m, v, sl, sr, ql, qr, view, skip, k), ql, qr])
     leaf_ids = [i for i, leaf in enumerate(per_leaf) if not _tree.is_masked(leaf)]
     # (leaf, side) for every rotated side; side 0 is left (rows of V), 1 right.
     sides = [(i, side) for i in leaf_ids for side in (0, 1) if per_leaf[i][2 + side].ndim]
 
     def first_bases(stats, bases, vs):
-      return [q for (q,) in grouped(lambda a, q0: (_finite_or(eigenbasis(a), q0),), stats, bases)], vs
+      new = [q for (q,) in grouped(lambda a, q0: (_finite_or(eigenbasis(a), q0),), stats, bases)]
+      vs = dict(vs)
+      for (i, side), q in zip(sides, new):
+        # V was kept in the identity basis before the start step: carry its
+        # diagonal over, E[(Qᵀ G)²] ≈ (Q ⊙ Q)ᵀ E[G²] for uncorrelated entries
+        # (zero at start = 1, where V is still empty).
+        # (Overflowed entries are capped first: 0 · inf would be NaN.)
+        q2, v = q * q, jnp.minimum(vs[i], jnp.finfo(vs[i].dtype).max)
+        vs[i] = jnp.swapaxes(q2, -1, -2) @ v if side == 0 else v @ q2
+      return new, vs
 
     def new_bases(stats, bases, vs):
       refreshed = grouped(_guarded_refresh, stats, bases)
@@ -219,7 +267,7 @@ def scale_by_soap(
       stats = [per_leaf[i][2 + side] for i, side in sides]
       bases = [per_leaf[i][4 + side] for i, side in sides]
       vs = {i: per_leaf[i][1] for i, _ in sides}
-      branch = jnp.where(first, 1, jnp.where(refresh, 2, 0))
+      branch = jnp.where(build, 1, jnp.where(refresh, 2, 0))
       bases, vs = jax.lax.switch(branch, [lambda s_, b_, v_: (b_, v_), first_bases, new_bases], stats, bases, vs)
       for (i, side), q in zip(sides, bases):
         per_leaf[i][4 + side] = q

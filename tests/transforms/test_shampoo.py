@@ -12,7 +12,8 @@ from matopt.transforms.shampoo import scale_by_shampoo
 def np_inverse_root(a, p, eps):
   w, q = np.linalg.eigh(0.5 * (a + a.T))
   ridge = max(eps * w.max(), np.finfo(np.float32).tiny ** 0.5)
-  return (q * (np.maximum(w, 0) + ridge) ** (-1.0 / p)) @ q.T
+  noise = len(w) * np.finfo(np.float32).eps * w.max()  # float32 eigh's accuracy, as inverse_pth_root
+  return (q * (np.maximum(w, noise) + ridge) ** (-1.0 / p)) @ q.T
 
 
 def np_shampoo(grads, *, beta, exponent, eps, every, start, b1, graft, b2=0.95, graft_eps=1e-8):

@@ -11,7 +11,9 @@ from matopt.transforms.soap import scale_by_soap
 
 
 def np_soap(grads, *, b1, b2, eps, every):
-  """Numpy transcription of Vyas et al. 2025, Algorithms 3–4 (m kept unrotated)."""
+  """Numpy transcription of Vyas et al. 2025, Algorithms 3–4 (m kept unrotated),
+  with the reference's start: bases from the first gradient
+  (``start_preconditioning_step=1``)."""
   m_, n_ = grads[0].shape
   L, R = np.zeros((m_, m_)), np.zeros((n_, n_))
   mom, v = np.zeros((m_, n_)), np.zeros((m_, n_))
@@ -61,7 +63,7 @@ def test_diagonal_gradients_equal_adam_from_step_two():
   grads = [np.diag(rng.standard_normal(6)) for _ in range(8)]
   # ε well above float32 round-off: in the rotated basis an exact zero can
   # come back as ~1e-9 from QR, which ε = 1e-8 would amplify to O(0.1).
-  soap, _ = _run(scale_by_soap(precondition_every=2, eps=1e-3), grads, (6, 6))
+  soap, _ = _run(scale_by_soap(precondition_every=2, eps=1e-3, start_preconditioning_step=1), grads, (6, 6))
   np.testing.assert_array_equal(soap[0], 0.0)
   adam = optax.scale_by_adam(b1=0.95, b2=0.95, eps=1e-3)
   state = adam.init({"w": jnp.zeros((6, 6))})
@@ -78,7 +80,7 @@ def test_second_moment_follows_eigenvalue_order_when_it_changes():
   early = [np.diag([4.0, 1.0, 0.5, 0.2]) * (1 + 0.1 * t) for t in range(4)]
   late = [np.diag([0.1, 0.3, 6.0, 2.0]) * (1 + 0.1 * t) for t in range(8)]
   grads = early + late
-  tx = scale_by_soap(b1=0.9, b2=0.5, precondition_every=1, eps=1e-3)
+  tx = scale_by_soap(b1=0.9, b2=0.5, precondition_every=1, eps=1e-3, start_preconditioning_step=1)
   soap, state = _run(tx, grads, (4, 4))
   basis = np.abs(np.asarray(state.basis_left["w"][0]))
   assert np.argmax(basis[:, 0]) == 2  # the new largest eigenvalue leads
@@ -96,7 +98,7 @@ def test_second_moment_follows_eigenvalue_order_when_it_changes():
 def test_matches_numpy_transcription(shape):
   rng = np.random.default_rng(1)
   grads = [rng.standard_normal(shape) for _ in range(7)]
-  got, _ = _run(scale_by_soap(b1=0.9, b2=0.95, eps=1e-3, precondition_every=2), grads, shape)
+  got, _ = _run(scale_by_soap(b1=0.9, b2=0.95, eps=1e-3, precondition_every=2, start_preconditioning_step=1), grads, shape)
   want = np_soap(grads, b1=0.9, b2=0.95, eps=1e-3, every=2)
   for t, (a, b) in enumerate(zip(got, want)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3, err_msg=f"step {t + 1}")
@@ -105,7 +107,7 @@ def test_matches_numpy_transcription(shape):
 def test_vectors_get_adam_and_long_sides_stay_unrotated():
   rng = np.random.default_rng(2)
   params = {"b": jnp.zeros(4), "w": jnp.zeros((3, 20))}
-  tx = scale_by_soap(max_precond_dim=10, eps=1e-3)
+  tx = scale_by_soap(max_precond_dim=10, eps=1e-3, start_preconditioning_step=1)
   state = tx.init(params)
   assert state.basis_right["w"].shape == () and state.basis_left["w"].shape == (1, 3, 3)
   adam = optax.scale_by_adam(b1=0.95, b2=0.95, eps=1e-3)
@@ -148,7 +150,11 @@ def test_faster_than_adam_on_ill_conditioned_least_squares():
     return float(loss(w))
 
   lrs = (3e-3, 1e-2, 3e-2, 1e-1)
-  best_soap = min(final_loss(optax.chain(scale_by_soap(precondition_every=5), optax.scale(-lr))) for lr in lrs)
+  # The reference's start (bases from step 1), the setting this margin was
+  # set for: with the default start (step 5 here) the best loss is 0.58×
+  # Adam's instead of 0.44× (both at η = 0.1).
+  best_soap = min(final_loss(optax.chain(scale_by_soap(precondition_every=5, start_preconditioning_step=1),
+                                         optax.scale(-lr))) for lr in lrs)
   with optax_promotion:
     best_adam = min(final_loss(optax.adam(lr, b1=0.95, b2=0.95)) for lr in lrs)
   assert best_soap < 0.5 * best_adam, (best_soap, best_adam)
