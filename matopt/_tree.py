@@ -119,7 +119,8 @@ def is_vector_leaf(path: tuple, shape: tuple[int, ...]) -> bool:
   A leaf of ndim < 2; one named like a bias or a norm's scale (``bias``,
   ``scale``; stacked ``(L, d)`` or per-head ``(heads, d_head)``); a parameter
   of a normalisation module (``input_layernorm/weight``); or a leaf of ndim
-  >= 3 with at most one axis longer than 1 (ViT's ``cls_token (1, 1, d)``).
+  >= 3, not a kernel, with at most one axis longer than 1 (ViT's
+  ``cls_token (1, 1, d)``).
   """
   if len(shape) < 2:
     return True
@@ -132,7 +133,10 @@ def is_vector_leaf(path: tuple, shape: tuple[int, ...]) -> bool:
   if len(names) > 1 and leaf not in ("kernel", "embedding") and any(
       w in NORM_WORDS for w in words(names[-2])):
     return True
-  return len(shape) >= 3 and sum(n > 1 for n in shape) <= 1
+  # A declared token such as ViT's cls_token (1, 1, d) is a vector; a kernel
+  # stays a matrix whatever its sizes (a 1x1 conv from one channel is (1, c)).
+  return (len(shape) >= 3 and leaf not in ("kernel", "weight", "embedding")
+          and sum(n > 1 for n in shape) <= 1)
 
 
 def is_boxed(x: Any) -> bool:

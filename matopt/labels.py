@@ -108,7 +108,8 @@ def by_role(params: optax.Params, *, overrides: Mapping[str, str] | None = None)
   1. ``"vector"``: ndim < 2; a bias or scale of any rank (stacked ``(L, d)``
      from ``nn.scan`` / ``nnx.vmap``, per-head ``(heads, d_head)``); any
      parameter of a norm module (``input_layernorm/weight``); a leaf of
-     ndim >= 3 with one axis longer than 1 (``cls_token (1, 1, d)``).
+     ndim >= 3, other than a kernel, with at most one axis longer than 1
+     (``cls_token (1, 1, d)``).
   2. The first regex in ``overrides`` that matches the leaf's path
      (``"a/b/kernel"``) gives its role (so an override naming a module
      relabels its matrices, not its biases).
