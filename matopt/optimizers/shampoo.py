@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optax
@@ -25,6 +26,7 @@ def shampoo(
     block_size: int | None = None,
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   r"""Shampoo (:func:`matopt.scale_by_shampoo`) with decoupled weight decay.
@@ -59,6 +61,10 @@ def shampoo(
     weight_decay: decoupled weight decay λ (multiplied by η).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
+    weight_decay_mask: which leaves ``weight_decay`` reaches (a pytree of
+      bools or a callable of the params, as ``optax.adamw``'s ``mask``);
+      None: every leaf :func:`matopt.labels.by_role` does not label
+      ``"vector"`` (matrices yes, biases and norm scales no).
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
 
   Returns:
@@ -69,6 +75,8 @@ def shampoo(
     Gupta, Koren, Singer, 2018. Shampoo: Preconditioned Stochastic Tensor
     Optimization. ICML.
   """
+  _checks.check_not_injected("shampoo", ("weight_decay_mask", "dimension_numbers"))
+  mask = _weight_decay.decay_mask("shampoo", weight_decay_mask, weight_decay)
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
@@ -78,6 +86,6 @@ def shampoo(
           start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft,
           block_size=block_size, dimension_numbers=dimension_numbers,
       ),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=_weight_decay.decay_mask("shampoo", None, weight_decay)),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optax
@@ -20,6 +21,7 @@ def soap(
     eps: float = 1e-8,
     weight_decay: float = 0.01,
     cautious_weight_decay: bool = False,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     precondition_every: int = 10,
     start_preconditioning_step: int | None = None,
     max_precond_dim: int | None = None,
@@ -48,6 +50,10 @@ def soap(
     weight_decay: decoupled weight decay λ (multiplied by η).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
+    weight_decay_mask: which leaves ``weight_decay`` reaches (a pytree of
+      bools or a callable of the params, as ``optax.adamw``'s ``mask``);
+      None: every leaf :func:`matopt.labels.by_role` does not label
+      ``"vector"`` (matrices yes, biases and norm scales no).
     precondition_every: steps between basis refreshes.
     start_preconditioning_step: call after whose update the bases are first
       built (None: ``precondition_every``).
@@ -61,6 +67,8 @@ def soap(
     Vyas et al., 2025. SOAP: Improving and Stabilizing Shampoo using Adam.
     ICLR.
   """
+  _checks.check_not_injected("soap", ("weight_decay_mask", "dimension_numbers"))
+  mask = _weight_decay.decay_mask("soap", weight_decay_mask, weight_decay)
   _checks.check_range("weight_decay", weight_decay, 0.0, float("inf"))
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
@@ -68,6 +76,6 @@ def soap(
       scale_by_soap(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
                     start_preconditioning_step=start_preconditioning_step,
                     max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=_weight_decay.decay_mask("soap", None, weight_decay)),
+      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -42,6 +42,8 @@ CASES = {
     "signum": Case(matopt.signum, 0.01),
     "nsgd": Case(matopt.nsgd, 0.1),
     "clipped_sgd": Case(matopt.clipped_sgd, 0.1),
+    "shampoo": Case(matopt.shampoo, 1e-3, momentum="b1"),
+    "soap": Case(matopt.soap, 3e-3, momentum="b1"),
 }
 NAMES = sorted(CASES)
 # Callable-valued options: what inject_hyperparams would wrongly call as a schedule.
