@@ -57,7 +57,7 @@ def batch(key: jax.Array, size: int = 32, length: int = 12, vocab: int = 16) -> 
   return tokens, jnp.broadcast_to(tokens[:, :1], tokens.shape)
 
 
-def train(steps: int = 100, tau: float = 1.0, clip: bool = True, learning_rate: float = 0.05) -> list[float]:
+def train(steps: int = 100, tau: float = 1.0, clip: bool = True, learning_rate: float = 0.08) -> list[float]:
   """Returns the largest attention logit seen at each step."""
   model = Model(rngs=nnx.Rngs(0))
   tx = matopt.muon(learning_rate, adam_learning_rate=learning_rate)
