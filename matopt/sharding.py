@@ -15,11 +15,20 @@ the stack's. :func:`map_stacked` does the same for work with several operands
 Without a mesh (or on one device) the same grouping still turns many small
 calls into one batched call. A group with fewer matrices than half the
 devices is left to XLA's sharded matmuls instead (padding it would leave most
-devices computing zeros), as is a matrix above ``max_matrix_bytes``.
+devices computing zeros, while a sharded matmul splits each product over all
+of them), as is a matrix above ``max_matrix_bytes``. Under an explicit-
+sharding mesh (``AxisType.Explicit``, ``jax.make_mesh``'s default) such a
+group runs inside ``jax.sharding.auto_axes``: the parameters' layout may
+shard a contraction (``X Xᵀ`` of a matrix split by rows and columns), which
+explicit typing refuses, and XLA then partitions the products as it does
+under ``AxisType.Auto``.
 
-Under an explicit-sharding mesh (``AxisType.Explicit``), each result is
-resharded to its input's sharding; under ``AxisType.Auto`` the layout of the
-results follows XLA's propagation (pin it with ``out_shardings``).
+Under explicit axes every result comes back in its input's sharding, so
+updates have their parameter's layout. Under ``AxisType.Auto`` the layout
+inside ``jit`` is not known when tracing: each result is tied to its input
+with ``shard_alike``, a hint XLA's propagation follows for these stacks,
+but the layout of what ``jit`` returns is XLA's choice; pin it with
+``out_shardings`` (as :mod:`matopt.experiments.train` does).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.shard_alike import shard_alike
 from jax.sharding import NamedSharding, PartitionSpec
 
 # Matrices larger than this are not gathered onto one device.
@@ -146,40 +156,84 @@ def map_stacked(
     signature = tuple((x.shape[1:], jnp.dtype(x.dtype)) for x in ops)
     groups.setdefault((signature, key), []).append(i)
   mesh = current_mesh()
+  explicit = mesh is not None and _is_explicit(mesh)
   out: list[tuple[jax.Array, ...] | None] = [None] * len(operands)
   for (signature, key), members in groups.items():
     stacks = tuple(_stack([operands[i][j] for i in members]) for j in range(len(signature)))
     count = stacks[0].shape[0]
     shape, dtype = signature[0]
     matrix_bytes = dtype.itemsize * math.prod(shape)
+    # Whole matrices per device when the group fills at least half the mesh:
+    # no device repeats another's work, and at most half of them compute
+    # padding. Smaller groups (and huge matrices) keep their layout and are
+    # split product by product instead (module docstring).
     spread = mesh is not None and count * 2 >= mesh.size and matrix_bytes <= max_matrix_bytes
-    targets = [None] * len(members)
     if spread:
       pad = -count % mesh.size
       if pad:  # zero entries, in each stack's own layout
         stacks = tuple(jnp.pad(s, ((0, pad),) + ((0, 0),) * (s.ndim - 1)) for s in stacks)
       results = _local(fn, key, mesh)(*(_distribute(s, mesh) for s in stacks))
-      targets = [_explicit_sharding(operands[i][0]) for i in members]
-      if any(t is not None for t in targets):
-        # Explicit shardings: slicing a sharded axis is not allowed, so bring
-        # each stack back to the members' own matrix layout first (one
-        # all-to-all when they agree, replicated otherwise).
-        specs = {tuple(t.spec)[1:] if t is not None else (None,) * (len(shape)) for t in targets}
+      if explicit:
+        # Slicing an axis split over the mesh is refused under explicit
+        # axes (``count`` need not divide by the device count): bring each
+        # stack back to the members' own matrix layout first (one all-to-all
+        # when they agree, replicated otherwise or when they are replicated).
+        targets = [_explicit_sharding(operands[i][0]) for i in members]
+        specs = {tuple(t.spec)[1:] if t is not None else (None,) * len(shape) for t in targets}
         inner = specs.pop() if len(specs) == 1 else (None,) * len(shape)
         results = tuple(jax.sharding.reshard(r, PartitionSpec(None, *inner) if r.shape[1:] == shape
                                              else PartitionSpec()) for r in results)
       results = tuple(r[:count] for r in results)
+    elif explicit:
+      results = _auto_axes(fn, key, stacks)
     else:
       results = tuple(fn(stacks, key))
     start = 0
-    for i, target in zip(members, targets):
+    for i in members:
       size = operands[i][0].shape[0]
       pieces = tuple(r[start:start + size] for r in results)
       start += size
-      if target is not None:
-        pieces = tuple(jax.sharding.reshard(p, target) if p.shape == operands[i][0].shape else p for p in pieces)
+      if mesh is not None:
+        pieces = tuple(_like(p, operands[i][0]) if p.shape == operands[i][0].shape else p for p in pieces)
       out[i] = pieces
   return out
+
+
+def _is_explicit(mesh) -> bool:
+  return any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+
+
+def _auto_axes(fn, key, stacks: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """``fn(stacks, key)`` with XLA choosing how to partition its products.
+
+  Under explicit axes a matmul whose contraction is split over the mesh (a
+  Newton–Schulz ``X Xᵀ`` of a matrix laid out ``P("data", "model")``) is a
+  type error; inside ``auto_axes`` the same program compiles to the sharded
+  matmuls it gets under ``AxisType.Auto``. Each output leaves in the layout
+  of the operand of its shape (replicated when none has it).
+  """
+  plain = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in stacks]
+  shapes = jax.eval_shape(lambda *s: tuple(fn(s, key)), *plain)
+  layouts = {s.shape: jax.typeof(s).sharding.spec for s in reversed(stacks)}
+  out_specs = tuple(layouts.get(r.shape, PartitionSpec()) for r in shapes)
+  return jax.sharding.auto_axes(lambda *s: tuple(fn(s, key)), out_sharding=out_specs)(*stacks)
+
+
+def _like(new: jax.Array, old: jax.Array) -> jax.Array:
+  """``new`` in ``old``'s sharding (same shape), inside ``jit`` under a mesh.
+
+  Explicit axes: a reshard to ``old``'s type. Auto axes: the layout is only
+  known once XLA propagates it, so the two are tied with ``shard_alike``, so
+  that propagation carries the input's layout (not the stack's) on to the
+  update; a hint, not a guarantee (module docstring).
+  """
+  mesh = current_mesh()
+  if mesh is None:
+    return new
+  if _is_explicit(mesh):
+    spec = jax.typeof(old).sharding.spec
+    return new if jax.typeof(new).sharding.spec == spec else jax.sharding.reshard(new, spec)
+  return shard_alike(old, new)[1]
 
 
 def _local(fn, key, mesh):
@@ -262,17 +316,20 @@ def auto_axes_update(update_fn: Callable) -> Callable:
   layouts freely. Inside ``jax.sharding.auto_axes`` XLA chooses, and the
   updates and state come back in the shardings they came in with (so the
   state's types are the same after the update and nothing recompiles).
+  Under ``AxisType.Auto`` nothing changes: tying the outputs to the inputs
+  with ``shard_alike`` was tried, and it moves state (the grafting moments
+  of a replicated vector) onto the mesh instead; pin the layouts with
+  ``jax.jit(..., out_shardings=...)`` there.
   """
 
   def wrapped(updates, state, params=None):
     mesh = current_mesh()
-    if mesh is None or not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    if mesh is None or not _is_explicit(mesh):
       return update_fn(updates, state, params)
     specs = jax.tree.map(lambda x: jax.typeof(x).sharding.spec, (updates, state))
     return jax.sharding.auto_axes(update_fn, out_sharding=specs)(updates, state, params)
 
   return wrapped
-
 
 
 def _as_jit_returns(spec: PartitionSpec, ndim: int, mesh) -> PartitionSpec:
