@@ -24,6 +24,7 @@ ROLES = ("embedding", "hidden", "head", "vector")
 # Embed module is named ``Embed_0`` in linen and by attribute in nnx; GPT-2
 # style names wte/wpe; Meta's Llama tok_embeddings.
 EMBEDDING_NAMES = ("embed", "embedding", "embeddings", "wte", "wpe", "tok", "token", "tok_embeddings")
+EMBEDDING_WORDS = ("embed", "embedding", "embeddings")
 HEAD_NAMES = ("head", "lm_head", "logits", "classifier", "out_proj_head", "readout")
 # Generic words that name a head only as a top-level module (Meta's Llama
 # ``output``); inside a block they are ordinary layers (BERT's
@@ -65,9 +66,12 @@ def _role_from_names(names: tuple[str, ...]) -> str:
     return "hidden"
   owner = _tree.owner_index(names)
   # A parameter of Flax's Embed (``.../embedding``) is a lookup table; so is
-  # one whose owner, or the module around its owner (ViT's
-  # ``patch_embeddings/projection``), is named as an embedding.
-  if names[-1] == "embedding" or any(_matches(n, EMBEDDING_NAMES) for n in names[max(owner - 1, 0):]):
+  # one whose owner is named as an embedding (``wte``, ``tok_embeddings``), or
+  # whose enclosing module is called an embedding outright (ViT's
+  # ``patch_embeddings/projection``). Only the owner may use the short words
+  # (``tok``, ``token``): MLP-Mixer's ``token_mixing/Dense_0`` is hidden.
+  if (names[-1] == "embedding" or any(_matches(n, EMBEDDING_NAMES) for n in names[owner:])
+      or (owner > 0 and _matches(names[owner - 1], EMBEDDING_WORDS))):
     return "embedding"
   if any(_matches(n, HEAD_NAMES) for n in names[owner:]):
     return "head"

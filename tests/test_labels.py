@@ -88,3 +88,18 @@ def test_override_naming_a_module_leaves_its_vectors_alone():
   tx = matopt.muon(0.02, labels=functools.partial(matopt.labels.by_role, overrides={"attn": "hidden"}))
   updates, _ = tx.update(params, tx.init(params), params)  # the bias goes to AdamW, no error
   assert np.all(np.isfinite(np.asarray(updates["blocks"]["attn"]["bias"])))
+
+
+def test_mixer_token_mixing_layers_are_hidden():
+  # MLP-Mixer (Tolstikhin et al. 2021): the token-mixing MLP's Dense layers
+  # live under ``token_mixing``; a short embedding word on an ancestor must
+  # not make them embeddings, while an owner named ``tok`` still is one.
+  params = {"MixerBlock_0": {"token_mixing": {"Dense_0": {"kernel": jnp.ones((16, 32)), "bias": jnp.ones(32)}}},
+            "stem": {"kernel": jnp.ones((4, 4, 3, 8))},
+            "tok": {"embedding": jnp.ones((10, 8))},
+            "patch_embeddings": {"projection": {"kernel": jnp.ones((2, 2, 3, 8))}}}
+  labels = matopt.labels.by_role(params)
+  assert labels["MixerBlock_0"]["token_mixing"]["Dense_0"] == {"kernel": "hidden", "bias": "vector"}
+  assert labels["tok"]["embedding"] == "embedding"
+  assert labels["patch_embeddings"]["projection"]["kernel"] == "embedding"
+  assert labels["stem"]["kernel"] == "hidden"
