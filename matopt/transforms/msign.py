@@ -29,7 +29,8 @@ def scale_by_msign(
 
   computed by Newton–Schulz (:func:`matopt.msign`) on each leaf's matrix view.
   This is steepest descent under the spectral norm, and Shampoo with no
-  accumulation (seed 001). The result has the gradient's sign convention
+  accumulation (R. Qiu, "Matrix-Based Optimizers", lecture, 15 October
+  2025). The result has the gradient's sign convention
   (an ascent direction); chain a negative learning rate to descend.
 
   Args:

@@ -98,7 +98,8 @@ def scale_by_shampoo(
   DistributedShampoo). ``graft="none"`` returns
   :math:`D_t`. Before the start step the update is :math:`A_t` (:math:`M_t`
   for ``"none"``). With ``beta=0``, ``exponent=1/4``, ``b1=0``, no graft and a
-  root every step, :math:`u_t = \operatorname{msign}(G_t)` (seed 001).
+  root every step, :math:`u_t = \operatorname{msign}(G_t)` (R. Qiu, "Matrix-Based
+  Optimizers", lecture, 15 October 2025).
 
   The first root waits for ``precondition_every`` gradients by default, as
   Meta's DistributedShampoo does (``start_preconditioning_step = -1``): a root

@@ -13,7 +13,8 @@ def scale_by_sign() -> optax.GradientTransformation:
   .. math::
     u \leftarrow \operatorname{sign}(g)
 
-  The steepest-descent direction under the ℓ∞ norm (seed 000: the upper
+  The steepest-descent direction under the ℓ∞ norm (A. Beznosikov, "Matrix
+  Optimization and Muon", part 2, lecture, 24 October 2025: the upper
   bound with ‖·‖²_∞ gives ``x ← x − γ sign(∇f)``). Applied after momentum it is
   Signum. Works on leaves of any rank and keeps their dtype; ``sign(0) = 0``.
 
