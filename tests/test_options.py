@@ -24,7 +24,7 @@ FACTORIES = (
     "scale_by_shape", "scale_by_sign", "scale_by_soap", "scion", "shampoo", "signum", "soap",
     "unconstrained_scion",
 )
-REQUIRED = {"learning_rate": 1e-3, "max_norm": 1.0, "norm": "spectral"}
+REQUIRED = {"learning_rate": 1e-3, "max_norm": 1.0, "norm": "spectral", "transforms": {"hidden": optax.identity()}}
 # Free-form names (attention submodules are whatever the model calls them):
 # they can only be checked against params, at update time (tests/transforms/test_qk_clip.py).
 FREE_TEXT = {(f, o) for f in ("qk_clip", "muon_clip") for o in ("query", "key")}

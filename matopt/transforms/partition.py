@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import optax
 
-from matopt import _tree
+from matopt import _checks, _tree
 
 
 def check_labels(labels: Any, valid: Mapping[str, Any] | tuple[str, ...]) -> None:
@@ -57,6 +57,7 @@ def partition(
     ValueError: when neither or both of ``param_labels`` and ``labels`` are
       given; at ``init``, naming the first leaf whose label has no transform.
   """
+  _checks.check_bool("mask_compatible_extra_args", mask_compatible_extra_args)
   if (param_labels is None) == (labels is None):
     raise ValueError(
         "partition needs the leaves' labels exactly once: pass param_labels (optax's name) or"
