@@ -41,13 +41,8 @@ def clipped_sgd(
     weight_decay: decoupled weight decay μ (multiplied by η).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
-    weight_decay_mask: which leaves ``weight_decay`` reaches, as
-      ``optax.adamw``'s ``mask``: a pytree of bools with the params'
-      structure, or a callable of the params giving one (True: decay).
-      None (default): every leaf :func:`matopt.labels.by_role` does not
-      label ``"vector"`` (matrices yes, biases and norm scales no: nanoGPT's
-      and Hugging Face Trainer's practice). Under
-      ``optax.inject_hyperparams`` name a callable here in ``static_args``.
+    weight_decay_mask: which leaves ``weight_decay`` reaches (default: not
+      vectors), as in :func:`matopt.signum`.
 
   Returns:
     An ``optax.GradientTransformation``; state: ``optax.ema``'s.
