@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 class Blocking(NamedTuple):
@@ -50,35 +49,3 @@ def make_blocking(m: int, n: int, block_size: int | None) -> Blocking:
     return Blocking(m, n, m, n)
   return Blocking(m, n, min(m, block_size), min(n, block_size))
 
-
-# Option checks shared by Shampoo and SOAP. ``optax.inject_hyperparams`` binds
-# every numeric argument, defaults included, as an array (a tracer inside
-# ``jit``): options that only enter arithmetic accept that; options that fix
-# state shapes cannot, and say how to keep them static.
-
-
-def static_size(name: str, value: object, default: int) -> int:
-  """A shape-fixing option: an int >= 1, or ``None`` for ``default``."""
-  if value is None:
-    return default
-  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-    raise ValueError(
-        f"{name} fixes the shapes of the optimizer state and cannot be an array, got {value!r}."
-        f" Under optax.inject_hyperparams list it in static_args=({name!r},), or leave it None"
-        f" (default {default}).")
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be an int >= 1 or None (default {default}), got {value!r}.")
-  return value
-
-
-def check_step_option(name: str, value: object) -> None:
-  """A period or step number: an int >= 1, or a scalar integer array (as
-  ``optax.inject_hyperparams`` passes it; checked when concrete)."""
-  if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, (bool, np.bool_)):
-    if jnp.ndim(value) or not jnp.issubdtype(jnp.result_type(value), jnp.integer):
-      raise ValueError(f"{name} must be an int >= 1 (or a scalar integer array), got {value!r}.")
-    if not isinstance(value, jax.core.Tracer) and int(value) < 1:
-      raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-    return
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be an int >= 1, got {value!r}.")

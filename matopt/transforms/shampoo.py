@@ -12,7 +12,7 @@ from matopt import _checks, _tree
 from matopt import sharding as sharding_lib
 from matopt.linalg import roots as roots_lib
 from matopt.transforms import views as views_lib
-from matopt.transforms.blocks import check_step_option, make_blocking, static_size
+from matopt.transforms.blocks import make_blocking
 
 GRAFTS = ("adam", "rmsprop", "sgd", "none")
 _EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
@@ -158,12 +158,12 @@ def scale_by_shampoo(
   _checks.check_range("graft_b2", graft_b2, 0.0, 1.0, hi_open=True)
   _checks.check_range("graft_eps", graft_eps, 0.0, float("inf"))
   _checks.check_range("max_root_error", max_root_error, 0.0, float("inf"), lo_open=True)
-  check_step_option("precondition_every", precondition_every)
+  _checks.check_step_option("precondition_every", precondition_every)
   if start_preconditioning_step is None:
     start_preconditioning_step = precondition_every
-  check_step_option("start_preconditioning_step", start_preconditioning_step)
-  block_size = static_size("block_size", block_size, 1024)
-  max_precond_dim = static_size("max_precond_dim", max_precond_dim, 8192)
+  _checks.check_step_option("start_preconditioning_step", start_preconditioning_step)
+  block_size = _checks.static_size("block_size", block_size, 1024)
+  max_precond_dim = _checks.static_size("max_precond_dim", max_precond_dim, 8192)
   if graft not in GRAFTS:
     raise ValueError(f"Unknown graft {graft!r}; valid grafts are {GRAFTS}.")
   if root_method not in roots_lib.METHODS:

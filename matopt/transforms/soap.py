@@ -12,7 +12,6 @@ from matopt import _checks, _tree
 from matopt import sharding as sharding_lib
 from matopt.linalg.eigenbasis import eigenbasis, refresh_eigenbasis
 from matopt.transforms import views as views_lib
-from matopt.transforms.blocks import check_step_option, static_size
 
 _EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
 
@@ -133,10 +132,10 @@ def scale_by_soap(
   _checks.check_range("eps", eps, 0.0, float("inf"))
   beta = b2 if shampoo_beta is None else shampoo_beta
   _checks.check_range("shampoo_beta", beta, 0.0, 1.0, hi_open=True)
-  check_step_option("precondition_every", precondition_every)
+  _checks.check_step_option("precondition_every", precondition_every)
   start = precondition_every if start_preconditioning_step is None else start_preconditioning_step
-  check_step_option("start_preconditioning_step", start)
-  max_precond_dim = static_size("max_precond_dim", max_precond_dim, 10000)
+  _checks.check_step_option("start_preconditioning_step", start)
+  max_precond_dim = _checks.static_size("max_precond_dim", max_precond_dim, 10000)
   # Traced hyperparameters (optax.inject_hyperparams) enter float32 arithmetic only.
   f32 = lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, jax.Array) else x
   b1, b2, eps, beta = map(f32, (b1, b2, eps, beta))
