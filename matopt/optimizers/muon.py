@@ -8,12 +8,15 @@ from typing import Any
 import optax
 from jax.typing import ArrayLike
 
-from matopt import _checks, labels as labels_lib
+from matopt import _checks
+from matopt import labels as labels_lib
+from matopt.transforms.decay import add_decayed_weights
+from matopt.transforms.momentum import scale_by_ema_weight
 from matopt.transforms.msign import scale_by_msign
 from matopt.transforms.partition import partition
+from matopt.transforms.precision import in_float32_for_float16
 from matopt.transforms.shape_scale import scale_by_shape
 from matopt.transforms.sign import scale_by_sign
-from matopt.transforms.decay import add_decayed_weights
 
 # Jordan's MuonWithAuxAdam example trains hidden matrices with Muon at 0.02
 # and everything else with AdamW at 3e-4 (github.com/KellerJordan/Muon):
@@ -31,7 +34,7 @@ def _times(ratio: Any, rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
 def _adamw(learning_rate, weight_decay, cautious, mask) -> optax.GradientTransformation:
   """optax.adamw with Jordan's settings and the hidden matrices' decay rule."""
   return optax.chain(
-      optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-10),
+      in_float32_for_float16(optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-10)),
       add_decayed_weights(weight_decay, cautious=cautious, mask=mask),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -71,8 +74,16 @@ def muon(
   ``scale="shape"`` (Jordan et al. 2024) or
   :math:`s = 0.2\sqrt{\max(\text{fan\_in}, \text{fan\_out})}` for
   ``scale="rms"`` (Liu et al. 2025; lets Muon share AdamW's learning rate).
-  msign is scale-invariant, so the accumulating momentum above equals the
-  EMA form :math:`(1-\beta)` of the reference up to Newton–Schulz's ε.
+  Newton–Schulz starts from :math:`(1-\beta)N_t`, the references' EMA
+  form of the same momentum, so its ε (added to the Frobenius norm, see
+  :func:`matopt.msign`) weighs as in their code and the update matches
+  Jordan's ``SingleDeviceMuon`` at every gradient scale (to 3e-6 of the
+  update at ‖G‖_F ≈ 40, 1e-4 and 1e-6, ``tests/parity/test_muon_family.py``;
+  without the factor 8e-3 at 1e-4 and 0.19 at 1e-6, measured). timm's and
+  pytorch_optimizer's Muon divide by :math:`\max(\|N\|_F, \epsilon)`
+  instead: ``eps=0`` of :func:`matopt.scale_by_msign` for ‖N‖_F ≥ ε, a
+  relative difference of about 15·ε/‖N‖_F from the default (1.5e-3 at
+  ‖N‖_F = 1e-4, measured).
 
   Embedding, head and vector leaves take AdamW at the rate
   :math:`\eta_{\text{adam}} = r\,\eta` (r = ``adam_lr_ratio``) at every
@@ -93,7 +104,11 @@ def muon(
     nesterov: use Nesterov momentum (Jordan's default; dion found it off better).
     coeffs: Newton–Schulz preset or array, see :func:`matopt.msign`.
     steps: Newton–Schulz iterations (``None``: the preset's default).
-    scale: ``"shape"``, ``"rms"`` or ``"none"``.
+    scale: ``"shape"``, ``"rms"`` or ``"none"``, the factor of the matrix
+      view Newton–Schulz orthogonalises. On conv filters ``"shape"`` departs
+      from Jordan's ``muon_update``, whose factor reads the 4-D grad's last
+      two axes (kh/kw): √(64/36) = 4/3 here against 1 there for a
+      (64, 4, 3, 3) filter; see :func:`matopt.scale_by_shape`.
     weight_decay: decoupled weight decay λ (multiplied by each leaf's rate).
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
@@ -125,7 +140,8 @@ def muon(
       ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, eps=1e-10,
       weight_decay=weight_decay, mask=weight_decay_mask)`` (Jordan's
       MuonWithAuxAdam settings; its decay cautious too with
-      ``cautious_weight_decay``).
+      ``cautious_weight_decay``); its moments are float32 for float16
+      leaves, whose range loses g² and ε, and the leaf's dtype otherwise.
     labels: label function (or tree) giving each leaf a role in
       ``("embedding", "hidden", "head", "vector")``; None means
       :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
@@ -177,6 +193,7 @@ def muon(
     _checks.check_learning_rate("adam_learning_rate", adam_learning_rate)
   hidden = optax.chain(
       optax.trace(decay=momentum, nesterov=nesterov),
+      scale_by_ema_weight(momentum),
       scale_by_sign() if sign_momentum else optax.identity(),
       scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),
       optax.identity() if adaptive is None else adaptive,

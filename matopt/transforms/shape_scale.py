@@ -21,7 +21,8 @@ def shape_factor(fan_in: int, fan_out: int, scale: str, rms: float = 0.2) -> flo
     fan_in: matrix rows in Flax layout (reduction size).
     fan_out: matrix columns (output size).
     scale: ``"shape"``: √max(1, fan_out/fan_in) (Jordan et al. 2024, written
-      there as √max(1, rows/cols) in PyTorch's (out, in) layout); ``"rms"``:
+      there as √max(1, rows/cols) in PyTorch's (out, in) layout; for conv
+      filters see :func:`scale_by_shape`); ``"rms"``:
       ``rms·√max(fan_in, fan_out)`` (Liu et al. 2025: an orthogonal matrix has
       RMS 1/√max(A, B), so this gives the update AdamW's typical RMS ≈ 0.2);
       ``"none"``: 1.
@@ -50,7 +51,18 @@ def scale_by_shape(
     \end{cases}
 
   Args:
-    scale: ``"shape"``, ``"rms"`` or ``"none"``.
+    scale: ``"shape"``, ``"rms"`` or ``"none"``. fan_in and fan_out are
+      those of the matrix view that Newton–Schulz orthogonalises. For a
+      conv filter ``"shape"`` therefore departs from Jordan's
+      ``muon_update`` (muon-optimizer 0.1.0), which orthogonalises the
+      flattened ``(out, in·kh·kw)`` view but evaluates
+      ``max(1, grad.size(-2) / grad.size(-1))**0.5`` on the 4-D grad
+      ``(out, in, kh, kw)``, i.e. √max(1, kh/kw), 1 for square kernels: a
+      (64, 4, 3, 3) filter (Flax ``(3, 3, 4, 64)``) gets √(64/36) = 4/3
+      here and 1 there (``tests/parity/test_muon_family.py``). timm's
+      ``adjust_lr_fn="original"`` and pytorch_optimizer's Muon take the
+      flattened view's factor, as here; ``"none"`` gives Jordan's factor
+      for square kernels.
     rms: target update RMS for ``"rms"`` (0.2 matches AdamW, Liu et al. 2025).
     dimension_numbers: matrix view per leaf, as in
       :func:`matopt.scale_by_msign` (batch axes share one factor).

@@ -127,6 +127,20 @@ def test_gram_iteration_as_accurate_as_plain(shape, kappa, coeffs):
     assert _rel_err(gram, ref) < 1e-4
 
 
+@pytest.mark.parametrize("kappa", [1e2, 1e3])
+def test_gram_without_restarts_strays_from_the_polynomial(kappa):
+  # Jordan's schedule runs the Gram form without restarts: the same distance
+  # to UVᵀ, but 5e-5…2e-4 from the float64 polynomial (plain: 1e-6…3e-6),
+  # the numbers msign's docstring gives for method="gram".
+  x = matrix_with_condition(64, 256, kappa, seed=2)
+  exact = _quintic_float64(x, 1e-7)
+  plain = matopt.msign(jnp.asarray(x, jnp.float32))
+  gram = matopt.msign(jnp.asarray(x, jnp.float32), method="gram")
+  assert _rel_err(plain, exact) < 1e-5
+  assert 2e-5 < _rel_err(gram, exact) < 5e-4
+  np.testing.assert_allclose(_rel_err(gram, polar_factor(x)), _rel_err(plain, polar_factor(x)), rtol=1e-3)
+
+
 @pytest.mark.parametrize("method", ["newton_schulz", "gram", "svd"])
 def test_zero_is_zero(method):
   out = matopt.msign(jnp.zeros((5, 7)), method=method)
@@ -147,14 +161,60 @@ def test_rank_deficient_and_zero_rows_stay_finite():
   np.testing.assert_allclose(s[3:], 0.0, atol=1e-5)
 
 
+def _quintic_float64(x, eps, steps=5):
+  """Jordan's iteration in float64 from X / (‖X‖_F + ε): msign's documented formula."""
+  a, b, c = 3.4445, -4.7750, 2.0315
+  x = np.asarray(x, np.float64)
+  x = x / (np.linalg.norm(x) + eps)
+  for _ in range(steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x
+
+
 @pytest.mark.parametrize("method", ["newton_schulz", "gram"])
 @pytest.mark.parametrize("scale", [1e-30, 1e-12, 1.0, 1e12, 1e30])
 def test_extreme_scales(scale, method):
+  # eps=0: exactly scale invariant from 1e-30 to 1e30 (no overflow or
+  # underflow: the norm is taken after dividing by max|X|).
   x = matrix_with_condition(24, 40, 10.0, seed=9)
-  ref = np.asarray(matopt.msign(jnp.asarray(x, jnp.float32)))
-  out = np.asarray(matopt.msign(jnp.asarray(x * scale, jnp.float32), method=method))
+  ref = np.asarray(matopt.msign(jnp.asarray(x, jnp.float32), eps=0.0))
+  out = np.asarray(matopt.msign(jnp.asarray(x * scale, jnp.float32), method=method, eps=0.0))
   assert np.all(np.isfinite(out))
   np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "gram"])
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1e-7, 1e-4, 1.0, 1e30])
+def test_default_eps_is_the_references(scale, method):
+  # The default ε = 1e-7 is added to ‖X‖_F, as Jordan's X / (‖X‖_F + 1e-7):
+  # it shrinks the start where ‖X‖_F is near ε or below, and the result
+  # with it (≈ 3.4445⁵ · X/ε at 1e-30), finite at every scale.
+  x = matrix_with_condition(24, 40, 10.0, seed=9) * scale
+  want = _quintic_float64(x, 1e-7)
+  out = np.asarray(matopt.msign(jnp.asarray(x, jnp.float32), method=method), np.float64)
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out, want, rtol=0, atol=2e-5 * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize(("method", "dtype"), [("newton_schulz", "float32"), ("gram", "bfloat16"),
+                                               ("newton_schulz", "bfloat16")])
+def test_edge_inputs_stay_finite_with_and_without_eps(method, dtype):
+  # Zero, rank-1, rank-2 and 1×n inputs at 1e-30, 1 and 1e30 (one batch per
+  # shape), with ε = 0 and the default, iterating in the input's dtype:
+  # never a NaN, and 0 ↦ 0.
+  rng = np.random.default_rng(13)
+  kinds = [np.zeros((6, 8)), np.outer(rng.standard_normal(6), rng.standard_normal(8)),
+           rng.standard_normal((6, 2)) @ rng.standard_normal((2, 8))]
+  scales = (1e-30, 1.0, 1e30)
+  msign = jax.jit(matopt.msign, static_argnames=("method", "eps", "compute_dtype"))
+  square = np.stack([k * s for k in kinds for s in scales])
+  row = np.stack([rng.standard_normal((1, 9)) * s for s in scales])
+  for x in (square, row):
+    for eps in (0.0, 1e-7):
+      out = np.asarray(msign(jnp.asarray(x, dtype), method=method, eps=eps, compute_dtype=dtype), np.float32)
+      assert np.all(np.isfinite(out)), (x.shape, eps)
+      assert x is row or np.array_equal(out[:len(scales)], np.zeros_like(out[:len(scales)]))
 
 
 def test_vector_shaped_matrices():
