@@ -44,6 +44,15 @@ def normuon(
     W_{t+1} = W_t - \eta\,(s \cdot \hat O_t + \lambda W_t)
 
   with :math:`N_t` Muon's (Nesterov) momentum and :math:`s` its shape factor.
+  This is the official code's rule and ``pytorch_optimizer.NorMuon`` with
+  its default ``update_scale="preserve_norm"``, which
+  ``tests/parity/test_muon_family.py`` matches over 5 steps to 3e-6 of the
+  update. Its ``update_scale="match_rms"`` (the paper's Algorithm 1: the
+  normalised update rescaled to Frobenius norm :math:`0.2\sqrt{mn}`, RMS
+  0.2) has no option here; ``scale="rms"`` comes near it, since
+  :math:`\|O_t\|_F \approx \sqrt{\min(m, n)}` only up to the band of
+  Jordan's Newton–Schulz (singular values from ~0.1 to 1.2, see
+  :func:`matopt.msign`).
 
   Args:
     learning_rate: η for hidden matrices (float or schedule).

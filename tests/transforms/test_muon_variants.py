@@ -21,12 +21,12 @@ def _normuon_reference(os_, b2=0.95, eps=1e-10):
   return out
 
 
-def _adamuon_reference(os_, b2=0.999, eps=1e-8):
+def _adamuon_reference(os_, b2=0.999, eps=1e-8, bias_correction=True):
   v = np.zeros_like(os_[0])
   out = []
   for t, o in enumerate(os_, start=1):
     v = b2 * v + (1 - b2) * o * o
-    u = o / (np.sqrt(v / (1 - b2**t)) + eps)
+    u = o / (np.sqrt(v / ((1 - b2**t) if bias_correction else 1.0)) + eps)
     out.append(u * np.sqrt(min(o.shape)) / (np.linalg.norm(u) + eps))
   return out
 
@@ -45,7 +45,10 @@ def _inputs(shape, steps=4, seed=0):
     (lambda: matopt.scale_by_normuon(b2=0.5, eps=1e-6), lambda x: _normuon_reference(x, 0.5, 1e-6)),
     (lambda: matopt.scale_by_adamuon(), _adamuon_reference),
     (lambda: matopt.scale_by_adamuon(b2=0.9), lambda x: _adamuon_reference(x, 0.9)),
-], ids=["normuon", "normuon_b2", "adamuon", "adamuon_b2"])
+    # The current reference code's step: no bias correction (and b2 = momentum).
+    (lambda: matopt.scale_by_adamuon(b2=0.95, eps=1e-3, bias_correction=False),
+     lambda x: _adamuon_reference(x, 0.95, 1e-3, bias_correction=False)),
+], ids=["normuon", "normuon_b2", "adamuon", "adamuon_b2", "adamuon_no_bias_correction"])
 @pytest.mark.parametrize("shape", [(12, 5), (5, 12), (8, 8)])
 def test_matches_reference_over_steps(make, reference, shape):
   os_ = _inputs(shape)
@@ -94,6 +97,9 @@ def test_vector_leaf_and_bad_options_raise(make):
     make(b2=1.0)
   with pytest.raises(ValueError, match="eps"):
     make(eps=-1.0)
+  if make is matopt.scale_by_adamuon:
+    with pytest.raises(ValueError, match="bias_correction"):
+      make(bias_correction=1)
 
 
 def test_state_is_jit_stable():
