@@ -8,7 +8,11 @@ not depend on the scale of the statistics:
   ``jnp.linalg.eigh`` (u the unit round-off of the compute dtype): eigenvalues
   below eigh's accuracy are raised to it, so the root is one multiple of the
   identity on the numerical null space and does not depend on round-off there. If it returns non-finite values in float32 it is retried in
-  float64 when ``jax_enable_x64`` is on.
+  float64 when ``jax_enable_x64`` is on. In float32 its error grows with the
+  condition number κ, eigh's eigenvalues being accurate to ``u·λ_max``:
+  against float64, 5e-7 at κ ≈ 10 but 2e-5 to 7e-5 at κ ≈ 9e3 (ridge 1e-4 to
+  1e-6), where the coupled Newton iteration of Google's distributed_shampoo
+  (its ridge ε·λ_max) gets 6e-7 to 3e-6 (measured, 10×10 Gram matrices).
 * ``"newton"``: the coupled Newton iteration of Guo & Higham (2006), matmuls
   only, suited to accelerators:
 

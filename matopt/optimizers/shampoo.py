@@ -23,6 +23,7 @@ def shampoo(
     precondition_every: int = 10,
     start_preconditioning_step: int | None = None,
     graft: str = "adam",
+    graft_per_block: bool = True,
     block_size: int | None = None,
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
@@ -48,7 +49,10 @@ def shampoo(
 
   Args:
     learning_rate: η (float or schedule).
-    b1: momentum of the gradient.
+    b1: momentum of the gradient, an EMA before preconditioning (Google's
+      distributed_shampoo's heavy ball after grafting is
+      ``optax.trace`` chained after :func:`matopt.scale_by_shampoo`; see
+      its ``b1``).
     beta: EMA of the statistics (1.0: running sum).
     exponent: p in :math:`L^{-p} G R^{-p}`.
     eps: ridge relative to the largest eigenvalue of each statistic.
@@ -56,6 +60,8 @@ def shampoo(
     start_preconditioning_step: first step using Shampoo (graft before);
       None: ``precondition_every``.
     graft: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``"none"``.
+    graft_per_block: graft each block (True, Meta's DistributedShampoo) or
+      each matrix once (False, Google's distributed_shampoo).
     block_size: largest block side (None: 1024; a large int keeps whole
       matrices).
     weight_decay: decoupled weight decay λ (multiplied by η).
@@ -84,7 +90,7 @@ def shampoo(
       scale_by_shampoo(
           beta=beta, exponent=exponent, eps=eps, precondition_every=precondition_every,
           start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft,
-          block_size=block_size, dimension_numbers=dimension_numbers,
+          graft_per_block=graft_per_block, block_size=block_size, dimension_numbers=dimension_numbers,
       ),
       add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
       optax.scale_by_learning_rate(learning_rate),

@@ -46,8 +46,20 @@ def soap(
     learning_rate: η (float or schedule).
     b1: first-moment EMA.
     b2: second-moment EMA (and the statistics' EMA).
-    eps: Adam's ε.
-    weight_decay: decoupled weight decay λ (multiplied by η).
+    eps: Adam's ε (added after the bias correction; see
+      :func:`matopt.scale_by_soap`).
+    weight_decay: decoupled weight decay λ (multiplied by η), applied to the
+      weights before the step on every call, as ``optax.adamw``:
+      :math:`W \leftarrow W - \eta(u + \lambda W)`. The reference ``soap.py``
+      (and pytorch-optimizer's port) decays the updated weights,
+      :math:`W \leftarrow (W - \eta u)(1 - \eta\lambda)`, and skips call 1
+      entirely; with ``start_preconditioning_step=1`` (whose call 1 has
+      ``u = 0``) matopt still decays there. The weights therefore differ by
+      :math:`\eta\lambda W` after call 1 and by :math:`\eta^2\lambda u` per
+      step after it (measured with η = 0.1, λ = 0.5: 5.0% after call 1,
+      5.0–5.3% over 8 steps; the reference's order applied to matopt's
+      direction reproduces it to 1.2e-6). At the paper's η = 3e-3,
+      λ = 0.01 that is 3e-5 of the weights.
     cautious_weight_decay: decay only where the update and the weight agree
       in sign (Chen et al. 2025, :func:`matopt.add_decayed_weights`).
     weight_decay_mask: which leaves ``weight_decay`` reaches (a pytree of

@@ -109,10 +109,30 @@ def scale_by_soap(
   Every numeric option but ``max_precond_dim`` (it fixes the state's shapes)
   may be an array, as ``optax.inject_hyperparams`` passes them.
 
+  With ``start_preconditioning_step=1`` the steps equal those of
+  pytorch-optimizer's ``SOAP`` (4.1.0, a faithful port of the reference
+  ``soap.py``; run in ``tests/parity/test_soap.py``, weights transposed to
+  torch's ``(out, in)``) to float32 round-off: ≤ 2.4e-6 relative where a
+  side is rotated in a basis of full-rank statistics, 2e-5 for a square
+  matrix whose first bases come from one gradient (the reference's own
+  float32 run is 1.7e-5 from its float64 run there). Its options
+  ``merge_dims``, ``precondition_1d`` and ``normalize_gradient`` (off by
+  default) have no counterpart here; ``correct_bias`` is always on. Bases of
+  a rank-deficient statistic (a side longer than the other, from one
+  gradient) are arbitrary in its null space, so there the two differ by
+  O(1) (measured 37–67% over steps 2–4 for 24×8 and 8×24 rotated on both
+  sides).
+
   Args:
     b1: first-moment EMA.
     b2: second-moment EMA.
-    eps: Adam's ε (added to the root of the second moment).
+    eps: Adam's ε, added to the root of the bias-corrected second moment,
+      :math:`\sqrt{V/(1-b_2^k)} + \epsilon`, as ``optax.adam`` and
+      ``torch.optim.Adam``. The reference adds it before the correction
+      (:math:`\sqrt{V} + \epsilon`, then times :math:`\sqrt{1-b_2^k}`), an ε
+      larger by :math:`1/\sqrt{1-b_2^k}` (4.5× at k = 1 with b2 = 0.95): the
+      same to round-off for gradients ≫ ε, 41–166% apart for gradients of
+      1e-8 (measured).
     precondition_every: steps between basis refreshes.
     start_preconditioning_step: call (1-based) after whose update the bases
       are first built; None: ``precondition_every``.

@@ -92,6 +92,28 @@ def test_blocks_are_preconditioned_independently():
                                  atol=5e-3)  # float32 eigh of G Gᵀ squares κ
 
 
+def test_graft_per_block_or_per_matrix():
+  # Per block (Meta's DistributedShampoo): each block takes its graft block's
+  # norm. Per matrix (Google's distributed_shampoo): the blocked Shampoo
+  # direction is rescaled once, to the whole graft's norm.
+  rng = np.random.default_rng(5)
+  g = jnp.asarray(rng.standard_normal((8, 10)), jnp.float32)  # blocks 4 × (4, 4, 2)
+  kw = {"beta": 0.0, "eps": 1e-6, "precondition_every": 1, "start_preconditioning_step": 1, "block_size": 4}
+
+  def run(**options):
+    tx = scale_by_shampoo(**kw, **options)
+    return np.asarray(tx.update({"w": g}, tx.init({"w": g}))[0]["w"])
+
+  d, per_block, per_matrix = run(graft="none"), run(graft="sgd"), run(graft="sgd", graft_per_block=False)
+  gn = np.asarray(g)
+  for i in range(0, 8, 4):
+    for j in range(0, 10, 4):
+      block = (slice(i, i + 4), slice(j, j + 4))
+      np.testing.assert_allclose(np.linalg.norm(per_block[block]), np.linalg.norm(gn[block]), rtol=1e-5)
+  np.testing.assert_allclose(per_matrix, d * np.linalg.norm(gn) / np.linalg.norm(d), rtol=1e-4, atol=1e-6)
+  assert not np.allclose(per_block, per_matrix, rtol=1e-2)
+
+
 def test_large_sides_skip_preconditioning_and_vectors_take_graft():
   rng = np.random.default_rng(3)
   params = {"w": jnp.zeros((4, 32)), "b": jnp.zeros(5)}
