@@ -31,12 +31,20 @@ def decay_mask(
 ) -> Any | Callable[[optax.Params], Any] | None:
   """The mask given to :func:`matopt.add_decayed_weights`: ``mask``, or :func:`not_vectors` for None.
 
-  With a concrete ``weight_decay`` of 0 the default mask is left out (None):
-  nothing is decayed, so the params need not be labelled at every step.
+  With a concrete ``weight_decay`` of 0 nothing is decayed, so the default
+  mask selects every leaf (:func:`every_leaf`) instead of labelling the params
+  at every step; it stays a mask all the same, so the state is
+  ``optax.masked``'s whether λ is 0 or an array (what
+  ``optax.inject_hyperparams`` passes): the two states have one tree.
   """
   _checks.check_mask(factory, "weight_decay_mask", mask)
   if mask is not None:
     return mask
   if isinstance(weight_decay, numbers.Real) and weight_decay == 0:
-    return None
+    return every_leaf
   return not_vectors
+
+
+def every_leaf(params: optax.Params) -> Any:
+  """``True`` for every leaf: the mask of a decay of 0, which needs no labels."""
+  return jax.tree.map(lambda _: True, params)

@@ -47,9 +47,10 @@ def _scion(
     coeffs: str | ArrayLike,
     steps: int | None,
     labels: Callable[[optax.Params], Any] | Any | None,
+    dimension_numbers: Any,
 ) -> optax.GradientTransformation:
   name = "scion" if constrained else "unconstrained_scion"
-  _checks.check_not_injected(name, ("labels",))
+  _checks.check_not_injected(name, ("labels", "dimension_numbers"))
   _checks.check_not_injected(name, ("steps", "coeffs"), numbers_too=True)
   _checks.check_static_int(name, "steps", steps)
   _checks.check_labels(name, labels)
@@ -72,7 +73,7 @@ def _scion(
         optax.ema(decay=1.0 - momentum, debias=False),
         scale_by_lmo(
             role_norms[role],
-            dimension_numbers=_vector_view if role == "vector" else None,
+            dimension_numbers=_vector_view if role == "vector" else dimension_numbers,
             coeffs=coeffs,
             steps=steps,
             normalized=True,
@@ -98,7 +99,9 @@ _ARGS_DOC = """
     recipe: ``"language"`` (ColNorm → Spectral → Sign) or ``"image"``
       (Spectral → Spectral → Sign), Pethick et al. 2025, Recommendation 3.1.
       Vectors (biases, norm scales) use ColNorm on their ``(1, n)`` view,
-      i.e. RMS normalisation (the reference's BiasRMS).
+      i.e. RMS normalisation (the reference's BiasRMS). A conv kernel under
+      Spectral is its ``(kh·kw·c_in, c_out)`` matrix: √(kh·kw) times the
+      reference's SpectralConv step (3× for 3×3), see :func:`matopt.scale_by_lmo`.
     norms: role → norm overrides of the recipe, e.g. ``{"head": "rownorm"}``.
     radii: role → ρ overrides; defaults per recipe: language
       ``{embedding 50, hidden 50, head 3000, vector 50}``, image
@@ -111,6 +114,11 @@ _ARGS_DOC = """
       :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
       a callable here in ``static_args`` (optax treats callables as
       schedules; scheduling it raises a ValueError saying so).
+    dimension_numbers: matrix views of the embedding, hidden and head
+      leaves, see :func:`matopt.scale_by_lmo` (needed for 3-D leaves such as
+      a scanned stack ``(L, d_in, d_out)``: ``DimensionNumbers(1, 2)``);
+      vectors keep their ``(1, n)`` rows. A callable goes in ``static_args``
+      under ``optax.inject_hyperparams``, as ``labels``.
 
   Returns:
     An ``optax.GradientTransformation`` (``optax.multi_transform`` state with
@@ -132,10 +140,11 @@ def scion(
     coeffs: str | ArrayLike = "jordan",
     steps: int | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
+    dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   return _scion(
       learning_rate, constrained=True, momentum=momentum, recipe=recipe, norms=norms,
-      radii=radii, coeffs=coeffs, steps=steps, labels=labels,
+      radii=radii, coeffs=coeffs, steps=steps, labels=labels, dimension_numbers=dimension_numbers,
   )
 
 
@@ -149,10 +158,11 @@ def unconstrained_scion(
     coeffs: str | ArrayLike = "jordan",
     steps: int | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
+    dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   return _scion(
       learning_rate, constrained=False, momentum=momentum, recipe=recipe, norms=norms,
-      radii=radii, coeffs=coeffs, steps=steps, labels=labels,
+      radii=radii, coeffs=coeffs, steps=steps, labels=labels, dimension_numbers=dimension_numbers,
   )
 
 

@@ -196,3 +196,17 @@ def test_injected_weight_decay_with_cautious_decay(name):
   plain = _steps(_plain(case, weight_decay=0.1, cautious_weight_decay=True), params, grads, 1, extra)
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(injected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_injected_state_has_the_plain_structure(name):
+  # optax's contract (contrib's inject_hyperparams test): the wrapped state's
+  # inner_state is the optimizer's own state, so a checkpoint of one restores
+  # into the other. weight_decay (default 0) arrives as an array under
+  # inject_hyperparams: what the optimizer builds for a concrete 0 must not
+  # change the state's tree.
+  case = CASES[name]
+  params, _ = _tree()
+  injected = _inject(case).init(params).inner_state
+  plain = _plain(case).init(params)
+  assert jax.tree.structure(injected) == jax.tree.structure(plain)
