@@ -113,10 +113,13 @@ def infer_dimension_numbers(path: tuple, shape: tuple[int, ...]) -> DimensionNum
     ``(d, heads·d_head)`` and ``(heads·d_head, d)`` (per head instead:
     ``DimensionNumbers(0, 2)`` and ``DimensionNumbers(1, 2)``);
   * other ndim >= 4 leaves: conv kernels ``(kh, kw, c_in, c_out)``, fan_out
-    the last axis, fan_in the others.
+    the last axis, fan_in the others;
+  * 3-D leaves ``(1, m, n)``: the one ``(m, n)`` matrix, ``(1, 2)`` (a stack
+    of one layer and a width-1 conv kernel are the same matrix; ViT's
+    ``position_embeddings (1, N, d)``, a table of N positions).
 
   Raises:
-    ValueError: for a 3-D leaf that is not an attention kernel, which may be
+    ValueError: for another 3-D leaf that is not an attention kernel, which may be
       a stack of layers ``(L, d_in, d_out)`` (``nn.scan``, ``nnx.vmap``) or a
       1-D conv kernel ``(k, c_in, c_out)``, and for stacked attention kernels:
       the arrays carry no record of which (``nnx.Optimizer`` passes
@@ -145,6 +148,9 @@ def infer_dimension_numbers(path: tuple, shape: tuple[int, ...]) -> DimensionNum
         f" layers (nn.scan / nnx.vmap / nnx.scan): for layers stacked on axis 0 use"
         f" {_dn_text(stacked)}." + advice
     )
+  if ndim == 3 and shape[0] == 1:
+    # Both readings below view the same (m, n) matrix: nothing to ask.
+    return DimensionNumbers(1, 2)
   if ndim == 3:
     raise ValueError(
         f"{where} is ambiguous: for a stack of (d_in, d_out) layers on axis 0"

@@ -1,5 +1,6 @@
 """Per-optimizer needs for the contract suite (never `if name in [...]`)."""
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -18,6 +19,15 @@ class Entry(NamedTuple):
   silent_steps: int = 0
 
 
+def _muon_clip(learning_rate):
+  """MuonClip whose ``update`` defaults ``max_logits={}``: these trees hold no
+  attention module, so QK-clip has nothing to clip and the suites call
+  ``update(grads, state, params)`` like every other optimizer (clipping
+  itself: tests/optimizers/test_qk_clip_chain.py)."""
+  tx = matopt.muon_clip(learning_rate)
+  return optax.GradientTransformationExtraArgs(tx.init, functools.partial(tx.update, max_logits={}))
+
+
 # Radii for a net this small (the nanoGPT defaults of 50 / 3000 are for width 768).
 _RADII = {"embedding": 1.0, "hidden": 1.0, "head": 64.0, "vector": 1.0}
 
@@ -32,6 +42,7 @@ REGISTRY = {
     "muon_cautious": Entry(lambda learning_rate, adam_learning_rate=0.05: matopt.muon(
         learning_rate, weight_decay=0.1, cautious_weight_decay=True, adam_learning_rate=adam_learning_rate), 0.05,
         zero_grad_update=lambda params, lr: jax.tree.map(lambda p: -lr * 0.1 * (p.ndim > 1) * p, params)),
+    "muon_clip": Entry(_muon_clip, 0.02),
     "muon_rms": Entry(lambda learning_rate: matopt.muon(learning_rate, scale="rms", adam_learning_rate=learning_rate), 0.02),
     "scion": Entry(lambda learning_rate: matopt.scion(learning_rate, radii=_RADII, momentum=0.5), 0.1,
                    zero_grad_update=lambda params, lr: jax.tree.map(lambda p: -lr * p, params)),

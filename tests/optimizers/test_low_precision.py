@@ -1,6 +1,15 @@
-"""Every optimizer in every float dtype: updates in the parameter's dtype, a
-state whose dtypes do not change (optax's ``lax.cond`` / ``MultiSteps``
-contract), and bfloat16 training that follows the float32 loss curve."""
+"""Every public optimizer (tests/optimizers/registry.py) in low precision.
+
+(a) bfloat16 and float16 training follow float32: the same init cast down, the
+    same 60 steps, the loss curves stay together and all fall well below the
+    start.
+(b) dtypes: updates keep the parameter dtype in float16, bfloat16, float32 and
+    float64, and no state leaf changes dtype, shape or weak type across steps
+    (optax's ``lax.cond`` / ``MultiSteps`` contract). Dtypes are a property of
+    the program, so (b) traces it (``jax.eval_shape``) instead of compiling
+    it; the training runs of (a) execute float32, bfloat16 and float16, where
+    ``lax.scan`` refuses a state whose dtypes change.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -9,104 +18,121 @@ import optax
 import pytest
 
 import matopt
+from tests.optimizers.registry import REGISTRY
 
-# Radii for a net this small (the nanoGPT defaults of 50 / 3000 are for width 768).
-_RADII = {"embedding": 1.0, "hidden": 1.0, "head": 16.0, "vector": 1.0}
-
-# (factory, extra update kwargs); learning rates that train the MLP below in
-# float32 in 100 steps.
-OPTIMIZERS = {
-    "muon": (lambda: matopt.muon(0.02, adam_learning_rate=3e-3), {}),
-    # No attention module in these trees: qk_clip has nothing to clip.
-    "muon_clip": (lambda: matopt.muon_clip(0.02, tau=100.0, adam_learning_rate=3e-3), {"max_logits": {}}),
-    "normuon": (lambda: matopt.normuon(0.02, adam_learning_rate=3e-3), {}),
-    "adamuon": (lambda: matopt.adamuon(3e-3), {}),
-    "scion": (lambda: matopt.scion(0.02, radii=_RADII), {}),
-    "unconstrained_scion": (lambda: matopt.unconstrained_scion(0.01, radii=_RADII), {}),
-    "shampoo": (lambda: matopt.shampoo(3e-3), {}),
-    "soap": (lambda: matopt.soap(3e-3), {}),
-    "signum": (lambda: matopt.signum(1e-3), {}),
-    "nsgd": (lambda: matopt.nsgd(0.1), {}),
-    "clipped_sgd": (lambda: matopt.clipped_sgd(0.1), {}),
-}
-NAMES = sorted(OPTIMIZERS)
+NAMES = sorted(REGISTRY)
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
+# XLA's LLVM back end at -O0 compiles these small programs 2-3x faster (same
+# maths; both curves of a comparison are compiled alike).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-def _every_kind(dtype, seed):
-  """Embedding, hidden matrix, head, vector and scalar leaves."""
-  keys = jax.random.split(jax.random.key(seed), 6)
-  leaf = lambda i, shape: jax.random.normal(keys[i], shape).astype(dtype)
-  return {"Embed_0": {"embedding": leaf(0, (10, 8))},
-          "Dense_0": {"kernel": leaf(1, (8, 12)), "bias": leaf(2, (12,))},
-          "LayerNorm_0": {"scale": leaf(3, (12,))},
-          "head": {"kernel": leaf(4, (12, 5))},
-          "temperature": leaf(5, ())}
+def test_registry_covers_every_public_optimizer():
+  missing = sorted(set(matopt.optimizers.__all__) - set(REGISTRY))
+  assert not missing, f"add {missing} to tests/optimizers/registry.py"
+
+
+# --- (b) dtypes ----------------------------------------------------------------
+
+def _every_kind(dtype):
+  """Embedding, hidden matrix and bias, norm scale, head and scalar leaves."""
+  leaf = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+  return {"Embed_0": {"embedding": leaf(10, 8)},
+          "Dense_0": {"kernel": leaf(8, 12), "bias": leaf(12)},
+          "LayerNorm_0": {"scale": leaf(12)},
+          "head": {"kernel": leaf(12, 5)},
+          "temperature": leaf()}
+
+
+def _signature(tree):
+  return jax.tree.map(lambda x: (x.shape, x.dtype, x.weak_type), tree)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)
 def test_updates_keep_parameter_dtype_and_state_dtypes_are_stable(name, dtype):
-  factory, extra = OPTIMIZERS[name]
+  entry = REGISTRY[name]
   with jax.enable_x64(dtype == "float64"):
-    params = _every_kind(dtype, 0)
-    tx = factory()
-    state = tx.init(params)
-    dtypes = lambda tree: jax.tree.map(lambda x: jnp.result_type(x), tree)
-    before = dtypes(state)
-    step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
-    for seed in (1, 2):
-      updates, state = step(_every_kind(dtype, seed), state, params)
-      params = optax.apply_updates(params, updates)
-    wrong = {jax.tree_util.keystr(path): str(u.dtype)
-             for path, u in jax.tree_util.tree_leaves_with_path(updates) if u.dtype != dtype}
-    assert not wrong, f"{name}: updates not in {dtype}: {wrong}"
-    assert dtypes(state) == before
-    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+    params = _every_kind(dtype)
+    tx = entry.factory(entry.learning_rate)
+    state = jax.eval_shape(tx.init, params)
+    first = _signature(state)
+    for step in range(3):  # past SOAP's and Shampoo's first preconditioning step
+      updates, state = jax.eval_shape(tx.update, params, state, params)
+      wrong = {jax.tree_util.keystr(path): str(u.dtype)
+               for path, u in jax.tree_util.tree_leaves_with_path(updates) if u.dtype != dtype}
+      assert not wrong, f"{name}, step {step}: updates not in {dtype}: {wrong}"
+      assert _signature(updates) == _signature(params)
+      assert _signature(state) == first, f"{name}, step {step}: state dtypes changed"
+      params = jax.eval_shape(optax.apply_updates, params, updates)
 
 
-# A 3-layer MLP regression, 32 → 64 → 64 → 8 (the shape of issue 14's SOAP report).
-_SIZES = {"Dense_0": (32, 64), "Dense_1": (64, 64), "head": (64, 8)}
+# --- (a) half precision trains as float32 -----------------------------------------
+
+VOCAB, WIDTH, HIDDEN, CLASSES, STEPS = 16, 16, 32, 8, 60
+_TOKENS = jnp.arange(64, dtype=jnp.int32) % VOCAB
+# Each token carries two labels, half the time each: the loss cannot go below
+# ln 2, so "final loss within x %" compares losses of the same size.
+_LABELS = (_TOKENS * 3 + (jnp.arange(64) // 16) % 2) % CLASSES
+FLOOR = float(np.log(2.0))
 
 
-def _mlp(dtype):
-  keys = jax.random.split(jax.random.key(0), 3)
-  return {name: {"kernel": (jax.random.normal(k, s) / np.sqrt(s[0])).astype(dtype), "bias": jnp.zeros(s[1], dtype)}
-          for k, (name, s) in zip(keys, _SIZES.items())}
+def _net(dtype):
+  """Embedding → tanh hidden layer (+ bias) → head (+ bias): every role."""
+  k = jax.random.split(jax.random.key(0), 3)
+  normal = lambda key, shape, scale: (jax.random.normal(key, shape) * scale).astype(dtype)
+  return {"embed": {"embedding": normal(k[0], (VOCAB, WIDTH), 1.0)},
+          "hidden": {"kernel": normal(k[1], (WIDTH, HIDDEN), WIDTH**-0.5), "bias": jnp.zeros(HIDDEN, dtype)},
+          "head": {"kernel": normal(k[2], (HIDDEN, CLASSES), HIDDEN**-0.5), "bias": jnp.zeros(CLASSES, dtype)}}
 
 
-def _loss_curve(tx, extra, dtype, steps=100):
-  kx, ky = jax.random.split(jax.random.key(1))
-  x = jax.random.normal(kx, (256, 32))
-  y = jnp.tanh(2.0 * x @ jax.random.normal(ky, (32, 8)) / np.sqrt(32))
+def _loss(params):
+  # The forward pass runs in the parameters' dtype; the loss in float32.
+  x = params["embed"]["embedding"][_TOKENS]
+  h = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"][None, :])
+  logits = (h @ params["head"]["kernel"] + params["head"]["bias"][None, :]).astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, _LABELS).mean()
 
-  def loss_fn(p):
-    h = x.astype(dtype)  # the forward pass runs in the parameters' dtype
-    for i, name in enumerate(_SIZES):
-      h = h @ p[name]["kernel"] + p[name]["bias"][None, :]
-      h = jnp.tanh(h) if i < 2 else h
-    return jnp.mean((h.astype(jnp.float32) - y) ** 2)
 
-  def body(carry, _):
-    p, s = carry
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, s = tx.update(g, s, p, **extra)
-    return (optax.apply_updates(p, u), s), loss
+def _curves(factory):
+  """Loss curves in float32, bfloat16 and float16 from one compiled program."""
+  dtypes = (jnp.float32, jnp.bfloat16, jnp.float16)
+  txs = [factory() for _ in dtypes]
 
-  params = _mlp(dtype)
-  run = jax.jit(lambda p, s: jax.lax.scan(body, (p, s), None, length=steps)[1])
-  return np.asarray(run(params, tx.init(params)))
+  def train(tx, params):
+    def body(carry, _):
+      params, state = carry
+      loss, grads = jax.value_and_grad(_loss)(params)
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), loss
+
+    (params, _), losses = jax.lax.scan(body, (params, tx.init(params)), None, length=STEPS)
+    return params, losses
+
+  run = jax.jit(lambda nets: [train(tx, net) for tx, net in zip(txs, nets)], compiler_options=_FAST_COMPILE)
+  curves = []
+  for dtype, (params, losses) in zip(dtypes, run([_net(dtype) for dtype in dtypes])):
+    assert all(p.dtype == dtype for p in jax.tree.leaves(params))
+    curves.append(np.asarray(losses))
+  return curves
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bfloat16_trains_as_float32(name):
-  factory, extra = OPTIMIZERS[name]
-  f32 = _loss_curve(factory(), extra, jnp.float32)
-  bf16 = _loss_curve(factory(), extra, jnp.bfloat16)
+def test_half_precision_trains_as_float32(name):
+  entry = REGISTRY[name]
+  # Cosine decay to 0: constant-step methods (Scion's LMO steps have a fixed
+  # size) otherwise end on an oscillation whose phase round-off decides.
+  schedule = optax.cosine_decay_schedule(entry.learning_rate, STEPS)
+  f32, bf16, f16 = _curves(lambda: entry.factory(schedule))
   l0 = f32[0]
-  # bfloat16 rounds every weight to 3 significant digits each step, so the
-  # curves drift apart a little (≤ 3.6% of the initial loss over these
-  # optimizers); SOAP's bfloat16 momentum used to blow up on the second step.
-  assert np.max(np.abs(bf16 - f32)) < 0.05 * l0, (f32[::10], bf16[::10])
-  assert f32[-1] < 0.2 * l0 and bf16[-1] < 0.2 * l0, (f32[::10], bf16[::10])
-  assert bf16[-1] < f32[-1] + 0.05 * l0
+  for label, half in (("bfloat16", bf16), ("float16", f16)):
+    show = (label, f32[::10], half[::10])
+    # Both learn: well below the start (2.4; the floor is ln 2 = 0.69).
+    assert f32[-1] < 0.6 * l0 and half[-1] < 0.6 * l0, show
+    # Half precision ends within 5% of float32's final loss (measured: ≤ 2.3%
+    # in bfloat16, SOAP; ≤ 0.2% in float16) and never strays by more than 10%
+    # of the initial loss on the way (≤ 7.6% measured, constrained Scion
+    # mid-run; ≤ 1.2% for every other optimizer). Before muon's AdamW kept
+    # float16 leaves' moments in float32, float16 was NaN from step 0.
+    assert abs(half[-1] - f32[-1]) < 0.05 * f32[-1], show
+    assert np.max(np.abs(half - f32)) < 0.10 * l0, show
