@@ -57,12 +57,13 @@ def pytest_sessionfinish(session):
 # rather than by decorators over the files. A pattern names a test directory
 # or file (all its tests), a test function (all its cases) or cases: ``*``
 # matches any text and ``(a|b)`` one of the alternatives. The times are CPU
-# seconds per case in a full ``-n 2`` run on the 2-core CI machine (nearly
-# all of it XLA compiling an optimizer's step: the programs run in
-# microseconds); "slow" is 0.5 s or more, which leaves the fast subset
-# (-m "not slow and not notebook and not parity and not mesh") about a
-# minute on 2 workers. In sweeps over the optimizers the cheapest optimizer
-# (signum, sometimes nsgd or clipped_sgd) stays in the fast subset.
+# seconds per case on the 2-core CI machine, in a full ``-n 2`` run or, where
+# a case reuses another's compilation there, in the fast subset (nearly all
+# of it XLA compiling an optimizer's step: the programs run in microseconds).
+# "slow" is 0.5 s or more, and in sweeps over every optimizer each case but
+# signum's (the cheapest; 0.1–1.6 s each, seconds per sweep): that leaves the
+# fast subset (-m "not slow and not notebook and not parity and not mesh")
+# at about a minute on 2 workers.
 _OPTIMIZERS_BUT_SIGNUM = ("(adamuon|clipped_sgd|muon|muon_cautious|muon_clip|muon_rms|normuon|nsgd|scion"
                           "|shampoo|soap|unconstrained_scion)")
 _MARKS = (
@@ -90,8 +91,6 @@ _MARKS = (
     (("slow",), "tests/optimizers/test_qk_clip_chain.py", "2.0–3.2 s"),
     (("slow",), "tests/optimizers/test_cautious_decay.py", "0.1–4.2 s; 1.2–2.4 s for the cheapest alone"),
     (("slow",), "tests/optimizers/test_scion_stacked.py", "1.8–2.6 s"),
-    (("slow",), "tests/test_sharding_preconditioners.py::test_small_gradient_change_gives_small_update_change",
-     "Shampoo and SOAP steps: 3.4–4.8 s"),
     (("slow",), "tests/test_examples.py", "trains the qk_clip_nnx example twice: 10 s"),
     (("slow",), "tests/test_readme.py", "the README's snippets build and step an nnx model: 4.2 s"),
     (("slow",), "tests/test_labels_models.py", "transformers' Flax models; importing transformers (and torch) alone"
@@ -147,6 +146,8 @@ _MARKS = (
     (("slow",), "tests/optimizers/test_weight_decay_mask.py::test_(mask_decays_what_it_selects"
      "|muon_uses_its_own_labels_for_the_default)", "0.5–5.9 s"),
     (("slow",), "tests/test_labels.py::test_(linen_roles|nnx_roles)", "build Flax models: 1.8–2.4 s"),
+    (("slow",), "tests/test_sharding_preconditioners.py::test_small_gradient_change_gives_small_update_change",
+     "Shampoo and SOAP steps: 3.4–4.8 s"),
     (("slow",), "tests/transforms/test_decay.py::test_cautious_decay_keeps_bf16", "1.0 s"),
     (("slow",), "tests/transforms/test_elementwise_transforms.py::test_clip_by_norm_matches_formula", "0.7 s"),
     (("slow",), "tests/transforms/test_lmo_transform.py::test_(callable_norms_and_normalized_sign|inside_multi_transform"

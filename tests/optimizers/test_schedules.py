@@ -114,7 +114,11 @@ def test_injected_learning_rate_reaches_adamw():
   (ref,) = _run(matopt.muon(0.005), params, 1)
   got = {"/".join(str(e.key) for e in path): x for path, x in jax.tree_util.tree_flatten_with_path(u)[0]}
   for path in ref:
-    np.testing.assert_allclose(got[path], ref[path], rtol=1e-5, atol=1e-9, err_msg=path)
+    # atol at 1e-6 of the leaf's largest entry: the injected β is a float32
+    # array, so (1 − β) rounds differently from the Python float's and
+    # Newton–Schulz passes that on to entries near 0 (3e-5 relative seen).
+    np.testing.assert_allclose(got[path], ref[path], rtol=1e-5, atol=1e-6 * float(np.max(np.abs(ref[path]))),
+                               err_msg=path)
   warm = optax.inject_hyperparams(matopt.muon)(learning_rate=SCHEDULE)
   u, _ = jax.jit(warm.update)(_grads(params, 0), warm.init(params), params)
   for x in jax.tree.leaves(u):
