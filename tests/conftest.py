@@ -92,7 +92,7 @@ _MARKS = (
     (("slow",), "tests/optimizers/test_cautious_decay.py", "0.1–4.2 s; 1.2–2.4 s for the cheapest alone"),
     (("slow",), "tests/optimizers/test_scion_stacked.py", "1.8–2.6 s"),
     (("slow",), "tests/test_examples.py", "trains the qk_clip_nnx example twice: 10 s"),
-    (("slow",), "tests/test_readme.py", "the README's snippets build and step an nnx model: 4.2 s"),
+    (("mesh", "slow"), "tests/test_readme.py", "the README's snippets step an nnx model and shard on a mesh: 4.2 s"),
     (("slow",), "tests/test_labels_models.py", "transformers' Flax models; importing transformers (and torch) alone"
      " takes 4 s a worker"),
     # Slow: functions (all their cases) and cases.
@@ -244,8 +244,8 @@ def _deselects_every(config, markers: tuple[str, ...]) -> bool:
 def pytest_ignore_collect(collection_path, config):
   # A file or directory the table marks whole, and -m deselects in full, is
   # not even imported: the fast subset then skips importing torch and the
-  # reference packages (tests/parity), transformers, hypothesis…, seconds
-  # per xdist worker.
+  # reference packages (tests/parity) and transformers (test_labels_models),
+  # 4–5 s per xdist worker (collection 8 s → 3.7 s).
   path = collection_path.relative_to(config.rootpath).as_posix() if collection_path.is_relative_to(config.rootpath) else ""
   for markers, pattern, _ in _MARKS:
     if pattern == path and _deselects_every(config, markers):
