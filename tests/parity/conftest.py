@@ -2,14 +2,13 @@
 
 Every test here needs the ``[parity]`` extra (torch and the reference
 packages). Without it the directory is not collected and the report header
-says so; with ``MATOPT_PARITY=required`` (set by ``.ci/run``) a missing
-package fails the run instead, so CI can never skip these tests silently.
+(``tests/conftest.py``, whose marker table also marks these tests
+``parity``) says so; with ``MATOPT_PARITY=required`` (set by ``.ci/run``) a
+missing package fails the run instead, so CI can never skip them silently.
 """
 
 import importlib.util
 import os
-
-import pytest
 
 # Import names of the packages the [parity] extra installs.
 _PACKAGES = ("torch", "muon", "optax_shampoo", "pytorch_optimizer", "heavyball", "timm")
@@ -22,19 +21,3 @@ if _MISSING and os.environ.get("MATOPT_PARITY") == "required":
   )
 
 collect_ignore_glob = ["test_*.py"] if _MISSING else []
-
-
-def pytest_report_header(config):
-  del config
-  if _MISSING:
-    return (f"parity tests NOT collected: missing {', '.join(_MISSING)}"
-            " (pip install -e '.[dev,parity]')")
-  return None
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  here = os.path.dirname(__file__)
-  for item in items:
-    if str(item.path).startswith(here):
-      item.add_marker(pytest.mark.parity)
