@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -11,24 +12,11 @@ import optax
 from matopt import _checks, _tree
 from matopt import sharding as sharding_lib
 from matopt.linalg import roots as roots_lib
+from matopt.transforms import kronecker as kron
 from matopt.transforms import views as views_lib
-from matopt.transforms.blocks import make_blocking
+from matopt.transforms.blocks import Blocking, make_blocking
 
 GRAFTS = ("adam", "rmsprop", "sgd", "none")
-_EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
-
-
-class Preconditioner(NamedTuple):
-  """One leaf's Kronecker factors: blocked statistics and their inverse roots.
-
-  Shapes ``(batch, bm, bn, s, s)``; a side that is not preconditioned (or a
-  leaf with no matrix view) holds a 0-d placeholder.
-  """
-
-  stats_left: jax.Array
-  stats_right: jax.Array
-  root_left: jax.Array
-  root_right: jax.Array
 
 
 class ScaleByShampooState(NamedTuple):
@@ -36,25 +24,173 @@ class ScaleByShampooState(NamedTuple):
 
   Every field but ``count`` is a tree with the parameters' structure (so
   wrappers such as ``flax.nnx.Optimizer`` can map over it leaf by leaf):
-  ``mu`` in the parameters' dtype, the rest float32.
+  ``mu`` in the parameters' dtype, the rest float32. Statistics and roots are
+  blocked, ``(batch, bm, bn, s, s)``; a side that is not preconditioned (or a
+  leaf with no matrix view) holds a 0-d placeholder.
   """
 
   count: jax.Array  # int32 steps taken
   mu: optax.Updates  # momentum of gradients
   nu: optax.Updates  # graft's second moment (empty for sgd/none)
-  stats_left: optax.Updates  # Preconditioner fields, one tree each
+  stats_left: optax.Updates  # the fields of kronecker.Factors, one tree each
   stats_right: optax.Updates
   root_left: optax.Updates
   root_right: optax.Updates
 
 
-def _layout(view, block_size, max_precond_dim):
-  blocking = make_blocking(view.fan_in, view.fan_out, block_size)
-  return blocking, blocking.sm <= max_precond_dim, blocking.sn <= max_precond_dim
+class _Options(NamedTuple):
+  """Checked options of :func:`scale_by_shampoo` (numbers may be float32 arrays)."""
+
+  beta: Any
+  stat_weight: Any  # w in the statistics' EMA
+  p: Any  # 1 / exponent
+  eps: Any
+  start: Any  # start_preconditioning_step
+  every: Any  # precondition_every
+  b1: Any
+  graft: str
+  graft_b2: Any
+  graft_eps: Any
+  graft_per_block: bool
+  block_size: int
+  max_precond_dim: int
+  root_method: str
+  max_root_error: Any
 
 
-def _eye_stack(shape_prefix, size):
-  return jnp.broadcast_to(jnp.eye(size, dtype=jnp.float32), (*shape_prefix, size, size))
+def _options(*, beta, exponent, eps, precondition_every, start_preconditioning_step, b1, graft, graft_b2,
+             graft_eps, graft_per_block, block_size, max_precond_dim, root_method, max_root_error,
+             dimension_numbers) -> _Options:
+  """Every option of :func:`scale_by_shampoo` checked, defaults resolved."""
+  _checks.check_range("beta", beta, 0.0, 1.0)
+  _checks.check_range("exponent", exponent, 0.0, float("inf"), lo_open=True)
+  _checks.check_range("eps", eps, 0.0, float("inf"))
+  _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
+  _checks.check_range("graft_b2", graft_b2, 0.0, 1.0, hi_open=True)
+  _checks.check_range("graft_eps", graft_eps, 0.0, float("inf"))
+  _checks.check_range("max_root_error", max_root_error, 0.0, float("inf"), lo_open=True)
+  _checks.check_bool("graft_per_block", graft_per_block)
+  _checks.check_step_option("precondition_every", precondition_every)
+  if start_preconditioning_step is None:
+    start_preconditioning_step = precondition_every
+  _checks.check_step_option("start_preconditioning_step", start_preconditioning_step)
+  block_size = _checks.static_size("block_size", block_size, 1024)
+  max_precond_dim = _checks.static_size("max_precond_dim", max_precond_dim, 8192)
+  if graft not in GRAFTS:
+    raise ValueError(f"Unknown graft {graft!r}; valid grafts are {GRAFTS}.")
+  if root_method not in roots_lib.METHODS:
+    raise ValueError(f"Unknown root_method {root_method!r}; valid methods are {roots_lib.METHODS}.")
+  views_lib.check_dimension_numbers_spec(dimension_numbers)
+  # Traced hyperparameters (optax.inject_hyperparams) take part in float32
+  # arithmetic only; nothing below branches on their values in Python.
+  f32 = lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, jax.Array) else x
+  beta, exponent, eps, b1, graft_b2, graft_eps = map(f32, (beta, exponent, eps, b1, graft_b2, graft_eps))
+  if root_method == "newton" and isinstance(exponent, jax.Array):
+    raise ValueError(
+        "root_method='newton' needs a static exponent (an integer 1/exponent); under"
+        " optax.inject_hyperparams list 'exponent' in static_args, or use root_method='eigh'.")
+  stat_weight = jnp.where(beta == 1.0, 1.0, 1.0 - beta) if isinstance(beta, jax.Array) else (
+      1.0 if beta == 1.0 else 1.0 - beta)
+  return _Options(beta, stat_weight, 1.0 / exponent, eps, start_preconditioning_step, precondition_every, b1, graft,
+                  graft_b2, graft_eps, graft_per_block, block_size, max_precond_dim, root_method, f32(max_root_error))
+
+
+def _blocking(o: _Options, view: views_lib.MatrixView) -> Blocking:
+  return make_blocking(view.fan_in, view.fan_out, o.block_size)
+
+
+def _init_leaf(o: _Options, leaf: jax.Array, view: views_lib.MatrixView | None) -> kron.Factors:
+  """Zero statistics and identity roots, block by block, for the block sides
+  of at most ``max_precond_dim``."""
+  del leaf
+  if view is None:
+    return kron.no_factors()
+  b = _blocking(o, view)
+  return kron.init_factors((view.batch, b.bm, b.bn), b.sm, b.sn, b.sm <= o.max_precond_dim,
+                           b.sn <= o.max_precond_dim)
+
+
+def _moments(o: _Options, count: jax.Array, mu: optax.Updates, nu: optax.Updates,
+             updates: optax.Updates) -> tuple[optax.Updates, optax.Updates, optax.Updates]:
+  """The new momentum ``M_t``, the graft's second moment and its direction ``A_t``."""
+  # b1 = 0 gives g exactly (0·m + 1·g); float32 arithmetic for low-precision m.
+  mu = jax.tree.map(
+      lambda m, g: (o.b1 * m.astype(jnp.float32) + (1.0 - o.b1) * g.astype(jnp.float32)).astype(m.dtype), mu, updates)
+  if o.graft not in ("adam", "rmsprop"):
+    return mu, nu, mu
+  nu = jax.tree.map(lambda v, g: o.graft_b2 * v + (1.0 - o.graft_b2) * jnp.square(g.astype(jnp.float32)), nu, updates)
+  if o.graft == "rmsprop":
+    return mu, nu, jax.tree.map(lambda m, v: m.astype(jnp.float32) / (jnp.sqrt(v) + o.graft_eps), mu, nu)
+  t = count.astype(jnp.float32)
+  c1 = 1.0 - o.b1**t
+  c2 = 1.0 - o.graft_b2**t
+  return mu, nu, jax.tree.map(lambda m, v: (m.astype(jnp.float32) / c1) / (jnp.sqrt(v / c2) + o.graft_eps), mu, nu)
+
+
+def _accumulate(o: _Options, g: jax.Array, factors: kron.Factors, view: views_lib.MatrixView) -> kron.Factors:
+  """Statistics of one more gradient, block by block."""
+  gb = _blocking(o, view).to_blocks(view.to_matrices(g).astype(jnp.float32))
+  return kron.accumulate(factors, gb, o.beta, o.stat_weight)
+
+
+def _new_root(o: _Options, stats: jax.Array, old_root: jax.Array) -> tuple[jax.Array]:
+  """Inverse p-th roots of a stack of statistics; a non-finite root (or a
+  Newton root whose residual exceeds ``max_root_error``) keeps the old one."""
+  root = roots_lib.inverse_pth_root(stats, o.p, eps=o.eps, method=o.root_method)
+  ok = jnp.all(jnp.isfinite(root), axis=(-2, -1))
+  if o.root_method == "newton":
+    ok &= roots_lib.root_error(stats, root, o.p, eps=o.eps) < o.max_root_error
+  return (jnp.where(ok[..., None, None], root, old_root),)
+
+
+def _refresh_roots(o: _Options, per_leaf: list[Any], refresh: jax.Array) -> list[Any]:
+  """Every statistic's inverse root on refresh steps, grouped by size and
+  spread over the mesh (each device computes whole roots; Anil et al. 2020,
+  §5); the old roots otherwise."""
+  where = kron.sides(per_leaf)
+  if not where:
+    return per_leaf
+  stats, old = kron.gather(per_leaf, where)
+  fresh = lambda: [root for (root,) in kron.map_sides(functools.partial(_new_root, o), stats, old)]
+  return kron.scatter(per_leaf, where, jax.lax.cond(refresh, fresh, lambda: old))
+
+
+def _graft(d: jax.Array, a: jax.Array, per_block: bool) -> jax.Array:
+  """Blocks ``d`` rescaled to the norms of the graft's blocks ``a``
+  ``(batch, bm, bn, sm, sn)``: block by block, or matrix by matrix."""
+  # Per block, as Meta's DistributedShampoo grafts (Shi et al. 2023, §3.1):
+  # each block keeps the grafted step's norm. Per matrix (all its blocks
+  # together), as Google's scalable_shampoo grafts once per tensor (Anil
+  # et al. 2020). Zero padding adds nothing to either norm.
+  axes = (-2, -1) if per_block else (1, 2, 3, 4)
+  d_norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=axes, keepdims=True))
+  a_norm = jnp.sqrt(jnp.sum(jnp.square(a), axis=axes, keepdims=True))
+  return d * jnp.where(d_norm > 0, a_norm / jnp.where(d_norm > 0, d_norm, 1.0), 0.0)
+
+
+def _direction(o: _Options, g: jax.Array, m: jax.Array, a: jax.Array, factors: kron.Factors,
+               view: views_lib.MatrixView | None, use_shampoo: jax.Array) -> jax.Array:
+  """One leaf's update: ``L^{-p} M R^{-p}`` grafted onto ``A``, or the
+  graft's step (``M`` for ``"none"``) before the start and for leaves with
+  no matrix view."""
+  fallback = a if o.graft != "none" else m
+  if view is None:
+    return fallback.astype(g.dtype)
+  blocking = _blocking(o, view)
+  d = kron.two_sided(factors.left, blocking.to_blocks(view.to_matrices(m).astype(jnp.float32)), factors.right)
+  if o.graft != "none":
+    d = _graft(d, blocking.to_blocks(view.to_matrices(a.astype(jnp.float32))), o.graft_per_block)
+  direction = view.from_matrices(blocking.from_blocks(d))
+  return jnp.where(use_shampoo, direction.astype(g.dtype), fallback.astype(g.dtype))
+
+
+def _factors_of(state: ScaleByShampooState) -> list[Any]:
+  return kron.split(kron.Factors(state.stats_left, state.stats_right, state.root_left, state.root_right))
+
+
+def _state(count, mu, nu, treedef, per_leaf: list[Any]) -> ScaleByShampooState:
+  f = kron.join(treedef, per_leaf)
+  return ScaleByShampooState(count, mu, nu, f.stats_left, f.stats_right, f.left, f.right)
 
 
 def scale_by_shampoo(
@@ -209,170 +345,38 @@ def scale_by_shampoo(
     Shi et al., 2023. A Distributed Data-Parallel PyTorch Implementation of
     the Distributed Shampoo Optimizer. arXiv:2309.06497
   """
-  _checks.check_range("beta", beta, 0.0, 1.0)
-  _checks.check_range("exponent", exponent, 0.0, float("inf"), lo_open=True)
-  _checks.check_range("eps", eps, 0.0, float("inf"))
-  _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
-  _checks.check_range("graft_b2", graft_b2, 0.0, 1.0, hi_open=True)
-  _checks.check_range("graft_eps", graft_eps, 0.0, float("inf"))
-  _checks.check_range("max_root_error", max_root_error, 0.0, float("inf"), lo_open=True)
-  _checks.check_bool("graft_per_block", graft_per_block)
-  _checks.check_step_option("precondition_every", precondition_every)
-  if start_preconditioning_step is None:
-    start_preconditioning_step = precondition_every
-  _checks.check_step_option("start_preconditioning_step", start_preconditioning_step)
-  block_size = _checks.static_size("block_size", block_size, 1024)
-  max_precond_dim = _checks.static_size("max_precond_dim", max_precond_dim, 8192)
-  if graft not in GRAFTS:
-    raise ValueError(f"Unknown graft {graft!r}; valid grafts are {GRAFTS}.")
-  if root_method not in roots_lib.METHODS:
-    raise ValueError(f"Unknown root_method {root_method!r}; valid methods are {roots_lib.METHODS}.")
-  views_lib.check_dimension_numbers_spec(dimension_numbers)
-  # Traced hyperparameters (optax.inject_hyperparams) take part in float32
-  # arithmetic only; nothing below branches on their values in Python.
-  f32 = lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, jax.Array) else x
-  beta, exponent, eps, b1, graft_b2, graft_eps = map(f32, (beta, exponent, eps, b1, graft_b2, graft_eps))
-  max_root_error = f32(max_root_error)
-  if root_method == "newton" and isinstance(exponent, jax.Array):
-    raise ValueError(
-        "root_method='newton' needs a static exponent (an integer 1/exponent); under"
-        " optax.inject_hyperparams list 'exponent' in static_args, or use root_method='eigh'.")
-  p = 1.0 / exponent
-  stat_weight = jnp.where(beta == 1.0, 1.0, 1.0 - beta) if isinstance(beta, jax.Array) else (
-      1.0 if beta == 1.0 else 1.0 - beta)
+  o = _options(beta=beta, exponent=exponent, eps=eps, precondition_every=precondition_every,
+               start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft, graft_b2=graft_b2,
+               graft_eps=graft_eps, graft_per_block=graft_per_block, block_size=block_size,
+               max_precond_dim=max_precond_dim, root_method=root_method, max_root_error=max_root_error,
+               dimension_numbers=dimension_numbers)
 
   def views_of(tree):
     return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_shampoo", vectors_ok=True)
 
-  def init_leaf(leaf, view):
-    empty = jnp.zeros(_EMPTY, jnp.float32)
-    if view is None:
-      return Preconditioner(empty, empty, empty, empty)
-    blocking, left, right = _layout(view, block_size, max_precond_dim)
-    prefix = (view.batch, blocking.bm, blocking.bn)
-    return Preconditioner(
-        jnp.zeros((*prefix, blocking.sm, blocking.sm), jnp.float32) if left else empty,
-        jnp.zeros((*prefix, blocking.sn, blocking.sn), jnp.float32) if right else empty,
-        _eye_stack(prefix, blocking.sm) if left else empty,
-        _eye_stack(prefix, blocking.sn) if right else empty,
-    )
-
   def init_fn(params):
-    views = views_of(params)
-    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
-    precs = [leaf if _tree.is_masked(leaf) else init_leaf(leaf, v) for leaf, v in zip(leaves, views)]
-    precs = sharding_lib.shard_rows(precs, sharding_lib.mesh_of(params))
-    fields = [jax.tree_util.tree_unflatten(treedef, [getattr(p, f, p) for p in precs])
-              for f in Preconditioner._fields]
-    return ScaleByShampooState(
-        jnp.zeros([], jnp.int32),
-        optax.tree.zeros_like(params),
-        (optax.tree.zeros_like(params, dtype=jnp.float32) if graft in ("adam", "rmsprop")
-         else jax.tree.map(lambda _: jnp.zeros(_EMPTY, jnp.float32), params)),
-        *fields,
-    )
-
-  def new_roots(stacks, key):
-    del key
-    stats, old_root = stacks
-    root = roots_lib.inverse_pth_root(stats, p, eps=eps, method=root_method)
-    ok = jnp.all(jnp.isfinite(root), axis=(-2, -1))
-    if root_method == "newton":
-      ok &= roots_lib.root_error(stats, root, p, eps=eps) < max_root_error
-    return (jnp.where(ok[..., None, None], root, old_root),)
-
-  def refresh_roots(stats, roots):
-    """Every statistic's inverse root, grouped by size and spread over the
-    mesh (each device computes whole roots; Anil et al. 2020, §5)."""
-    flat = lambda x: x.reshape(-1, *x.shape[-2:])
-    pairs = [(flat(s_), flat(r)) for s_, r in zip(stats, roots)]
-    new = sharding_lib.map_stacked(new_roots, pairs)
-    return [n[0].reshape(r.shape) for n, r in zip(new, roots)]
-
-  def direction_of(g, m, graft_dir, blocks, prec, view, use_shampoo):
-    blocking, left, right = _layout(view, block_size, max_precond_dim)
-    mb = blocks
-    if left:
-      mb = prec.root_left @ mb
-    if right:
-      mb = mb @ prec.root_right
-    if graft != "none":
-      # Per block, as Meta's DistributedShampoo grafts (Shi et al. 2023, §3.1):
-      # each block keeps the grafted step's norm. Per matrix (all its blocks
-      # together), as Google's scalable_shampoo grafts once per tensor (Anil
-      # et al. 2020). Zero padding adds nothing to either norm.
-      ab = blocking.to_blocks(view.to_matrices(graft_dir.astype(jnp.float32)))
-      axes = (-2, -1) if graft_per_block else (1, 2, 3, 4)
-      d_norm = jnp.sqrt(jnp.sum(jnp.square(mb), axis=axes, keepdims=True))
-      a_norm = jnp.sqrt(jnp.sum(jnp.square(ab), axis=axes, keepdims=True))
-      mb = mb * jnp.where(d_norm > 0, a_norm / jnp.where(d_norm > 0, d_norm, 1.0), 0.0)
-    direction = view.from_matrices(blocking.from_blocks(mb))
-    fallback = graft_dir if graft != "none" else m
-    return jnp.where(use_shampoo, direction.astype(g.dtype), fallback.astype(g.dtype))
+    per_leaf = kron.init_leaves(params, views_of(params), functools.partial(_init_leaf, o))
+    nu = (optax.tree.zeros_like(params, dtype=jnp.float32) if o.graft in ("adam", "rmsprop")
+          else jax.tree.map(lambda _: kron.placeholder(), params))
+    treedef = kron.leaves_of(params)[1]
+    return _state(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), nu, treedef, per_leaf)
 
   def update_fn(updates, state, params=None):
     del params
-    count = optax.safe_increment(state.count)
-    step = count  # 1-based index of this step
-    use_shampoo = step >= start_preconditioning_step
-    refresh = use_shampoo & ((step - start_preconditioning_step) % precondition_every == 0)
-    # b1 = 0 gives g exactly (0·m + 1·g); float32 arithmetic for low-precision m.
-    mu = jax.tree.map(
-        lambda m, g: (b1 * m.astype(jnp.float32) + (1.0 - b1) * g.astype(jnp.float32)).astype(m.dtype),
-        state.mu, updates)
-    if graft in ("adam", "rmsprop"):
-      nu = jax.tree.map(lambda v, g: graft_b2 * v + (1.0 - graft_b2) * jnp.square(g.astype(jnp.float32)),
-                        state.nu, updates)
-      if graft == "adam":
-        t = count.astype(jnp.float32)
-        c1 = 1.0 - b1**t
-        c2 = 1.0 - graft_b2**t
-        graft_dirs = jax.tree.map(
-            lambda m, v: (m.astype(jnp.float32) / c1) / (jnp.sqrt(v / c2) + graft_eps), mu, nu)
-      else:
-        graft_dirs = jax.tree.map(lambda m, v: m.astype(jnp.float32) / (jnp.sqrt(v) + graft_eps), mu, nu)
-    else:
-      nu = state.nu
-      graft_dirs = mu
+    count = optax.safe_increment(state.count)  # 1-based index of this step
+    use_shampoo = count >= o.start
+    refresh = use_shampoo & ((count - o.start) % o.every == 0)
+    mu, nu, graft_dirs = _moments(o, count, state.mu, state.nu, updates)
+    leaves, treedef = kron.leaves_of(updates)
     views = views_of(updates)
-    flat = lambda t: jax.tree_util.tree_flatten(t, is_leaf=_tree.is_masked)[0]
-    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
-    precs = [Preconditioner(*p) for p in zip(*(flat(getattr(state, f)) for f in Preconditioner._fields))]
-    # 1. Statistics, leaf by leaf.
-    blocks = {}
-    for i, (g, m, view) in enumerate(zip(leaves, flat(mu), views)):
-      if _tree.is_masked(g) or view is None:
-        continue
-      blocking, left, right = _layout(view, block_size, max_precond_dim)
-      gb = blocking.to_blocks(view.to_matrices(g).astype(jnp.float32))
-      blocks[i] = blocking.to_blocks(view.to_matrices(m).astype(jnp.float32))
-      sl, sr = precs[i].stats_left, precs[i].stats_right
-      if left:
-        sl = beta * sl + stat_weight * (gb @ jnp.swapaxes(gb, -1, -2))
-      if right:
-        sr = beta * sr + stat_weight * (jnp.swapaxes(gb, -1, -2) @ gb)
-      precs[i] = precs[i]._replace(stats_left=sl, stats_right=sr)
-    # 2. Roots of all statistics at once, on refresh steps only.
-    sides = [(i, side) for i in blocks for side in ("left", "right")
-             if getattr(precs[i], f"stats_{side}").ndim]
-    stats = [getattr(precs[i], f"stats_{side}") for i, side in sides]
-    old = [getattr(precs[i], f"root_{side}") for i, side in sides]
-    roots = jax.lax.cond(refresh, lambda: refresh_roots(stats, old), lambda: old) if sides else []
-    stats, roots = sharding_lib.shard_rows((stats, roots))
-    for (i, side), s_, r in zip(sides, stats, roots):
-      precs[i] = precs[i]._replace(**{f"stats_{side}": s_, f"root_{side}": r})
+    # 1. Statistics, leaf by leaf; 2. roots of all statistics at once.
+    per_leaf = [f if _tree.is_masked(g) or view is None else _accumulate(o, g, f, view)
+                for g, f, view in zip(leaves, _factors_of(state), views)]
+    per_leaf = sharding_lib.shard_rows(_refresh_roots(o, per_leaf, refresh))
     # 3. Directions, leaf by leaf.
-    outs = []
-    for i, (g, m, a, view) in enumerate(zip(leaves, flat(mu), flat(graft_dirs), views)):
-      if _tree.is_masked(g):
-        outs.append(g)
-      elif view is None:
-        outs.append((a if graft != "none" else m).astype(g.dtype))
-      else:
-        outs.append(direction_of(g, m, a, blocks[i], precs[i], view, use_shampoo))
-    fields = [jax.tree_util.tree_unflatten(treedef, [getattr(p, f, p) for p in precs])
-              for f in Preconditioner._fields]
-    new_state = ScaleByShampooState(count, mu, nu, *fields)
-    return jax.tree_util.tree_unflatten(treedef, outs), new_state
+    columns = zip(leaves, kron.leaves_of(mu)[0], kron.leaves_of(graft_dirs)[0], per_leaf, views)
+    outs = [g if _tree.is_masked(g) else _direction(o, g, m, a, f, view, use_shampoo)
+            for g, m, a, f, view in columns]
+    return jax.tree_util.tree_unflatten(treedef, outs), _state(count, mu, nu, treedef, per_leaf)
 
   return optax.GradientTransformation(init_fn, sharding_lib.auto_axes_update(update_fn))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -11,9 +12,8 @@ import optax
 from matopt import _checks, _tree
 from matopt import sharding as sharding_lib
 from matopt.linalg.eigenbasis import eigenbasis, refresh_eigenbasis
+from matopt.transforms import kronecker as kron
 from matopt.transforms import views as views_lib
-
-_EMPTY = ()  # placeholder of a side with no preconditioner: 0-d, not 0-size (orbax cannot save 0-size arrays)
 
 
 class ScaleBySoapState(NamedTuple):
@@ -30,10 +30,48 @@ class ScaleBySoapState(NamedTuple):
   count: jax.Array  # int32 calls so far
   mu: optax.Updates
   nu: optax.Updates
-  stats_left: optax.Updates
+  stats_left: optax.Updates  # the fields of kronecker.Factors, one tree each
   stats_right: optax.Updates
   basis_left: optax.Updates
   basis_right: optax.Updates
+
+
+class _Options(NamedTuple):
+  """Checked options of :func:`scale_by_soap` (numbers may be float32 arrays)."""
+
+  b1: Any
+  b2: Any
+  eps: Any
+  beta: Any  # shampoo_beta
+  start: Any  # start_preconditioning_step
+  every: Any  # precondition_every
+  max_precond_dim: int
+
+
+class _Step(NamedTuple):
+  """One leaf's update, new second moment and factors (bases unchanged)."""
+
+  update: jax.Array
+  nu: jax.Array
+  factors: kron.Factors
+
+
+def _options(*, b1, b2, eps, precondition_every, start_preconditioning_step, shampoo_beta, max_precond_dim,
+             dimension_numbers) -> _Options:
+  """Every option of :func:`scale_by_soap` checked, defaults resolved."""
+  _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
+  _checks.check_range("b2", b2, 0.0, 1.0, hi_open=True)
+  _checks.check_range("eps", eps, 0.0, float("inf"))
+  beta = b2 if shampoo_beta is None else shampoo_beta
+  _checks.check_range("shampoo_beta", beta, 0.0, 1.0, hi_open=True)
+  _checks.check_step_option("precondition_every", precondition_every)
+  start = precondition_every if start_preconditioning_step is None else start_preconditioning_step
+  _checks.check_step_option("start_preconditioning_step", start)
+  max_precond_dim = _checks.static_size("max_precond_dim", max_precond_dim, 10000)
+  # Traced hyperparameters (optax.inject_hyperparams) enter float32 arithmetic only.
+  f32 = lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, jax.Array) else x
+  views_lib.check_dimension_numbers_spec(dimension_numbers)
+  return _Options(f32(b1), f32(b2), f32(eps), f32(beta), start, precondition_every, max_precond_dim)
 
 
 def _finite_or(q: jax.Array, q_old: jax.Array) -> jax.Array:
@@ -53,6 +91,121 @@ def _guarded_refresh(a: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
   ok = jnp.all(jnp.isfinite(q_new), axis=(-2, -1))
   identity = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
   return jnp.where(ok[..., None, None], q_new, q), jnp.where(ok[..., None], perm, identity)
+
+
+def _mu_dtype(leaf: jax.Array) -> Any:
+  # m is kept in at least float32: rounded to bfloat16 in the original
+  # coordinates, its error has components in directions where the rotated
+  # second moment is ~0 (the null space of rank-deficient statistics), and
+  # m/√v turns them into O(100) steps. The reference keeps it in float32 too.
+  return jnp.float64 if jnp.result_type(leaf) == jnp.float64 else jnp.float32
+
+
+def _init_nu(leaf: jax.Array, view: views_lib.MatrixView | None) -> jax.Array:
+  """Zero second moment: the leaf's shape, or its matrix view's."""
+  return jnp.zeros(jnp.shape(leaf) if view is None else (view.batch, view.fan_in, view.fan_out), jnp.float32)
+
+
+def _init_leaf(o: _Options, leaf: jax.Array, view: views_lib.MatrixView | None) -> kron.Factors:
+  """Zero statistics and identity bases for the sides of at most ``max_precond_dim``."""
+  del leaf
+  if view is None:
+    return kron.no_factors()
+  m, n = view.fan_in, view.fan_out
+  return kron.init_factors((view.batch,), m, n, m <= o.max_precond_dim, n <= o.max_precond_dim)
+
+
+def _schedule(o: _Options, count: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(skip, k, branch)`` of call ``count``: whether the update is zero,
+  Adam's step number and what happens to the bases (0: kept, 1: built, 2: refreshed)."""
+  # start = 1 is the reference's convention: the first call only builds the
+  # bases (zero update), so Adam's count lags one behind.
+  from_first = jnp.asarray(o.start) == 1
+  skip = (count == 1) & from_first
+  k = jnp.maximum(count - from_first.astype(count.dtype), 1).astype(jnp.float32)  # Adam's step number
+  build = count == o.start
+  refresh = (count > o.start) & ((count - o.start) % o.every == 0)
+  return skip, k, jnp.where(build, 1, jnp.where(refresh, 2, 0))
+
+
+def _rotate(x: jax.Array, factors: kron.Factors, forward: bool) -> jax.Array:
+  """Q_Lᵀ x Q_R (forward) or Q_L x Q_Rᵀ (back); placeholder bases are identities."""
+  t = lambda q: jnp.swapaxes(q, -1, -2) if q.ndim else q
+  if forward:
+    return kron.two_sided(t(factors.left), x, factors.right)
+  return kron.two_sided(factors.left, x, t(factors.right))
+
+
+def _adam_step(o: _Options, g: jax.Array, m: jax.Array, v: jax.Array, factors: kron.Factors,
+               view: views_lib.MatrixView | None, skip: jax.Array, k: jax.Array) -> _Step:
+  """One leaf's Adam step in its eigenbases, with the statistics of ``g``."""
+  g32 = g.astype(jnp.float32)
+  if view is None:  # plain Adam on vectors and scalars
+    v_new = o.b2 * v + (1.0 - o.b2) * g32 * g32
+    u = (m.astype(jnp.float32) / (1.0 - o.b1**k)) / (jnp.sqrt(v_new / (1.0 - o.b2**k)) + o.eps)
+    return _Step(jnp.where(skip, 0.0, u).astype(g.dtype), jnp.where(skip, v, v_new), factors)
+  gm = view.to_matrices(g32)
+  mm = view.to_matrices(m.astype(jnp.float32))
+  g_rot = _rotate(gm, factors, True)
+  v_new = o.b2 * v + (1.0 - o.b2) * g_rot * g_rot
+  n_rot = (_rotate(mm, factors, True) / (1.0 - o.b1**k)) / (jnp.sqrt(v_new / (1.0 - o.b2**k)) + o.eps)
+  u = view.from_matrices(_rotate(n_rot, factors, False))
+  # Statistics take this gradient after it was used (the reference's order).
+  return _Step(jnp.where(skip, 0.0, u).astype(g.dtype), jnp.where(skip, v, v_new),
+               kron.accumulate(factors, gm, o.beta, 1.0 - o.beta))
+
+
+def _first_bases(where: list[kron.Side], stats: list[jax.Array], bases: list[jax.Array],
+                 vs: dict[int, jax.Array]) -> tuple[list[jax.Array], dict[int, jax.Array]]:
+  """Bases by ``eigh``, with V carried into them."""
+  new = [q for (q,) in kron.map_sides(lambda a, q0: (_finite_or(eigenbasis(a), q0),), stats, bases)]
+  vs = dict(vs)
+  for side, q in zip(where, new):
+    # V was kept in the identity basis before the start step: carry its
+    # diagonal over, E[(Qᵀ G)²] ≈ (Q ⊙ Q)ᵀ E[G²] for uncorrelated entries
+    # (zero at start = 1, where V is still empty).
+    # (Overflowed entries are capped first: 0 · inf would be NaN.)
+    q2, v = q * q, jnp.minimum(vs[side.leaf], jnp.finfo(vs[side.leaf].dtype).max)
+    vs[side.leaf] = jnp.swapaxes(q2, -1, -2) @ v if side.left else v @ q2
+  return new, vs
+
+
+def _next_bases(where: list[kron.Side], stats: list[jax.Array], bases: list[jax.Array],
+                vs: dict[int, jax.Array]) -> tuple[list[jax.Array], dict[int, jax.Array]]:
+  """Bases by one power step + QR, with V permuted along."""
+  refreshed = kron.map_sides(_guarded_refresh, stats, bases)
+  vs = dict(vs)
+  for side, (_, perm) in zip(where, refreshed):
+    # V lives in the old basis: its rows (left) or columns (right) follow π.
+    index = perm[..., :, None] if side.left else perm[..., None, :]
+    vs[side.leaf] = jnp.take_along_axis(vs[side.leaf], index, axis=-2 if side.left else -1)
+  return [q for q, _ in refreshed], vs
+
+
+def _refresh_bases(per_leaf: list[Any], nus: list[Any], branch: jax.Array) -> tuple[list[Any], list[Any]]:
+  """Bases of every statistic at once: ``eigh`` on the build call, a power
+  step + QR on refresh steps (V permuted along), unchanged otherwise
+  (``branch`` 1, 2, 0); grouped by size and spread over the mesh (each
+  device computes whole eigendecompositions)."""
+  where = kron.sides(per_leaf)
+  if not where:
+    return per_leaf, nus
+  stats, bases = kron.gather(per_leaf, where)
+  vs = {side.leaf: nus[side.leaf] for side in where}
+  keep = lambda stats, bases, vs: (bases, vs)
+  branches = [keep, functools.partial(_first_bases, where), functools.partial(_next_bases, where)]
+  bases, vs = jax.lax.switch(branch, branches, stats, bases, vs)
+  return kron.scatter(per_leaf, where, bases), [vs.get(i, v) for i, v in enumerate(nus)]
+
+
+def _factors_of(state: ScaleBySoapState) -> list[Any]:
+  return kron.split(kron.Factors(state.stats_left, state.stats_right, state.basis_left, state.basis_right))
+
+
+def _state(count, mu, treedef, nus: list[Any], per_leaf: list[Any]) -> ScaleBySoapState:
+  f = kron.join(treedef, per_leaf)
+  nu = jax.tree_util.tree_unflatten(treedef, nus)
+  return ScaleBySoapState(count, mu, nu, f.stats_left, f.stats_right, f.left, f.right)
 
 
 def scale_by_soap(
@@ -147,154 +300,33 @@ def scale_by_soap(
     Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson, Kakade, 2025.
     SOAP: Improving and Stabilizing Shampoo using Adam. ICLR.
   """
-  _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
-  _checks.check_range("b2", b2, 0.0, 1.0, hi_open=True)
-  _checks.check_range("eps", eps, 0.0, float("inf"))
-  beta = b2 if shampoo_beta is None else shampoo_beta
-  _checks.check_range("shampoo_beta", beta, 0.0, 1.0, hi_open=True)
-  _checks.check_step_option("precondition_every", precondition_every)
-  start = precondition_every if start_preconditioning_step is None else start_preconditioning_step
-  _checks.check_step_option("start_preconditioning_step", start)
-  max_precond_dim = _checks.static_size("max_precond_dim", max_precond_dim, 10000)
-  # Traced hyperparameters (optax.inject_hyperparams) enter float32 arithmetic only.
-  f32 = lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, jax.Array) else x
-  b1, b2, eps, beta = map(f32, (b1, b2, eps, beta))
-  views_lib.check_dimension_numbers_spec(dimension_numbers)
-  fields = ("stats_left", "stats_right", "basis_left", "basis_right")
+  o = _options(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
+               start_preconditioning_step=start_preconditioning_step, shampoo_beta=shampoo_beta,
+               max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers)
 
   def views_of(tree):
     return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_soap", vectors_ok=True)
 
-  def init_leaf(leaf, view):
-    empty = jnp.zeros(_EMPTY, jnp.float32)
-    if view is None:
-      return jnp.zeros(jnp.shape(leaf), jnp.float32), empty, empty, empty, empty
-    b, m, n = view.batch, view.fan_in, view.fan_out
-    left, right = m <= max_precond_dim, n <= max_precond_dim
-    zeros = lambda s: jnp.zeros((b, s, s), jnp.float32)
-    eye = lambda s: jnp.broadcast_to(jnp.eye(s, dtype=jnp.float32), (b, s, s))
-    return (jnp.zeros((b, m, n), jnp.float32),
-            zeros(m) if left else empty, zeros(n) if right else empty,
-            eye(m) if left else empty, eye(n) if right else empty)
-
-  def mu_dtype(leaf):
-    # m is kept in at least float32: rounded to bfloat16 in the original
-    # coordinates, its error has components in directions where the rotated
-    # second moment is ~0 (the null space of rank-deficient statistics), and
-    # m/√v turns them into O(100) steps. The reference keeps it in float32 too.
-    return jnp.float64 if jnp.result_type(leaf) == jnp.float64 else jnp.float32
-
-  def unflatten(treedef, per_leaf, i):
-    return jax.tree_util.tree_unflatten(treedef, [p if _tree.is_masked(p) else p[i] for p in per_leaf])
-
   def init_fn(params):
-    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_tree.is_masked)
-    per_leaf = [leaf if _tree.is_masked(leaf) else init_leaf(leaf, v)
-                for leaf, v in zip(leaves, views_of(params))]
-    per_leaf = sharding_lib.shard_rows(per_leaf, sharding_lib.mesh_of(params))
-    return ScaleBySoapState(
-        jnp.zeros([], jnp.int32), jax.tree.map(lambda x: jnp.zeros_like(x, mu_dtype(x)), params),
-        *(unflatten(treedef, per_leaf, i) for i in range(5)),
-    )
-
-  def rotate(x, ql, qr, forward):
-    """Q_Lᵀ x Q_R (forward) or Q_L x Q_Rᵀ (back); empty bases are identities."""
-    if ql.ndim:
-      x = (jnp.swapaxes(ql, -1, -2) if forward else ql) @ x
-    if qr.ndim:
-      x = x @ (qr if forward else jnp.swapaxes(qr, -1, -2))
-    return x
-
-  def update_leaf(g, m, v, sl, sr, ql, qr, view, skip, k):
-    """The update and new second moment and statistics (bases unchanged)."""
-    g32 = g.astype(jnp.float32)
-    if view is None:  # plain Adam on vectors and scalars
-      v_new = b2 * v + (1.0 - b2) * g32 * g32
-      u = (m.astype(jnp.float32) / (1.0 - b1**k)) / (jnp.sqrt(v_new / (1.0 - b2**k)) + eps)
-      return jnp.where(skip, 0.0, u).astype(g.dtype), jnp.where(skip, v, v_new), sl, sr
-    gm = view.to_matrices(g32)
-    mm = view.to_matrices(m.astype(jnp.float32))
-    g_rot = rotate(gm, ql, qr, True)
-    v_new = b2 * v + (1.0 - b2) * g_rot * g_rot
-    n_rot = (rotate(mm, ql, qr, True) / (1.0 - b1**k)) / (jnp.sqrt(v_new / (1.0 - b2**k)) + eps)
-    u = view.from_matrices(rotate(n_rot, ql, qr, False))
-    u = jnp.where(skip, 0.0, u).astype(g.dtype)
-    v = jnp.where(skip, v, v_new)
-    # Statistics take this gradient after it was used (the reference's order).
-    if sl.ndim:
-      sl = beta * sl + (1.0 - beta) * (gm @ jnp.swapaxes(gm, -1, -2))
-    if sr.ndim:
-      sr = beta * sr + (1.0 - beta) * (jnp.swapaxes(gm, -1, -2) @ gm)
-    return u, v, sl, sr
-
-  def grouped(fn, *columns):
-    """``fn`` over every statistic at once, grouped by size and spread over
-    the mesh (each device computes whole eigendecompositions)."""
-    flat = lambda x: x.reshape(-1, *x.shape[-2:])
-    outs = sharding_lib.map_stacked(lambda stacks, key: fn(*stacks), [tuple(map(flat, c)) for c in zip(*columns)])
-    return [tuple(o.reshape(*c.shape[:-2], *o.shape[1:]) for o in out) for out, c in zip(outs, columns[0])]
+    views = views_of(params)
+    nus = kron.init_leaves(params, views, _init_nu)
+    per_leaf = kron.init_leaves(params, views, functools.partial(_init_leaf, o))
+    mu = jax.tree.map(lambda x: jnp.zeros_like(x, _mu_dtype(x)), params)
+    return _state(jnp.zeros([], jnp.int32), mu, kron.leaves_of(params)[1], nus, per_leaf)
 
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)  # 1-based index of this call
-    # start = 1 is the reference's convention: the first call only builds the
-    # bases (zero update), so Adam's count lags one behind.
-    from_first = jnp.asarray(start) == 1
-    skip = (count == 1) & from_first
-    k = jnp.maximum(count - from_first.astype(count.dtype), 1).astype(jnp.float32)  # Adam's step number
-    build = count == start
-    refresh = (count > start) & ((count - start) % precondition_every == 0)
+    skip, k, branch = _schedule(o, count)
     mu = jax.tree.map(
-        lambda m, g: jnp.where(skip, m, b1 * m + (1.0 - b1) * g.astype(m.dtype)).astype(m.dtype), state.mu, updates)
-    flat = lambda t: jax.tree_util.tree_flatten(t, is_leaf=_tree.is_masked)[0]
-    leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_tree.is_masked)
-    columns = zip(leaves, flat(mu), flat(state.nu), *(flat(getattr(state, f)) for f in fields), views_of(updates))
-    per_leaf = []
-    for g, m, v, sl, sr, ql, qr, view in columns:
-      if _tree.is_masked(g):
-        per_leaf.append(g)
-      else:  # [u, v, stats_left, stats_right, basis_left, basis_right]
-        per_leaf.append([*update_leaf(g, m, v, sl, sr, ql, qr, view, skip, k), ql, qr])
-    leaf_ids = [i for i, leaf in enumerate(per_leaf) if not _tree.is_masked(leaf)]
-    # (leaf, side) for every rotated side; side 0 is left (rows of V), 1 right.
-    sides = [(i, side) for i in leaf_ids for side in (0, 1) if per_leaf[i][2 + side].ndim]
-
-    def first_bases(stats, bases, vs):
-      new = [q for (q,) in grouped(lambda a, q0: (_finite_or(eigenbasis(a), q0),), stats, bases)]
-      vs = dict(vs)
-      for (i, side), q in zip(sides, new):
-        # V was kept in the identity basis before the start step: carry its
-        # diagonal over, E[(Qᵀ G)²] ≈ (Q ⊙ Q)ᵀ E[G²] for uncorrelated entries
-        # (zero at start = 1, where V is still empty).
-        # (Overflowed entries are capped first: 0 · inf would be NaN.)
-        q2, v = q * q, jnp.minimum(vs[i], jnp.finfo(vs[i].dtype).max)
-        vs[i] = jnp.swapaxes(q2, -1, -2) @ v if side == 0 else v @ q2
-      return new, vs
-
-    def new_bases(stats, bases, vs):
-      refreshed = grouped(_guarded_refresh, stats, bases)
-      vs = dict(vs)
-      for (i, side), (_, perm) in zip(sides, refreshed):
-        # V lives in the old basis: its rows (left) or columns (right) follow π.
-        index = perm[..., :, None] if side == 0 else perm[..., None, :]
-        vs[i] = jnp.take_along_axis(vs[i], index, axis=-2 + side)
-      return [q for q, _ in refreshed], vs
-
-    if sides:
-      # Bases of every statistic at once: eigh on the first call, a power
-      # step + QR on refresh steps (V permuted along), unchanged otherwise.
-      stats = [per_leaf[i][2 + side] for i, side in sides]
-      bases = [per_leaf[i][4 + side] for i, side in sides]
-      vs = {i: per_leaf[i][1] for i, _ in sides}
-      branch = jnp.where(build, 1, jnp.where(refresh, 2, 0))
-      bases, vs = jax.lax.switch(branch, [lambda s_, b_, v_: (b_, v_), first_bases, new_bases], stats, bases, vs)
-      for (i, side), q in zip(sides, bases):
-        per_leaf[i][4 + side] = q
-        per_leaf[i][1] = vs[i]
-    placed = sharding_lib.shard_rows([per_leaf[i][1:] for i in leaf_ids])
-    for i, leaf_state in zip(leaf_ids, placed):
-      per_leaf[i][1:] = leaf_state
-    outs = [unflatten(treedef, per_leaf, i) for i in range(6)]
-    return outs[0], ScaleBySoapState(count, mu, *outs[1:])
+        lambda m, g: jnp.where(skip, m, o.b1 * m + (1.0 - o.b1) * g.astype(m.dtype)).astype(m.dtype), state.mu, updates)
+    leaves, treedef = kron.leaves_of(updates)
+    columns = zip(leaves, kron.leaves_of(mu)[0], kron.leaves_of(state.nu)[0], _factors_of(state), views_of(updates))
+    steps = [g if _tree.is_masked(g) else _adam_step(o, g, m, v, f, view, skip, k) for g, m, v, f, view in columns]
+    outs = [s if _tree.is_masked(s) else s.update for s in steps]
+    nus = [s if _tree.is_masked(s) else s.nu for s in steps]
+    per_leaf, nus = _refresh_bases([s if _tree.is_masked(s) else s.factors for s in steps], nus, branch)
+    nus, per_leaf = sharding_lib.shard_rows((nus, per_leaf))
+    return jax.tree_util.tree_unflatten(treedef, outs), _state(count, mu, treedef, nus, per_leaf)
 
   return optax.GradientTransformation(init_fn, sharding_lib.auto_axes_update(update_fn))
