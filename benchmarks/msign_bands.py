@@ -1,4 +1,4 @@
-"""Singular-value bands each Newton–Schulz preset reaches (msign's docstring table).
+"""Singular-value bands each registered Newton–Schulz preset reaches (msign's docstring table).
 
 Run: python benchmarks/msign_bands.py
 Prints, per preset and condition number κ, the smallest and largest singular
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import matopt
+from matopt.linalg import PRESETS
 
 
 def matrix(m, n, kappa, seed=0):
@@ -23,11 +24,11 @@ def matrix(m, n, kappa, seed=0):
 def main():
   print("| preset | steps | κ | min σ | max σ |")
   print("|---|---|---|---|---|")
-  for preset, steps in (("jordan", 5), ("polar_express", 8), ("cubic", 12)):
+  for preset, record in PRESETS.items():  # every registered preset, at its default steps
     for kappa in (10.0, 1000.0):
       x = jnp.asarray(matrix(256, 1024, kappa), jnp.float32)
       s = np.linalg.svd(np.asarray(matopt.msign(x, coeffs=preset), np.float64), compute_uv=False)
-      print(f"| {preset} | {steps} | {kappa:g} | {s.min():.4g} | {s.max():.7g} |")
+      print(f"| {preset} | {record.steps} | {kappa:g} | {s.min():.4g} | {s.max():.7g} |")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,23 @@ def check_range(
     raise ValueError(f"{name} must lie in {interval}, got {value!r}.")
 
 
+def is_positive_int(value: object) -> bool:
+  """True for a Python or NumPy integer >= 1 (a bool is a flag, not a count)."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and bool(value >= 1)
+
+
+def check_positive_int(name: str, value: object, *, none_means: str | None = None) -> None:
+  """Raises a ValueError unless ``value`` is an int >= 1, or None where ``none_means`` says what None stands for."""
+  if value is None and none_means is not None:
+    return
+  if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}.")
+    return
+  alternative = f" or None ({none_means})" if none_means is not None else ""
+  raise ValueError(f"{name} must be a positive int{alternative}, got {value!r} of type {type(value).__name__}.")
+
+
 def check_bool(name: str, value: object) -> None:
   """Raises a ValueError unless ``value`` is ``True`` or ``False`` (1 or "yes" are typos, not flags)."""
   if not isinstance(value, bool):
@@ -223,7 +240,7 @@ def static_size(name: str, value: object, default: int) -> int:
         f"{name} fixes the shapes of the optimizer state and cannot be an array, got {value!r}."
         f" Under optax.inject_hyperparams list it in static_args=({name!r},), or leave it None"
         f" (default {default}).")
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+  if not is_positive_int(value):
     raise ValueError(f"{name} must be an int >= 1 or None (default {default}), got {value!r}.")
   return value
 
@@ -237,5 +254,5 @@ def check_step_option(name: str, value: object) -> None:
     if not isinstance(value, jax.core.Tracer) and int(value) < 1:
       raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
     return
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+  if not is_positive_int(value):
     raise ValueError(f"{name} must be an int >= 1, got {value!r}.")

@@ -10,8 +10,18 @@ from jax.typing import ArrayLike, DTypeLike
 from matopt import _checks
 from matopt.linalg import lapack
 from matopt.linalg.coefficients import Schedule, resolve_schedule
+from matopt.linalg.safe_norms import scaled_l2
 
-_METHODS = ("newton_schulz", "gram", "auto", "svd")
+# How msign computes UVᵀ; every caller (msign, the spectral LMO,
+# scale_by_msign, scale_by_lmo) checks and resolves it here.
+METHODS = ("newton_schulz", "gram", "auto", "svd")
+
+
+def check_method(method: object) -> str:
+  """Returns ``method`` if it is one of :data:`METHODS`, else raises a ValueError."""
+  if not isinstance(method, str) or method not in METHODS:
+    raise ValueError(f"Unknown msign method {method!r}; valid methods are {METHODS}.")
+  return method
 
 
 def compute_dtype_for(dtype: DTypeLike, compute_dtype: DTypeLike | None) -> jnp.dtype:
@@ -24,25 +34,6 @@ def compute_dtype_for(dtype: DTypeLike, compute_dtype: DTypeLike | None) -> jnp.
   return dtype
 
 
-def scaled_frobenius(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Returns ``(x / s, ‖x‖_F / s)`` per matrix with ``s = max|x|`` (or 1 at 0).
-
-  Dividing by the largest entry first keeps the squares inside the float
-  range for entries anywhere from 1e-30 to 1e30 (a plain ``sum(x**2)``
-  overflows above ~1e19 and underflows below ~1e-19 in float32).
-  """
-  y, fro, _ = _scaled_frobenius_and_peak(x)
-  return y, fro
-
-
-def _scaled_frobenius_and_peak(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """:func:`scaled_frobenius` and the scale ``s`` it divided by."""
-  peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-  peak = jnp.where(peak > 0, peak, jnp.ones_like(peak))
-  y = x / peak
-  return y, jnp.sqrt(jnp.sum(y * y, axis=(-2, -1), keepdims=True)), peak
-
-
 def _normalise(x: jax.Array, norm_scale: float, eps: float) -> jax.Array:
   r"""``x / (λ‖x‖_F + ε)`` per matrix, overflow-safe: Newton–Schulz's start.
 
@@ -51,7 +42,7 @@ def _normalise(x: jax.Array, norm_scale: float, eps: float) -> jax.Array:
   ``x``, so entries from 1e-30 to 1e30 neither overflow nor underflow. At
   ``x = 0`` it returns 0, also for ``eps = 0``.
   """
-  y, fro, peak = _scaled_frobenius_and_peak(x)
+  y, fro, peak = scaled_l2(x, axis=(-2, -1))
   denom = norm_scale * fro + eps / peak
   # Zero only for x == 0 with eps == 0, where y is 0: any divisor gives 0.
   return y / jnp.where(denom > 0, denom, jnp.ones_like(denom))
@@ -215,13 +206,19 @@ def msign(
 
   Args:
     x: array of shape ``(..., m, n)``.
-    coeffs: ``"jordan"`` (3.4445, −4.7750, 2.0315; Jordan et al. 2024),
-      ``"polar_express"`` (Amsel et al. 2025, Algorithm 1, with its 1.01
-      safety factor), ``"cubic"`` (1.5, −0.5, 0; classical, convergent) or an
-      explicit ``(k, 3)`` array of ``(a, b, c)`` per step.
+    coeffs: a name in :data:`matopt.linalg.PRESETS` (built in:
+      ``"jordan"``: 3.4445, −4.7750, 2.0315, Jordan et al. 2024;
+      ``"polar_express"``: Amsel et al. 2025, Algorithm 1, with its 1.01
+      safety factor; ``"cubic"``: 1.5, −0.5, 0, classical, convergent; more
+      with :func:`matopt.linalg.register_preset`) or an explicit ``(k, 3)``
+      array of ``(a, b, c)`` per step.
     steps: iterations; ``None`` takes the preset's default (5, 8, 12; ``k``
       for an array). Longer schedules repeat their last row.
-    method: ``"newton_schulz"``, ``"gram"`` (the same polynomial iteration
+    method: ``"newton_schulz"`` (default: the plain iteration, the
+      formula above evaluated as written, at float32 parity with Jordan's
+      and optax's functions; the transforms :func:`matopt.scale_by_msign`
+      and :func:`matopt.scale_by_lmo` default to ``"auto"`` for speed),
+      ``"gram"`` (the same polynomial iteration
       run on the m×m Gram matrix; fewer FLOPs for wide or tall matrices,
       more for square ones: :func:`gram_flop_ratio`; restarted every 2
       steps only for schedules that converge tightly, such as Polar
@@ -274,8 +271,7 @@ def msign(
 
     Higham, 2008. Functions of Matrices: Theory and Computation, ch. 8.
   """
-  if method not in _METHODS:
-    raise ValueError(f"Unknown msign method {method!r}; valid methods are {_METHODS}.")
+  check_method(method)
   schedule = resolve_schedule(coeffs, steps)
   _checks.check_range("eps", eps, 0.0, float("inf"))
   x = jnp.asarray(x)
@@ -285,6 +281,21 @@ def msign(
         f" {x.shape}; view vectors as (1, n) matrices explicitly if intended."
     )
   return _msign(x, schedule, method, eps, compute_dtype_for(x.dtype, compute_dtype))
+
+
+def resolve_method(method: str, schedule: Schedule, m: int, n: int) -> str:
+  """The iteration ``method`` runs on an ``m×n`` matrix: ``"auto"`` becomes ``"gram"`` or ``"newton_schulz"``.
+
+  ``"auto"`` takes the Gram iteration where it needs at most
+  ``GRAM_AUTO_RATIO`` of the plain iteration's FLOPs
+  (:func:`gram_flop_ratio`, with the schedule's restart policy); other
+  methods are returned as given.
+  """
+  if method != "auto":
+    return method
+  m, n = min(m, n), max(m, n)
+  ratio = gram_flop_ratio(m, n, len(schedule.coeffs), _gram_restart_every(schedule))
+  return "gram" if ratio <= GRAM_AUTO_RATIO else "newton_schulz"
 
 
 def _msign(
@@ -297,6 +308,7 @@ def _msign(
   """:func:`msign` after validation (for callers that validated already)."""
   out_dtype = x.dtype
   y = x.astype(dtype)
+  method = resolve_method(method, schedule, *y.shape[-2:])
   if method == "svd":
     return _msign_svd(y).astype(out_dtype)
   tall = y.shape[-2] > y.shape[-1]
@@ -304,12 +316,8 @@ def _msign(
     y = jnp.swapaxes(y, -1, -2)
   y = _normalise(y, schedule.norm_scale, eps)
   coeffs = jnp.asarray(schedule.coeffs, dtype=dtype)
-  restart_every = _gram_restart_every(schedule)
-  m, n = y.shape[-2:]
-  if method == "auto":
-    method = "gram" if gram_flop_ratio(m, n, len(schedule.coeffs), restart_every) <= GRAM_AUTO_RATIO else "newton_schulz"
   if method == "gram":
-    y = _newton_schulz_gram(y, coeffs, restart_every)
+    y = _newton_schulz_gram(y, coeffs, _gram_restart_every(schedule))
   else:
     y = _newton_schulz_wide(y, coeffs)
   if tall:

@@ -19,49 +19,120 @@ normalised Sign: the LMO is divided by d_in, the norm multiplied by it.
 
 The LMO returned here is the *ascent* direction (``⟨G, lmo(G)⟩ = ‖G‖_* ≥ 0``);
 Scion's update subtracts it. Zero rows, columns or matrices map to zero.
+
+Each norm is one :class:`NormInfo` record in :data:`NORMS` (its LMO, norm,
+dual norm and the options its LMO takes), added with :func:`register_norm`:
+:func:`lmo`, :func:`norm`, :func:`dual_norm`, :func:`matopt.scale_by_lmo`,
+their option checks and the tests dispatch through the registry, so a new
+norm needs no other edit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from matopt import _checks
 from matopt.linalg import lapack
 from matopt.linalg.coefficients import resolve_schedule
-from matopt.linalg.newton_schulz import compute_dtype_for, msign, scaled_frobenius
+from matopt.linalg.newton_schulz import check_method, compute_dtype_for, msign
+from matopt.linalg.safe_norms import safe_divide, safe_l2, scaled_l2
 
-NORMS = ("spectral", "sign", "colnorm", "rownorm", "frobenius")
-# Options each norm's LMO accepts beyond the array (checked by check_lmo_options).
-LMO_OPTIONS = {
-    "spectral": ("coeffs", "steps", "method", "eps", "compute_dtype"),
-    "sign": ("normalized",),
-    "colnorm": (),
-    "rownorm": (),
-    "frobenius": (),
-}
+
+@dataclasses.dataclass(frozen=True)
+class NormInfo:
+  """One operator norm: its LMO, the norm and its dual, on ``(..., d_in, d_out)`` arrays.
+
+  Attributes:
+    name: the string that selects it (``lmo(g, name)``, ``scale_by_lmo(name)``).
+    lmo: ``(g, **options) -> ascent direction`` of shape ``g.shape``. ``g``
+      arrives in its own dtype (the function picks its compute dtype, e.g.
+      with ``compute_dtype_for``); the result is cast back to ``g.dtype``.
+    norm: ``(x, **options) -> x.shape[:-2]``; ``x`` arrives in float32 at least.
+    dual_norm: ``(g, **options) -> g.shape[:-2]``, with ``⟨g, lmo(g)⟩ =
+      dual_norm(g)``; ``g`` arrives in float32 at least.
+    options: the keyword options :attr:`lmo` takes (``norm`` and
+      ``dual_norm`` get those of them the caller passed; other names raise in
+      :func:`lmo` and are ignored by :func:`norm` and :func:`dual_norm`).
+    check_options: ``(options) -> None``, raising a ValueError for a bad
+      value (run when an LMO is built or called); None for no check.
+    description: one line: what the norm is and where it is used.
+    reference: where it comes from.
+  """
+
+  name: str
+  lmo: Callable[..., jax.Array]
+  norm: Callable[..., jax.Array]
+  dual_norm: Callable[..., jax.Array]
+  options: tuple[str, ...] = ()
+  check_options: Callable[[dict], None] | None = None
+  description: str = ""
+  reference: str = ""
+
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name:
+      raise ValueError(f"NormInfo: name must be a non-empty string, got {self.name!r}.")
+    for field in ("lmo", "norm", "dual_norm"):
+      if not callable(getattr(self, field)):
+        raise TypeError(f"NormInfo {self.name!r}: {field} must be callable, got {getattr(self, field)!r}.")
+    object.__setattr__(self, "options", tuple(self.options))
+
+
+_REGISTRY: dict[str, NormInfo] = {}
+# The registry, read-only: name -> NormInfo, in registration order. Iterate it
+# for every norm's name; add to it with register_norm.
+NORMS: Mapping[str, NormInfo] = types.MappingProxyType(_REGISTRY)
+
+
+def register_norm(info: NormInfo, *, replace: bool = False) -> NormInfo:
+  """Adds ``info`` to :data:`NORMS`, so ``norm=info.name`` selects it everywhere.
+
+  Args:
+    info: the record.
+    replace: allow replacing a norm of the same name (otherwise a ValueError).
+
+  Returns:
+    ``info``.
+  """
+  if not isinstance(info, NormInfo):
+    raise TypeError(f"register_norm takes a NormInfo record, got {info!r}.")
+  if info.name in _REGISTRY and not replace:
+    raise ValueError(f"A norm named {info.name!r} is registered already; pass replace=True.")
+  _REGISTRY[info.name] = info
+  return info
+
+
+def unregister_norm(name: str) -> NormInfo:
+  """Removes the norm ``name`` from :data:`NORMS` and returns its record."""
+  if name not in _REGISTRY:
+    raise ValueError(f"No norm named {name!r}; registered: {tuple(_REGISTRY)}.")
+  return _REGISTRY.pop(name)
 
 
 def check_norm(norm: object) -> str:
-  """Returns ``norm`` if it names a known norm, else raises a ValueError."""
+  """Returns ``norm`` if it names a registered norm, else raises a ValueError."""
   if not isinstance(norm, str) or norm not in NORMS:
-    raise ValueError(f"Unknown norm {norm!r}; valid norms are {NORMS}.")
+    raise ValueError(f"Unknown norm {norm!r}; valid norms are {tuple(NORMS)}.")
   return norm
 
 
 def check_lmo_options(norm: str, options: dict) -> None:
-  """Raises a ValueError for an option the norm's LMO does not take."""
-  check_norm(norm)
-  unknown = sorted(set(options) - set(LMO_OPTIONS[norm]))
+  """Raises a ValueError for an option the norm's LMO does not take, or a bad value."""
+  info = NORMS[check_norm(norm)]
+  unknown = sorted(set(options) - set(info.options))
   if unknown:
     raise ValueError(
-        f"lmo(norm={norm!r}) takes options {LMO_OPTIONS[norm]}, got unknown"
+        f"lmo(norm={norm!r}) takes options {info.options}, got unknown"
         f" {unknown}."
     )
-  if norm == "spectral":
-    resolve_schedule(options.get("coeffs", "jordan"), options.get("steps"))
+  if info.check_options is not None:
+    info.check_options(options)
 
 
 def _as_matrix(x: ArrayLike, what: str) -> jax.Array:
@@ -74,28 +145,117 @@ def _as_matrix(x: ArrayLike, what: str) -> jax.Array:
   return x
 
 
-def _safe_l2(x: jax.Array, axis: int) -> jax.Array:
-  """ℓ2 norm along ``axis`` (kept), exact for entries from 1e-30 to 1e30."""
-  peak = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-  safe = jnp.where(peak > 0, peak, jnp.ones_like(peak))
-  y = x / safe
-  return jnp.sqrt(jnp.sum(y * y, axis=axis, keepdims=True)) * safe
-
-
-def _safe_divide(x: jax.Array, d: jax.Array) -> jax.Array:
-  """``x / d`` with 0 wherever ``d == 0`` (a zero row maps to a zero row)."""
-  nonzero = d > 0
-  return jnp.where(nonzero, x / jnp.where(nonzero, d, jnp.ones_like(d)), jnp.zeros_like(x))
+def _wide(x: jax.Array) -> jax.Array:
+  """``x`` in float32 at least: bf16 rows keep their direction through a normalisation."""
+  return x.astype(compute_dtype_for(x.dtype, None))
 
 
 def _frobenius(x: jax.Array) -> jax.Array:
-  """‖x‖_F over the last two axes, exact for entries from 1e-30 to 1e30."""
-  _, fro = scaled_frobenius(x)
-  return (fro * jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True))[..., 0, 0]
+  return safe_l2(x, axis=(-2, -1))
 
 
-def _dims(x: jax.Array) -> tuple[int, int]:
-  return x.shape[-2], x.shape[-1]
+# --- The built-in norms (Pethick et al. 2025, Table 2; module table) ---------
+
+
+def _check_spectral_options(options: dict) -> None:
+  resolve_schedule(options.get("coeffs", "jordan"), options.get("steps"))
+  check_method(options.get("method", "newton_schulz"))
+  _checks.check_range("eps", options.get("eps", 0.0), 0.0, float("inf"))
+
+
+def _spectral_lmo(g, **options):
+  d_in, d_out = g.shape[-2:]
+  return msign(g, **options) * math.sqrt(d_out / d_in)
+
+
+def _spectral_norm(x, **_):
+  d_in, d_out = x.shape[-2:]
+  return jnp.max(lapack.svdvals(x), axis=-1) * math.sqrt(d_in / d_out)
+
+
+def _spectral_dual(g, **_):
+  d_in, d_out = g.shape[-2:]
+  return jnp.sum(lapack.svdvals(g), axis=-1) * math.sqrt(d_out / d_in)
+
+
+def _sign_lmo(g, normalized=False):
+  return jnp.sign(g) * (1.0 / g.shape[-2] if normalized else 1.0)
+
+
+def _sign_norm(x, normalized=False):
+  return jnp.max(jnp.abs(x), axis=(-2, -1)) * (x.shape[-2] if normalized else 1.0)
+
+
+def _sign_dual(g, normalized=False):
+  return jnp.sum(jnp.abs(g), axis=(-2, -1)) * (1.0 / g.shape[-2] if normalized else 1.0)
+
+
+def _colnorm_lmo(g):
+  x = _wide(g)
+  return safe_divide(x, safe_l2(x, axis=-1, keepdims=True)) * math.sqrt(x.shape[-1])
+
+
+def _colnorm_norm(x):
+  return jnp.max(safe_l2(x, axis=-1), axis=-1) / math.sqrt(x.shape[-1])
+
+
+def _colnorm_dual(g):
+  return jnp.sum(safe_l2(g, axis=-1), axis=-1) * math.sqrt(g.shape[-1])
+
+
+def _rownorm_lmo(g):
+  x = _wide(g)
+  return safe_divide(x, safe_l2(x, axis=-2, keepdims=True)) / math.sqrt(x.shape[-2])
+
+
+def _rownorm_norm(x):
+  return jnp.max(safe_l2(x, axis=-2), axis=-1) * math.sqrt(x.shape[-2])
+
+
+def _rownorm_dual(g):
+  return jnp.sum(safe_l2(g, axis=-2), axis=-1) / math.sqrt(g.shape[-2])
+
+
+def _frobenius_lmo(g):
+  y, fro, _ = scaled_l2(_wide(g), axis=(-2, -1))
+  return safe_divide(y, fro)
+
+
+_SCION = ("Pethick, Xie, Antonakopoulos, Zhu, Silveti-Falls, Cevher, 2025. Training Deep Learning"
+          " Models with Norm-Constrained LMOs. arXiv:2502.07529, Table 2.")
+
+register_norm(NormInfo(
+    "spectral", _spectral_lmo, _spectral_norm, _spectral_dual,
+    options=("coeffs", "steps", "method", "eps", "compute_dtype"),
+    check_options=_check_spectral_options,
+    description="√(d_in/d_out)·‖W‖_{S∞}; LMO √(d_out/d_in)·msign (hidden layers; Muon's direction).",
+    reference=_SCION,
+))
+register_norm(NormInfo(
+    "sign", _sign_lmo, _sign_norm, _sign_dual, options=("normalized",),
+    description="max |W_ij| (× d_in if normalized); LMO sign(G) (÷ d_in): the output layer.",
+    reference=_SCION,
+))
+register_norm(NormInfo(
+    "colnorm", _colnorm_lmo, _colnorm_norm, _colnorm_dual,
+    description="max_i ‖W[i,:]‖₂/√d_out; LMO normalises each input's fan-out row: embeddings.",
+    reference=_SCION,
+))
+register_norm(NormInfo(
+    "rownorm", _rownorm_lmo, _rownorm_norm, _rownorm_dual,
+    description="max_j √d_in‖W[:,j]‖₂; LMO normalises each output's fan-in column.",
+    reference=_SCION,
+))
+register_norm(NormInfo(
+    "frobenius", _frobenius_lmo, _frobenius, _frobenius,
+    description="‖W‖_F; LMO G/‖G‖_F (normalised SGD per matrix).",
+    reference=_SCION,
+))
+
+
+def _passed(info: NormInfo, options: dict) -> dict:
+  """The options ``info``'s functions take, of those passed."""
+  return {k: v for k, v in options.items() if k in info.options}
 
 
 def lmo(g: ArrayLike, norm: str, **options) -> jax.Array:
@@ -107,11 +267,15 @@ def lmo(g: ArrayLike, norm: str, **options) -> jax.Array:
 
   Args:
     g: gradient or momentum, shape ``(..., d_in, d_out)``.
-    norm: one of ``"spectral"``, ``"sign"``, ``"colnorm"``, ``"rownorm"``,
-      ``"frobenius"``.
-    **options: ``"spectral"``: ``coeffs``, ``steps``, ``method``, ``eps``,
-      ``compute_dtype`` as in :func:`matopt.msign`; ``"sign"``:
-      ``normalized`` (divide by d_in, as the reference implementation's Sign).
+    norm: a name in :data:`NORMS`; built in: ``"spectral"``, ``"sign"``,
+      ``"colnorm"``, ``"rownorm"``, ``"frobenius"``.
+    **options: the norm's :attr:`NormInfo.options`. ``"spectral"``:
+      ``coeffs``, ``steps``, ``method``, ``eps``, ``compute_dtype`` as in
+      :func:`matopt.msign`, with its defaults (``method="newton_schulz"``,
+      the plain iteration: a pure function evaluates the documented
+      polynomial; :func:`matopt.scale_by_lmo` defaults to ``"auto"``);
+      ``"sign"``: ``normalized`` (divide by d_in, as the reference
+      implementation's Sign).
 
   Returns:
     The ascent direction, same shape and dtype as ``g``.
@@ -122,22 +286,7 @@ def lmo(g: ArrayLike, norm: str, **options) -> jax.Array:
   """
   check_lmo_options(norm, options)
   g = _as_matrix(g, "lmo")
-  d_in, d_out = _dims(g)
-  if norm == "spectral":
-    return (msign(g, **options) * math.sqrt(d_out / d_in)).astype(g.dtype)
-  if norm == "sign":
-    scale = 1.0 / d_in if options.get("normalized", False) else 1.0
-    return (jnp.sign(g) * scale).astype(g.dtype)
-  # Normalisations run in at least float32 so bf16 rows keep their direction.
-  x = g.astype(compute_dtype_for(g.dtype, None))
-  if norm == "colnorm":
-    out = _safe_divide(x, _safe_l2(x, axis=-1)) * math.sqrt(d_out)
-  elif norm == "rownorm":
-    out = _safe_divide(x, _safe_l2(x, axis=-2)) / math.sqrt(d_in)
-  else:  # frobenius
-    y, fro = scaled_frobenius(x)
-    out = _safe_divide(y, fro)
-  return out.astype(g.dtype)
+  return NORMS[norm].lmo(g, **options).astype(g.dtype)
 
 
 def norm(x: ArrayLike, norm: str, **options) -> jax.Array:
@@ -146,27 +295,15 @@ def norm(x: ArrayLike, norm: str, **options) -> jax.Array:
   Args:
     x: array of shape ``(..., d_in, d_out)``.
     norm: a norm name, see :func:`lmo`.
-    **options: ``"sign"`` takes ``normalized``; other options are accepted
-      for symmetry with :func:`lmo` and ignored.
+    **options: those of the norm's LMO options that change the norm
+      (``"sign"``: ``normalized``); others are accepted for symmetry with
+      :func:`lmo` and ignored.
 
   Returns:
     Array of shape ``x.shape[:-2]`` (float32 at least).
   """
-  check_norm(norm)
-  x = _as_matrix(x, "norm")
-  x = x.astype(compute_dtype_for(x.dtype, None))
-  d_in, d_out = _dims(x)
-  if norm == "spectral":
-    s = lapack.svdvals(x)
-    return jnp.max(s, axis=-1) * math.sqrt(d_in / d_out)
-  if norm == "sign":
-    scale = d_in if options.get("normalized", False) else 1.0
-    return jnp.max(jnp.abs(x), axis=(-2, -1)) * scale
-  if norm == "colnorm":
-    return jnp.max(_safe_l2(x, axis=-1)[..., 0], axis=-1) / math.sqrt(d_out)
-  if norm == "rownorm":
-    return jnp.max(_safe_l2(x, axis=-2)[..., 0, :], axis=-1) * math.sqrt(d_in)
-  return _frobenius(x)
+  info = NORMS[check_norm(norm)]
+  return info.norm(_wide(_as_matrix(x, "norm")), **_passed(info, options))
 
 
 def dual_norm(g: ArrayLike, norm: str, **options) -> jax.Array:
@@ -175,23 +312,10 @@ def dual_norm(g: ArrayLike, norm: str, **options) -> jax.Array:
   Args:
     g: array of shape ``(..., d_in, d_out)``.
     norm: a norm name, see :func:`lmo`.
-    **options: ``"sign"`` takes ``normalized``; others are ignored.
+    **options: as in :func:`norm` (``"sign"`` takes ``normalized``).
 
   Returns:
     Array of shape ``g.shape[:-2]`` (float32 at least).
   """
-  check_norm(norm)
-  g = _as_matrix(g, "dual_norm")
-  g = g.astype(compute_dtype_for(g.dtype, None))
-  d_in, d_out = _dims(g)
-  if norm == "spectral":
-    s = lapack.svdvals(g)
-    return jnp.sum(s, axis=-1) * math.sqrt(d_out / d_in)
-  if norm == "sign":
-    scale = 1.0 / d_in if options.get("normalized", False) else 1.0
-    return jnp.sum(jnp.abs(g), axis=(-2, -1)) * scale
-  if norm == "colnorm":
-    return jnp.sum(_safe_l2(g, axis=-1)[..., 0], axis=-1) * math.sqrt(d_out)
-  if norm == "rownorm":
-    return jnp.sum(_safe_l2(g, axis=-2)[..., 0, :], axis=-1) / math.sqrt(d_in)
-  return _frobenius(g)
+  info = NORMS[check_norm(norm)]
+  return info.dual_norm(_wide(_as_matrix(g, "dual_norm")), **_passed(info, options))

@@ -30,6 +30,7 @@ def scale_by_lmo(
     dimension_numbers: Any = None,
     coeffs: str | ArrayLike = "jordan",
     steps: int | None = None,
+    method: str = "auto",
     normalized: bool = False,
 ) -> optax.GradientTransformation:
   r"""Replaces every matrix update by its LMO in a per-leaf operator norm.
@@ -38,10 +39,14 @@ def scale_by_lmo(
     u \leftarrow \operatorname{lmo}_{\|\cdot\|}(g)
       = \arg\max_{\|D\| \le 1} \langle g, D \rangle
 
-  with the norms of :func:`matopt.lmo` (``"spectral"``, ``"sign"``,
+  with the norms of :func:`matopt.lmo` (any name in
+  :data:`matopt.linalg.NORMS`; built in: ``"spectral"``, ``"sign"``,
   ``"colnorm"``, ``"rownorm"``, ``"frobenius"``) on each leaf's matrix view
-  ``(fan_in, fan_out)``. Followed by a radius ρ and a learning rate γ this is
-  unconstrained Scion, ``W ← W − γρ·lmo(d)`` (Pethick et al. 2025).
+  ``(fan_in, fan_out)``. Each leaf's LMO gets those of ``coeffs``, ``steps``,
+  ``method`` and ``normalized`` that its norm takes
+  (:attr:`matopt.linalg.NormInfo.options`). Followed by a radius ρ and a
+  learning rate γ this is unconstrained Scion, ``W ← W − γρ·lmo(d)``
+  (Pethick et al. 2025).
 
   Args:
     norm: one norm name for every leaf, a pytree of names with the params'
@@ -58,6 +63,16 @@ def scale_by_lmo(
       ``(1, n)`` row, where ``"colnorm"`` is RMS normalisation.
     coeffs: Newton–Schulz coefficients for ``"spectral"`` leaves.
     steps: Newton–Schulz iterations for ``"spectral"`` leaves.
+    method: how ``"spectral"`` leaves compute msign, as in
+      :func:`scale_by_msign`: ``"auto"`` (default, as there: the Gram
+      iteration where it saves at least a quarter of the FLOPs, at aspect
+      ratios of about 1:3 and beyond; the plain one otherwise),
+      ``"newton_schulz"``, ``"gram"`` or ``"svd"``. The matrices of
+      Scion's parity tests against pytorch-optimizer and heavyball
+      (``tests/parity/test_scion.py``) meet them to float32 round-off
+      under ``"auto"``; pass ``"newton_schulz"`` for float32 parity with
+      the references' plain iteration on wide leaves at large condition
+      numbers (see :func:`matopt.msign`).
     normalized: for ``"sign"`` leaves, divide by fan_in (the reference
       implementation's normalised Sign); ignored by other norms.
 
@@ -70,8 +85,15 @@ def scale_by_lmo(
   """
   _check_norm_spec(norm)
   _checks.check_bool("normalized", normalized)
-  spectral_options = {"coeffs": coeffs, "steps": steps}
-  lmo_lib.check_lmo_options("spectral", spectral_options)
+  options = {"coeffs": coeffs, "steps": steps, "method": method, "normalized": normalized}
+
+  def options_for(name: str) -> dict:
+    return {k: v for k, v in options.items() if k in lmo_lib.NORMS[name].options}
+
+  # Checked now for every norm, not only the named ones: a callable ``norm``
+  # names its norms only at init.
+  for name in lmo_lib.NORMS:
+    lmo_lib.check_lmo_options(name, options_for(name))
 
   def leaf_norms(tree):
     names = _tree.resolve_per_leaf(norm, tree, is_spec=lambda s: isinstance(s, str))
@@ -80,16 +102,12 @@ def scale_by_lmo(
       if not _tree.is_masked(leaf) and not (isinstance(name, str) and name in lmo_lib.NORMS):
         raise ValueError(
             f"scale_by_lmo: leaf {_tree.path_str(path)!r} got norm {name!r}; valid"
-            f" norms are {lmo_lib.NORMS}."
+            f" norms are {tuple(lmo_lib.NORMS)}."
         )
     return names
 
   def apply(m, view, name):
     del view
-    if name == "spectral":
-      return lmo_lib.lmo(m, name, **spectral_options)
-    if name == "sign":
-      return lmo_lib.lmo(m, name, normalized=normalized)
-    return lmo_lib.lmo(m, name)
+    return lmo_lib.lmo(m, name, **options_for(name))
 
   return views_lib.matrix_transform("scale_by_lmo", dimension_numbers, apply, leaf_norms, grouped=True)

@@ -9,7 +9,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from matopt import _checks
 from matopt.linalg.coefficients import resolve_schedule
-from matopt.linalg.newton_schulz import _METHODS, _msign, compute_dtype_for
+from matopt.linalg.newton_schulz import _msign, check_method, compute_dtype_for
 from matopt.transforms import views as views_lib
 
 
@@ -47,7 +47,10 @@ def scale_by_msign(
       ``"svd"`` (exact, slow). With Jordan's coefficients the Gram
       iteration lies 1e-4…2e-4 (relative Frobenius) from the polynomial at
       κ = 10³ in float32, the plain one 3e-6: pass ``"newton_schulz"`` for
-      float32 parity with the references on such leaves.
+      float32 parity with the references on such leaves. Transforms
+      (this one and :func:`matopt.scale_by_lmo`) default to ``"auto"`` for
+      speed; the pure functions :func:`matopt.msign` and :func:`matopt.lmo`
+      to ``"newton_schulz"``, the formula they document.
     eps: ε in Newton–Schulz's start :math:`X / (\|X\|_F + \epsilon)`,
       as in Jordan's code (``X.norm() + 1e-7``; timm and pytorch_optimizer
       divide by :math:`\max(\|X\|_F, \epsilon)`, which is ``eps=0`` here
@@ -70,8 +73,7 @@ def scale_by_msign(
   """
   schedule = resolve_schedule(coeffs, steps)
   _checks.check_range("eps", eps, 0.0, float("inf"))
-  if method not in _METHODS:
-    raise ValueError(f"Unknown msign method {method!r}; valid methods are {_METHODS}.")
+  check_method(method)
 
   def orthogonalise(m, view):
     del view  # every view is orthogonalised the same way

@@ -7,17 +7,14 @@ import jax.numpy as jnp
 import optax
 
 from matopt import _checks
+from matopt.linalg.safe_norms import safe_divide, safe_l2
 
 SCOPES = ("global", "leaf")
 
 
 def _safe_norm(x: jax.Array) -> jax.Array:
   """ℓ2 norm of a whole array in float32+, exact for entries 1e-30 … 1e30."""
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  peak = jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
-  safe = jnp.where(peak > 0, peak, jnp.ones_like(peak))
-  y = x / safe
-  return jnp.sqrt(jnp.sum(y * y)) * safe
+  return safe_l2(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
 
 
 def _norms(updates, scope: str):
@@ -65,7 +62,7 @@ def normalize_by_norm(*, scope: str = "global") -> optax.GradientTransformation:
   def update_fn(updates, state, params=None):
     del params
     norms = _norms(updates, scope)
-    factors = jax.tree.map(lambda n: jnp.where(n > 0, 1.0 / jnp.where(n > 0, n, 1.0), 0.0), norms)
+    factors = jax.tree.map(lambda n: safe_divide(jnp.ones_like(n), n), norms)
     return _rescale(updates, factors), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

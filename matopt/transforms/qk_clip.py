@@ -145,7 +145,7 @@ def qk_clip(
     if not isinstance(value, str) or not value:
       raise ValueError(f"qk_clip: {name} must be the name of a child module, got {value!r}.")
   for name, value in (("head_dim", head_dim), ("kv_heads", kv_heads)):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    if value is not None and not _checks.is_positive_int(value):
       raise ValueError(f"qk_clip: {name} must be None or a positive int, got {value!r}.")
   if query == key and head_dim is None:
     raise ValueError("qk_clip: a fused QKV kernel (query == key) needs head_dim= to find its Q and K heads.")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from matopt import _tree, sharding
+from matopt import _checks, _tree, sharding
 
 
 class DimensionNumbers(NamedTuple):
@@ -380,7 +380,7 @@ def check_dimension_numbers_spec(dimension_numbers: Any) -> None:
         raise ValueError(f"Dimension numbers must hold ints, got {dn!r}.")
     for field in ("reduction_split", "output_split"):
       split = getattr(dn, field, 1)
-      if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+      if not _checks.is_positive_int(split):
         raise ValueError(f"{field} must be a positive int (equal blocks), got {split!r} in {dn!r}.")
 
 

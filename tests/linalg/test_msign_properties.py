@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import matopt
+from matopt.linalg import METHODS, PRESETS
 
 # Compiled once per drawn shape: called op by op, msign compiles each of its
 # primitives for each new shape (this file: 35 s of CPU op by op, 23 s jitted).
@@ -22,7 +23,7 @@ def _x(batch, m, n, seed, scale=1.0):
 
 
 @hypothesis.settings(deadline=None, max_examples=20)
-@hypothesis.given(log_scale=st.floats(-25, 25), coeffs=st.sampled_from(["jordan", "polar_express", "cubic"]),
+@hypothesis.given(log_scale=st.floats(-25, 25), coeffs=st.sampled_from(list(PRESETS)),
                   **SHAPES)
 def test_scale_invariant_and_finite(batch, m, n, seed, log_scale, coeffs):
   # Exactly scale invariant with eps=0. The default ε = 1e-7 is added to
@@ -36,7 +37,7 @@ def test_scale_invariant_and_finite(batch, m, n, seed, log_scale, coeffs):
 
 
 @hypothesis.settings(deadline=None, max_examples=20)
-@hypothesis.given(method=st.sampled_from(["newton_schulz", "gram", "svd"]), **SHAPES)
+@hypothesis.given(method=st.sampled_from(METHODS), **SHAPES)
 def test_transpose_and_batch_equivariant(batch, m, n, seed, method):
   x = _x(batch, m, n, seed)
   u = msign(x, method=method)
@@ -67,7 +68,7 @@ def test_rank_deficient_inputs_stay_finite_and_bounded(batch, m, n, seed, rank):
   a = rng.standard_normal((2,) * batch + (m, rank))
   b = rng.standard_normal((2,) * batch + (rank, n))
   x = jnp.asarray(a @ b, jnp.float32)
-  for method in ("newton_schulz", "gram", "svd"):
+  for method in METHODS:
     u = np.asarray(msign(x, method=method))
     assert np.all(np.isfinite(u))
     # Jordan's quintic ends in a band below 1.3; the exact method at 1.

@@ -7,7 +7,7 @@ import pytest
 from optax.contrib import _muon as optax_muon
 
 import matopt
-from matopt.linalg import coefficients, newton_schulz
+from matopt.linalg import METHODS, PRESETS, coefficients, newton_schulz
 from tests.helpers import matrix_with_condition, polar_factor
 
 SHAPES = [(64, 64), (48, 128), (128, 48), (1, 16), (16, 1)]
@@ -34,9 +34,11 @@ def test_svd_method_is_exact(shape):
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (48, 128), (128, 48)])
-def test_jordan_keeps_singular_vectors_and_band(shape):
+@pytest.mark.parametrize("coeffs", list(PRESETS))
+def test_presets_keep_singular_vectors_and_band(shape, coeffs):
+  # Every preset: at κ = 10 in at most Jordan's band (a new one must do as well).
   x = matrix_with_condition(*shape, 10.0, seed=3)
-  out = np.asarray(matopt.msign(jnp.asarray(x, jnp.float32)), np.float64)
+  out = np.asarray(matopt.msign(jnp.asarray(x, jnp.float32), coeffs=coeffs), np.float64)
   u, _, vh = np.linalg.svd(x, full_matrices=False)
   # Newton–Schulz maps each singular value by a scalar polynomial: in x's
   # singular basis the output is diagonal, with entries in the documented band.
@@ -91,6 +93,7 @@ def test_explicit_schedule_equals_preset_and_steps_extend():
   np.testing.assert_array_equal(coefficients.resolve_schedule("polar_express", 10).coeffs[-1],
                                 [1.875, -1.25, 0.375])
   assert coefficients.resolve_schedule("jordan", 3).coeffs.shape == (3, 3)
+  assert coefficients.resolve_schedule("jordan", np.int64(3)).coeffs.shape == (3, 3)
 
 
 def test_polar_express_safety_factor_applied():
@@ -111,7 +114,7 @@ def test_batched_leading_axes_equal_per_matrix():
 
 @pytest.mark.parametrize("shape", SHAPES + [(32, 128), (128, 32), (2, 24, 96)])
 @pytest.mark.parametrize("kappa", [10.0, 1e3])
-@pytest.mark.parametrize("coeffs", ["jordan", "polar_express", "cubic"])
+@pytest.mark.parametrize("coeffs", list(PRESETS))
 def test_gram_iteration_as_accurate_as_plain(shape, kappa, coeffs):
   # The Gram form runs the same polynomials: its distance to UVᵀ is the
   # plain iteration's (its restarts keep float32 round-off from growing).
@@ -141,7 +144,7 @@ def test_gram_without_restarts_strays_from_the_polynomial(kappa):
   np.testing.assert_allclose(_rel_err(gram, polar_factor(x)), _rel_err(plain, polar_factor(x)), rtol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["newton_schulz", "gram", "svd"])
+@pytest.mark.parametrize("method", METHODS)
 def test_zero_is_zero(method):
   out = matopt.msign(jnp.zeros((5, 7)), method=method)
   assert np.array_equal(np.asarray(out), np.zeros((5, 7)))
@@ -151,7 +154,7 @@ def test_rank_deficient_and_zero_rows_stay_finite():
   rng = np.random.default_rng(8)
   a = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 30))  # rank 3
   a[4] = 0.0
-  for method in ("newton_schulz", "gram", "svd"):
+  for method in METHODS:
     out = np.asarray(matopt.msign(jnp.asarray(a, jnp.float32), method=method, coeffs="polar_express"))
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[4], 0.0, atol=1e-6)
@@ -255,7 +258,9 @@ def test_jit_matches_eager():
         ({"eps": -1e-7}, "eps must lie in"),
         ({"steps": 0}, "steps must be >= 1"),
         ({"steps": 2.5}, "positive int"),
+        ({"steps": True}, "positive int"),
         ({"method": "eig"}, "Unknown msign method 'eig'"),
+        ({"method": None}, "Unknown msign method None"),
     ],
 )
 def test_bad_options_raise(kwargs, match):

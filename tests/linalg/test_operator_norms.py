@@ -15,37 +15,45 @@ import matopt
 from matopt.linalg import NORMS
 from tests.helpers import matrix_with_condition, polar_factor
 
+# Scion's Table 2 in the paper's layout A = (d_out, d_in): norm -> (LMO with
+# the ascent sign, norm). Every registered norm needs an entry (checked below).
+PAPER = {
+    # col_j(A) ↦ √d_out col_j / ‖col_j‖
+    "colnorm": (lambda a: np.sqrt(a.shape[0]) * a / np.linalg.norm(a, axis=0, keepdims=True),
+                lambda a: np.max(np.linalg.norm(a, axis=0)) / np.sqrt(a.shape[0])),
+    # row_i(A) ↦ row_i / (√d_in ‖row_i‖)
+    "rownorm": (lambda a: a / (np.sqrt(a.shape[1]) * np.linalg.norm(a, axis=1, keepdims=True)),
+                lambda a: np.max(np.sqrt(a.shape[1]) * np.linalg.norm(a, axis=1))),
+    # A ↦ √(d_out/d_in) U Vᵀ
+    "spectral": (lambda a: np.sqrt(a.shape[0] / a.shape[1]) * polar_factor(a),
+                 lambda a: np.sqrt(a.shape[1] / a.shape[0]) * np.linalg.norm(a, 2)),
+    "sign": (np.sign, lambda a: np.max(np.abs(a))),
+    "frobenius": (lambda a: a / np.linalg.norm(a), np.linalg.norm),
+}
 
 def paper_lmo(a: np.ndarray, norm: str) -> np.ndarray:
   """Scion's LMO column of Table 2 (ascent sign), A = (d_out, d_in)."""
-  d_out, d_in = a.shape
-  if norm == "colnorm":  # col_j(A) ↦ √d_out col_j / ‖col_j‖
-    return np.sqrt(d_out) * a / np.linalg.norm(a, axis=0, keepdims=True)
-  if norm == "rownorm":  # row_i(A) ↦ row_i / (√d_in ‖row_i‖)
-    return a / (np.sqrt(d_in) * np.linalg.norm(a, axis=1, keepdims=True))
-  if norm == "spectral":  # A ↦ √(d_out/d_in) U Vᵀ
-    return np.sqrt(d_out / d_in) * polar_factor(a)
-  if norm == "sign":
-    return np.sign(a)
-  return a / np.linalg.norm(a)
+  return PAPER[norm][0](a)
 
 
 def paper_norm(a: np.ndarray, norm: str) -> float:
   """Scion's norm row of Table 2, A = (d_out, d_in)."""
-  d_out, d_in = a.shape
-  if norm == "colnorm":
-    return np.max(np.linalg.norm(a, axis=0)) / np.sqrt(d_out)
-  if norm == "rownorm":
-    return np.max(np.sqrt(d_in) * np.linalg.norm(a, axis=1))
-  if norm == "spectral":
-    return np.sqrt(d_in / d_out) * np.linalg.norm(a, 2)
-  if norm == "sign":
-    return np.max(np.abs(a))
-  return np.linalg.norm(a)
+  return PAPER[norm][1](a)
+
+
+# Per-norm needs of the exact checks: options that make the LMO exact (the
+# spectral one is Newton–Schulz unless told otherwise) and scale invariant
+# (msign adds ε = 1e-7 to ‖G‖_F, as the references do).
+EXACT = {"spectral": {"method": "svd"}}
+SCALE_INVARIANT = {"spectral": {"eps": 0.0}}
 
 
 def _opts(norm):
-  return {"method": "svd"} if norm == "spectral" else {}
+  return EXACT.get(norm, {})
+
+
+def test_every_norm_has_a_paper_reference():
+  assert set(NORMS) == set(PAPER)
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -54,8 +62,7 @@ def test_lmo_and_norm_match_paper_table(norm, shape):
   w = np.random.default_rng(0).standard_normal(shape)
   ours = np.asarray(matopt.lmo(jnp.asarray(w, jnp.float32), norm, **_opts(norm)))
   np.testing.assert_allclose(ours, paper_lmo(w.T, norm).T, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(matopt.norm(jnp.asarray(w, jnp.float32), norm),
-                             paper_norm(w.T, norm), rtol=1e-4)
+  np.testing.assert_allclose(matopt.norm(jnp.asarray(w, jnp.float32), norm), paper_norm(w.T, norm), rtol=1e-4)
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -113,7 +120,7 @@ def test_extreme_scales_give_same_direction(norm, scale):
   # The spectral LMO's msign adds ε = 1e-7 to ‖G‖_F, as the references do
   # (at 1e-30 its result is ~1e-22): eps=0 makes it exactly scale invariant.
   g = np.random.default_rng(6).standard_normal((6, 8))
-  options = {"eps": 0.0} if norm == "spectral" else {}
+  options = SCALE_INVARIANT.get(norm, {})
   ref = matopt.lmo(jnp.asarray(g, jnp.float32), norm, **options)
   out = matopt.lmo(jnp.asarray(g * scale, jnp.float32), norm, **options)
   assert np.all(np.isfinite(np.asarray(out)))
@@ -131,7 +138,8 @@ def test_bf16_keeps_dtype(norm):
 
 @hypothesis.settings(deadline=None, max_examples=15)
 @hypothesis.given(
-    norm=st.sampled_from(["sign", "colnorm", "rownorm", "frobenius"]),
+    # Newton–Schulz LMOs are approximate; their identities are checked above with EXACT options.
+    norm=st.sampled_from([n for n in NORMS if n not in EXACT]),
     batch=st.integers(0, 2),
     m=st.integers(1, 9),
     n=st.integers(1, 9),
@@ -161,3 +169,14 @@ def test_unknown_norm_and_option_raise():
     matopt.lmo(g, "colnorm", steps=3)
   with pytest.raises(ValueError, match="last two axes"):
     matopt.lmo(jnp.ones(3), "sign")
+  with pytest.raises(ValueError, match=r"Unknown msign method 'eig'; valid methods are \('newton_schulz'"):
+    matopt.lmo(g, "spectral", method="eig")
+  with pytest.raises(ValueError, match="valid presets"):
+    matopt.lmo(g, "spectral", coeffs="quintic")
+
+
+def test_norms_ignore_options_only_the_lmo_takes():
+  g = jnp.asarray(np.random.default_rng(8).standard_normal((5, 7)), jnp.float32)
+  np.testing.assert_array_equal(matopt.norm(g, "spectral", coeffs="polar_express", steps=3), matopt.norm(g, "spectral"))
+  np.testing.assert_array_equal(matopt.dual_norm(g, "colnorm", normalized=True), matopt.dual_norm(g, "colnorm"))
+  np.testing.assert_allclose(matopt.dual_norm(g, "sign", normalized=True), matopt.dual_norm(g, "sign") / 5)

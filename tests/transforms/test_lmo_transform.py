@@ -1,5 +1,7 @@
 """scale_by_lmo with per-leaf norms."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,8 @@ import optax
 import pytest
 
 import matopt
+from matopt.linalg import METHODS
+from tests.helpers import matrix_with_condition
 
 
 def _tree():
@@ -62,8 +66,43 @@ def test_errors():
     matopt.scale_by_lmo({"w": "spectral", "b": "bogus"})
   with pytest.raises(ValueError, match="valid presets"):
     matopt.scale_by_lmo("spectral", coeffs="fast")
+  with pytest.raises(ValueError, match=r"Unknown msign method 'qr'; valid methods are \('newton_schulz'"):
+    matopt.scale_by_lmo("spectral", method="qr")
+  with pytest.raises(ValueError, match="Unknown msign method"):  # checked whichever norms the leaves get
+    matopt.scale_by_lmo("sign", method="qr")
   tx = matopt.scale_by_lmo(lambda p: {"w": "nuclear"})
   with pytest.raises(ValueError, match=r"leaf 'w' got norm 'nuclear'"):
     tx.init({"w": jnp.ones((2, 2))})
   with pytest.raises(ValueError, match=r"scale_by_lmo acts on matrices, but leaf 'v'"):
     matopt.scale_by_lmo("sign").init({"v": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_spectral_method_choices_are_msigns(method):
+  # A wide leaf (1:4) and a square one: "auto" runs the Gram iteration on the first only.
+  tree = {"wide": jnp.asarray(matrix_with_condition(16, 64, 100.0, seed=1), jnp.float32),
+          "square": jnp.asarray(matrix_with_condition(12, 12, 100.0, seed=2), jnp.float32)}
+  tx = matopt.scale_by_lmo("spectral", method=method, coeffs="polar_express")
+  out, _ = jax.jit(tx.update)(tree, tx.init(tree))
+  for k, g in tree.items():
+    want = matopt.lmo(g, "spectral", method=method, coeffs="polar_express")
+    np.testing.assert_allclose(out[k], want, atol=1e-5)
+
+
+def test_method_default_is_scale_by_msigns():
+  # Both transforms default to "auto"; the pure functions (msign, lmo) to the plain iteration.
+  default = lambda fn: inspect.signature(fn).parameters["method"].default
+  assert default(matopt.scale_by_lmo) == default(matopt.scale_by_msign) == "auto"
+  assert default(matopt.msign) == "newton_schulz"
+
+
+@pytest.mark.parametrize("norm", list(matopt.linalg.NORMS))
+def test_every_norm_gets_its_own_options(norm):
+  # Each leaf's LMO receives the transform's options its norm declares, and no others.
+  tree = _tree()
+  given = {"coeffs": "polar_express", "steps": 6, "method": "gram", "normalized": True}
+  tx = matopt.scale_by_lmo(norm, **given)
+  out, _ = jax.jit(tx.update)(tree, tx.init(tree))
+  taken = {k: v for k, v in given.items() if k in matopt.linalg.NORMS[norm].options}
+  for k, g in tree.items():
+    np.testing.assert_allclose(out[k], matopt.lmo(g, norm, **taken), atol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 from optax.contrib import MuonDimensionNumbers
 
 import matopt
+from matopt.linalg import METHODS, PRESETS
 
 
 def _tree():
@@ -79,3 +80,12 @@ def test_bf16_leaf_stays_bf16():
   tx = matopt.scale_by_msign()
   out, _ = tx.update(tree, tx.init(tree))
   assert out["w"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("coeffs", list(PRESETS))
+def test_every_method_and_preset_is_msigns(method, coeffs):
+  tree = {"w": jnp.asarray(np.random.default_rng(3).standard_normal((2, 8, 32)), jnp.float32)}
+  tx = matopt.scale_by_msign(method=method, coeffs=coeffs, dimension_numbers=matopt.DimensionNumbers(1, 2))
+  out, _ = jax.jit(tx.update)(tree, tx.init(tree))
+  np.testing.assert_allclose(out["w"], matopt.msign(tree["w"], method=method, coeffs=coeffs), atol=1e-5)
