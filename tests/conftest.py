@@ -31,6 +31,8 @@ import shutil  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from tests.optimizers.registry import REGISTRY  # noqa: E402
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 _STRICT_DIRS = ("linalg", "transforms")
@@ -64,8 +66,8 @@ def pytest_sessionfinish(session):
 # signum's (the cheapest; 0.1–1.6 s each, seconds per sweep): that leaves the
 # fast subset (-m "not slow and not notebook and not parity and not mesh")
 # at about a minute on 2 workers.
-_OPTIMIZERS_BUT_SIGNUM = ("(adamuon|clipped_sgd|muon|muon_cautious|muon_clip|muon_rms|normuon|nsgd|scion"
-                          "|shampoo|soap|unconstrained_scion)")
+# From the test registry, so a new optimizer's cases are slow without an edit here.
+_OPTIMIZERS_BUT_SIGNUM = "(" + "|".join(sorted(n for n in REGISTRY if n != "signum")) + ")"
 _MARKS = (
     # (markers, pattern, why)
     (("parity",), "tests/parity", "runs the reference packages of the [parity] extra"),

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import optax
-from jax.typing import ArrayLike
 
 from matopt import _checks
+from matopt.optimizers._extends import extends
 from matopt.optimizers.muon import muon
 from matopt.transforms.adamuon import scale_by_adamuon
 
 
+@extends(muon, sets=("adaptive",))
 def adamuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
     b2: float = 0.999,
     eps: float = 1e-8,
     bias_correction: bool = True,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
     scale: str = "rms",
-    sign_momentum: bool = False,
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-    dimension_numbers: Any = None,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_lr_ratio: float | None = None,
-    aux: optax.GradientTransformation | None = None,
-    labels: Callable[[optax.Params], Any] | Any | None = None,
+    **options: Any,
 ) -> optax.GradientTransformation:
   r"""AdaMuon: :func:`matopt.muon` with :func:`matopt.scale_by_adamuon` after Newton–Schulz.
 
@@ -84,13 +72,13 @@ def adamuon(
     bias_correction: divide :math:`V_t` by :math:`1 - b_2^t` (the first
       version, pytorch_optimizer) or not (the current reference code,
       timm); see :func:`matopt.scale_by_adamuon`.
-    momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
-      weight_decay_mask, adam_learning_rate, adam_lr_ratio, aux, labels: as in
-      :func:`matopt.muon` (AdamW's rate follows ``learning_rate``).
-    scale: shape factor, as in :func:`matopt.muon` (here ``"rms"`` by default, the reference's 0.2·√max).
-    sign_momentum: orthogonalise sign(N_t) instead of N_t (the current
-      version's sign-stabilised update).
-    dimension_numbers: matrix views of hidden leaves (also the adaptive step's).
+    scale: shape factor, as in :func:`matopt.muon` (here ``"rms"`` by
+      default, the reference's 0.2·√max).
+    **options: every other keyword option of :func:`matopt.muon`, with its
+      default there (AdamW's rate follows ``learning_rate``), except
+      ``adaptive``, which is AdaMuon's step. ``sign_momentum=True`` gives the
+      current version's sign-stabilised update; ``dimension_numbers`` views
+      hidden leaves for the adaptive step too.
 
   Returns:
     An ``optax.GradientTransformation`` (``optax.multi_transform`` state).
@@ -101,9 +89,6 @@ def adamuon(
   """
   # Before scale_by_adamuon sees a scheduled dimension_numbers (muon checks the rest).
   _checks.check_not_injected("adamuon", ("labels", "dimension_numbers", "weight_decay_mask"))
-  return muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
-              sign_momentum=sign_momentum,
-              weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay, weight_decay_mask=weight_decay_mask,
-              dimension_numbers=dimension_numbers, adaptive=scale_by_adamuon(b2=b2, eps=eps, bias_correction=bias_correction,
-                                                                          dimension_numbers=dimension_numbers),
-              adam_learning_rate=adam_learning_rate, adam_lr_ratio=adam_lr_ratio, aux=aux, labels=labels)
+  adaptive = scale_by_adamuon(b2=b2, eps=eps, bias_correction=bias_correction,
+                              dimension_numbers=options.get("dimension_numbers"))
+  return muon(learning_rate, scale=scale, adaptive=adaptive, **options)

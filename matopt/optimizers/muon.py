@@ -10,6 +10,7 @@ from jax.typing import ArrayLike
 
 from matopt import _checks
 from matopt import labels as labels_lib
+from matopt.optimizers._ns_steps import check_ns_steps
 from matopt.transforms.decay import add_decayed_weights
 from matopt.transforms.momentum import scale_by_ema_weight
 from matopt.transforms.msign import scale_by_msign
@@ -46,7 +47,7 @@ def muon(
     momentum: float = 0.95,
     nesterov: bool = True,
     coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
+    ns_steps: int | None = None,
     scale: str = "shape",
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
@@ -103,7 +104,8 @@ def muon(
     momentum: β in [0, 1) (a schedule under ``optax.inject_hyperparams``).
     nesterov: use Nesterov momentum (Jordan's default; dion found it off better).
     coeffs: Newton–Schulz preset or array, see :func:`matopt.msign`.
-    steps: Newton–Schulz iterations (``None``: the preset's default).
+    ns_steps: Newton–Schulz iterations (``None``: the preset's default;
+      ``steps`` of :func:`matopt.scale_by_msign`).
     scale: ``"shape"``, ``"rms"`` or ``"none"``, the factor of the matrix
       view Newton–Schulz orthogonalises. On conv filters ``"shape"`` departs
       from Jordan's ``muon_update``, whose factor reads the 4-D grad's last
@@ -147,7 +149,7 @@ def muon(
       :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
       a callable here in ``static_args`` (optax treats callables as
       schedules); so for ``dimension_numbers`` and ``weight_decay_mask``.
-      Scheduling one of them, or injecting ``steps`` or an array ``coeffs``,
+      Scheduling one of them, or injecting ``ns_steps`` or an array ``coeffs``,
       raises a ValueError saying so.
 
   Returns:
@@ -168,8 +170,8 @@ def muon(
     >>> updates, state = tx.update(params, state, params)
   """
   _checks.check_not_injected("muon", ("labels", "dimension_numbers", "weight_decay_mask"))
-  _checks.check_not_injected("muon", ("steps", "coeffs"), numbers_too=True)
-  _checks.check_static_int("muon", "steps", steps)
+  _checks.check_not_injected("muon", ("coeffs",), numbers_too=True)
+  check_ns_steps("muon", ns_steps)
   _checks.check_labels("muon", labels)
   _checks.check_mask("muon", "weight_decay_mask", weight_decay_mask)
   _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
@@ -195,7 +197,7 @@ def muon(
       optax.trace(decay=momentum, nesterov=nesterov),
       scale_by_ema_weight(momentum),
       scale_by_sign() if sign_momentum else optax.identity(),
-      scale_by_msign(coeffs=coeffs, steps=steps, dimension_numbers=dimension_numbers),
+      scale_by_msign(coeffs=coeffs, steps=ns_steps, dimension_numbers=dimension_numbers),
       optax.identity() if adaptive is None else adaptive,
       scale_by_shape(scale, dimension_numbers=dimension_numbers),
       add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=weight_decay_mask),

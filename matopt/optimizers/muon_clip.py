@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import optax
-from jax.typing import ArrayLike
 
 from matopt import _checks
+from matopt.optimizers._extends import extends
 from matopt.optimizers.muon import muon
 from matopt.transforms.qk_clip import qk_clip
 
 
+@extends(muon)
 def muon_clip(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -21,19 +21,8 @@ def muon_clip(
     key: str = "key",
     head_dim: int | None = None,
     kv_heads: int | None = None,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
     scale: str = "rms",
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-    dimension_numbers: Any = None,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_lr_ratio: float | None = None,
-    aux: optax.GradientTransformation | None = None,
-    labels: Callable[[optax.Params], Any] | Any | None = None,
+    **options: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""MuonClip: :func:`matopt.muon` followed by :func:`matopt.qk_clip`.
 
@@ -53,11 +42,11 @@ def muon_clip(
     tau, query, key, head_dim, kv_heads: as in :func:`matopt.qk_clip`
       (``head_dim`` and ``kv_heads`` fix shapes: under
       ``optax.inject_hyperparams`` name them in ``static_args``).
-    momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
-      weight_decay_mask, dimension_numbers, adam_learning_rate, adam_lr_ratio,
-      aux, labels: as in :func:`matopt.muon` (with ``scale="rms"``, AdamW
-      runs at ``learning_rate`` itself, following its schedule).
-    scale: shape factor, as in :func:`matopt.muon` (``"rms"`` by default, as in K2).
+    scale: shape factor, as in :func:`matopt.muon` (``"rms"`` by default,
+      as in K2; AdamW then runs at ``learning_rate`` itself, following its
+      schedule).
+    **options: every other keyword option of :func:`matopt.muon`, with its
+      default there.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
@@ -74,7 +63,4 @@ def muon_clip(
   for name, value in (("head_dim", head_dim), ("kv_heads", kv_heads)):
     _checks.check_static_int("muon_clip", name, value)
   clip = qk_clip(tau, query=query, key=key, head_dim=head_dim, kv_heads=kv_heads)
-  inner = muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
-               weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay, weight_decay_mask=weight_decay_mask,
-               dimension_numbers=dimension_numbers, adam_learning_rate=adam_learning_rate, adam_lr_ratio=adam_lr_ratio, aux=aux, labels=labels)
-  return optax.chain(inner, clip)
+  return optax.chain(muon(learning_rate, scale=scale, **options), clip)

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import optax
-from jax.typing import ArrayLike
 
 from matopt import _checks
+from matopt.optimizers._extends import extends
 from matopt.optimizers.muon import muon
 from matopt.transforms.normuon import scale_by_normuon
 
 
+@extends(muon, sets=("adaptive",))
 def normuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
     b2: float = 0.95,
     eps: float = 1e-10,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
-    scale: str = "shape",
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-    dimension_numbers: Any = None,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_lr_ratio: float | None = None,
-    aux: optax.GradientTransformation | None = None,
-    labels: Callable[[optax.Params], Any] | Any | None = None,
+    **options: Any,
 ) -> optax.GradientTransformation:
   r"""NorMuon: :func:`matopt.muon` with :func:`matopt.scale_by_normuon` after Newton–Schulz.
 
@@ -58,11 +46,11 @@ def normuon(
     learning_rate: η for hidden matrices (float or schedule).
     b2: EMA rate of the per-neuron second moment (reference 0.95).
     eps: ε of the normalisation (reference 1e-10).
-    momentum, nesterov, coeffs, steps, weight_decay, cautious_weight_decay,
-      weight_decay_mask, adam_learning_rate, adam_lr_ratio, aux, labels: as in
-      :func:`matopt.muon` (AdamW's rate follows ``learning_rate``).
-    scale: shape factor, as in :func:`matopt.muon` (the reference's √max(1, fan_out/fan_in)).
-    dimension_numbers: matrix views of hidden leaves (also the adaptive step's).
+    **options: every other keyword option of :func:`matopt.muon`, with its
+      default there (``scale="shape"``: the reference's
+      √max(1, fan_out/fan_in); AdamW's rate follows ``learning_rate``),
+      except ``adaptive``, which is NorMuon's step. ``dimension_numbers``
+      views hidden leaves for the adaptive step too.
 
   Returns:
     An ``optax.GradientTransformation`` (``optax.multi_transform`` state).
@@ -73,7 +61,5 @@ def normuon(
   """
   # Before scale_by_normuon sees a scheduled dimension_numbers (muon checks the rest).
   _checks.check_not_injected("normuon", ("labels", "dimension_numbers", "weight_decay_mask"))
-  return muon(learning_rate, momentum=momentum, nesterov=nesterov, coeffs=coeffs, steps=steps, scale=scale,
-              weight_decay=weight_decay, cautious_weight_decay=cautious_weight_decay, weight_decay_mask=weight_decay_mask,
-              dimension_numbers=dimension_numbers, adaptive=scale_by_normuon(b2=b2, eps=eps, dimension_numbers=dimension_numbers),
-              adam_learning_rate=adam_learning_rate, adam_lr_ratio=adam_lr_ratio, aux=aux, labels=labels)
+  adaptive = scale_by_normuon(b2=b2, eps=eps, dimension_numbers=options.get("dimension_numbers"))
+  return muon(learning_rate, adaptive=adaptive, **options)

@@ -10,6 +10,7 @@ import optax
 from jax.typing import ArrayLike
 
 from matopt import _checks, _tree, labels as labels_lib
+from matopt.optimizers._ns_steps import check_ns_steps
 from matopt.transforms.lmo import scale_by_lmo
 from matopt.transforms.partition import partition
 from matopt.transforms.views import DimensionNumbers
@@ -45,16 +46,16 @@ def _scion(
     norms: Mapping[str, str] | None,
     radii: Mapping[str, float] | None,
     coeffs: str | ArrayLike,
-    steps: int | None,
+    ns_steps: int | None,
     labels: Callable[[optax.Params], Any] | Any | None,
     dimension_numbers: Any,
 ) -> optax.GradientTransformation:
   name = "scion" if constrained else "unconstrained_scion"
   _checks.check_not_injected(name, ("labels", "dimension_numbers"))
-  _checks.check_not_injected(name, ("steps", "coeffs"), numbers_too=True)
-  _checks.check_static_int(name, "steps", steps)
+  _checks.check_not_injected(name, ("coeffs",), numbers_too=True)
+  check_ns_steps(name, ns_steps)
   _checks.check_labels(name, labels)
-  _checks.check_range("momentum", momentum, 0.0, 1.0, lo_open=True)
+  _checks.check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
   _checks.check_learning_rate("learning_rate", learning_rate)
   role_norms = labels_lib.scion_recipe(recipe)
   role_radii = dict(DEFAULT_RADII[recipe])
@@ -69,13 +70,14 @@ def _scion(
 
   def role_transform(role: str) -> optax.GradientTransformation:
     return optax.chain(
-        # d ← (1 − α) d + α g  (Pethick et al. 2025, Algorithm 1; α = momentum).
-        optax.ema(decay=1.0 - momentum, debias=False),
+        # d ← β d + (1 − β) g: Pethick et al. 2025, Algorithm 1's d ← (1 − α) d + α g
+        # with α = 1 − β, so that momentum means the decay here as in muon and signum.
+        optax.ema(decay=momentum, debias=False),
         scale_by_lmo(
             role_norms[role],
             dimension_numbers=_vector_view if role == "vector" else dimension_numbers,
             coeffs=coeffs,
-            steps=steps,
+            steps=ns_steps,
             normalized=True,
         ),
         optax.scale(role_radii[role]),
@@ -93,8 +95,11 @@ def _scion(
 _ARGS_DOC = """
   Args:
     learning_rate: γ (float ≥ 0 or schedule); every role's step follows it.
-    momentum: α in (0, 1]: ``d ← (1 − α) d + α g`` (1.0: no momentum; the
-      reference's nanoGPT value is 0.1); may be a schedule under
+    momentum: β in [0, 1), the decay of the average ``d ← β d + (1 − β) g``
+      (0: no momentum), as in :func:`matopt.muon` and :func:`matopt.signum`.
+      The paper and the reference code write α = 1 − β, the new gradient's
+      weight (``d ← (1 − α) d + α g``; their nanoGPT value α = 0.1, the
+      default β = 0.9 here). May be a schedule under
       ``optax.inject_hyperparams``.
     recipe: ``"language"`` (ColNorm → Spectral → Sign) or ``"image"``
       (Spectral → Spectral → Sign), Pethick et al. 2025, Recommendation 3.1.
@@ -108,8 +113,9 @@ _ARGS_DOC = """
       ``{1, 1, 1024, 1}``. Sign LMOs are normalised by fan_in, as in the
       reference implementation.
     coeffs: Newton–Schulz preset for Spectral roles.
-    steps: Newton–Schulz iterations for Spectral roles (fixes a loop: under
-      ``optax.inject_hyperparams`` name it in ``static_args``).
+    ns_steps: Newton–Schulz iterations for Spectral roles (``None``: the
+      preset's default; fixes a loop: under ``optax.inject_hyperparams``
+      name it in ``static_args``).
     labels: label function (or tree) giving each leaf a role; None means
       :func:`matopt.labels.by_role`. Under ``optax.inject_hyperparams`` name
       a callable here in ``static_args`` (optax treats callables as
@@ -133,43 +139,43 @@ _ARGS_DOC = """
 def scion(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    momentum: float = 0.1,
+    momentum: float = 0.9,
     recipe: str = "language",
     norms: Mapping[str, str] | None = None,
     radii: Mapping[str, float] | None = None,
     coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
+    ns_steps: int | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
     dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   return _scion(
       learning_rate, constrained=True, momentum=momentum, recipe=recipe, norms=norms,
-      radii=radii, coeffs=coeffs, steps=steps, labels=labels, dimension_numbers=dimension_numbers,
+      radii=radii, coeffs=coeffs, ns_steps=ns_steps, labels=labels, dimension_numbers=dimension_numbers,
   )
 
 
 def unconstrained_scion(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    momentum: float = 0.1,
+    momentum: float = 0.9,
     recipe: str = "language",
     norms: Mapping[str, str] | None = None,
     radii: Mapping[str, float] | None = None,
     coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
+    ns_steps: int | None = None,
     labels: Callable[[optax.Params], Any] | Any | None = None,
     dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   return _scion(
       learning_rate, constrained=False, momentum=momentum, recipe=recipe, norms=norms,
-      radii=radii, coeffs=coeffs, steps=steps, labels=labels, dimension_numbers=dimension_numbers,
+      radii=radii, coeffs=coeffs, ns_steps=ns_steps, labels=labels, dimension_numbers=dimension_numbers,
   )
 
 
 scion.__doc__ = r"""Scion (SCG): constrained steps along per-role LMOs.
 
   .. math::
-    d_t = (1 - \alpha) d_{t-1} + \alpha g_t, \qquad
+    d_t = \beta d_{t-1} + (1 - \beta) g_t, \qquad
     W_{t+1} = (1 - \gamma) W_t - \gamma \rho \operatorname{lmo}(d_t)
 
   The iterates stay in the norm ball of radius ρ (the update is a convex
@@ -182,6 +188,6 @@ scion.__doc__ = r"""Scion (SCG): constrained steps along per-role LMOs.
 unconstrained_scion.__doc__ = r"""Unconstrained Scion (uSCG): steps along per-role LMOs.
 
   .. math::
-    d_t = (1 - \alpha) d_{t-1} + \alpha g_t, \qquad
+    d_t = \beta d_{t-1} + (1 - \beta) g_t, \qquad
     W_{t+1} = W_t - \gamma \rho \operatorname{lmo}(d_t)
 """ + _ARGS_DOC

@@ -31,7 +31,7 @@ class Case(NamedTuple):
   static: dict = {}
 
 
-# One line per optimizer: matopt.__all__'s optimizers.
+# One line per optimizer of matopt.OPTIMIZERS (test_cases_cover_the_registry).
 CASES = {
     "muon": Case(matopt.muon, 0.02),
     "normuon": Case(matopt.normuon, 0.02),
@@ -53,6 +53,10 @@ CALLABLE_OPTIONS = {
     "dimension_numbers": lambda p: jax.tree.map(lambda x: None, p),
     "weight_decay_mask": lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
 }
+
+
+def test_cases_cover_the_registry():
+  assert sorted(CASES) == sorted(matopt.OPTIMIZERS), "one Case per registered optimizer"
 
 
 def _normal(shape, seed):
@@ -165,7 +169,7 @@ def test_callable_option_without_static_args_raises(name, option):
 
 
 @pytest.mark.parametrize("name, option, value", [
-    ("muon", "steps", 4), ("normuon", "steps", 4), ("scion", "steps", 4), ("unconstrained_scion", "steps", 4),
+    *((name, "ns_steps", 4) for name in ("muon", "normuon", "adamuon", "muon_clip", "scion", "unconstrained_scion")),
     ("muon_clip", "head_dim", 4), ("muon_clip", "kv_heads", 1),
 ])
 def test_injected_shape_option_names_static_args(name, option, value):

@@ -17,7 +17,6 @@ import numpy as np
 import optax
 import pytest
 
-import matopt
 from tests.optimizers.registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
@@ -25,11 +24,6 @@ DTYPES = ["float16", "bfloat16", "float32", "float64"]
 # XLA's LLVM back end at -O0 compiles these small programs 2-3x faster (same
 # maths; both curves of a comparison are compiled alike).
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def test_registry_covers_every_public_optimizer():
-  missing = sorted(set(matopt.optimizers.__all__) - set(REGISTRY))
-  assert not missing, f"add {missing} to tests/optimizers/registry.py"
 
 
 # --- (b) dtypes ----------------------------------------------------------------

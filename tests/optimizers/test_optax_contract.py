@@ -210,7 +210,7 @@ def _marks(case: Case) -> list[Any]:
 
 
 def test_every_public_optimizer_is_covered():
-  assert sorted(OPTIMIZERS) == sorted(matopt.optimizers.__all__)
+  assert sorted(OPTIMIZERS) == sorted(matopt.OPTIMIZERS)
 
 
 def test_every_exception_names_a_case():

@@ -118,10 +118,11 @@ def test_normuon_and_adamuon_match_reference_code(variant):
 @pytest.mark.parametrize("constrained", [True, False])
 def test_scion(constrained):
   params, grads = _problem(1)
-  lr, alpha = 0.01, 0.3
+  lr, beta = 0.01, 0.7
+  alpha = 1 - beta  # the paper's weight of the new gradient
   radii = {"embedding": 2.0, "hidden": 3.0, "head": 50.0, "vector": 1.5}
   factory = matopt.scion if constrained else matopt.unconstrained_scion
-  got = _run(factory(lr, momentum=alpha, radii=radii, coeffs="polar_express", steps=12), params, grads)
+  got = _run(factory(lr, momentum=beta, radii=radii, coeffs="polar_express", ns_steps=12), params, grads)
   leaves = {("Embed_0", "embedding"): ("embedding", "colnorm"),
             ("Dense_0", "kernel"): ("hidden", "spectral"),
             ("Dense_0", "bias"): ("vector", "colnorm"),
@@ -167,7 +168,9 @@ def test_signum_nsgd_clipped():
         (lambda: matopt.muon(0.02, scale="spectral"), "valid scales are"),
         (lambda: matopt.muon(0.02, coeffs="fast"), "valid presets are"),
         (lambda: matopt.muon(0.02, weight_decay=-1.0), "weight_decay must lie in"),
-        (lambda: matopt.scion(0.1, momentum=0.0), r"momentum must lie in \(0.0, 1.0\]"),
+        (lambda: matopt.scion(0.1, momentum=1.0), r"momentum must lie in \[0.0, 1.0\)"),
+        (lambda: matopt.muon(0.02, ns_steps=0), r"ns_steps must be >= 1, got 0"),
+        (lambda: matopt.scion(0.1, ns_steps=2.5), r"ns_steps must be a positive int or None \(the coeffs preset's default\)"),
         (lambda: matopt.scion(0.1, recipe="audio"), "valid recipes are"),
         (lambda: matopt.scion(0.1, norms={"hiden": "spectral"}), r"norms has unknown roles \['hiden'\]"),
         (lambda: matopt.scion(0.1, norms={"hidden": "l2"}), "valid norms are"),

@@ -10,8 +10,9 @@ embedding setting) is ``"colnorm"`` on the table as it is.
 
 What each reference implements (read from the installed source):
 
-* pytorch-optimizer 4.1.0 ``SCION``: ``d ← lerp(d, g, momentum)`` (momentum is
-  α, the new gradient's weight: matopt's convention), ``W ← (1 − γ)W − γρ
+* pytorch-optimizer 4.1.0 ``SCION``: ``d ← lerp(d, g, momentum)`` (its momentum
+  is α, the new gradient's weight, as in the paper; matopt's ``momentum`` is
+  the decay β = 1 − α), ``W ← (1 − γ)W − γρ
   lmo(d)`` with ``constraint=True`` (SCG) or ``W − γρ lmo(d)`` (uSCG); LMOs
   Col / Row / Sign / Spectral / SpectralConv / BiasRMS / Auto (BiasRMS for
   vectors, Spectral for matrices, SpectralConv for conv kernels), each
@@ -19,7 +20,7 @@ What each reference implements (read from the installed source):
   ``SCIONLight`` keeps ``Σ (1 − α)^k g`` in ``p.grad`` (= d/α; the LMOs are
   scale invariant, so the same steps).
 * heavyball 3.2.1 ``Scion``: uSCG with the Auto norm only, a debiased EMA with
-  ``β = betas[0] = 1 − α`` (debiasing rescales d, which the LMO ignores), You
+  ``β = betas[0]`` (matopt's ``momentum``; debiasing rescales d, which the LMO ignores), You
   Jiacheng's 5-step Newton–Schulz coefficients, and it overwrites the
   parameters with its own norm-ball initialisation at the first step.
 
@@ -30,6 +31,7 @@ one by up to ~2.5e-2 of the update's largest entry (measured below).
 """
 
 import functools
+import inspect
 
 import heavyball
 import heavyball.utils as heavyball_utils
@@ -211,14 +213,16 @@ def _assert_histories(ref, mine, tol, spectral_tol=None):
       assert _rel(r[name], m[name]) < limit, (t, name, _rel(r[name], m[name]))
 
 
-LR, ALPHA = 0.01, 0.1
+LR, ALPHA = 0.01, 0.1  # the references' momentum α, the new gradient's weight
+BETA = 1.0 - ALPHA  # matopt's momentum, the decay (its default 0.9)
 
 
 @functools.cache
 def _matopt_language(constrained: bool, seed: int):
-  # matopt's own defaults: recipe "language" and its radii.
+  # matopt's own defaults: recipe "language", its radii and momentum β = 1 − α.
   make = matopt.scion if constrained else matopt.unconstrained_scion
-  return _run_matopt(make(LR, momentum=ALPHA), *_problem(seed))
+  assert BETA == 0.9 == inspect.signature(make).parameters["momentum"].default
+  return _run_matopt(make(LR), *_problem(seed))
 
 
 @pytest.mark.parametrize("constrained", [False, True], ids=["uSCG", "SCG"])
@@ -255,7 +259,7 @@ def test_auto_norm_is_spectral_for_matrices_and_rms_for_vectors(float32_newton_s
   # LMONorm.AUTO in one group: matopt's spectral for every matrix role (the
   # embedding and head included) and ColNorm on the (1, n) row for vectors.
   init, grads = _problem(3)
-  tx = matopt.unconstrained_scion(LR, momentum=ALPHA, norms={"embedding": "spectral", "head": "spectral"},
+  tx = matopt.unconstrained_scion(LR, momentum=BETA, norms={"embedding": "spectral", "head": "spectral"},
                                   radii=dict.fromkeys(matopt.labels.ROLES, 2.0))
   mine = _run_matopt(tx, init, grads)
   # torch's embedding table (vocab, dim) would be read as (d_out, d_in): give
@@ -278,10 +282,10 @@ def test_heavyball_scion_matches(monkeypatch):
   monkeypatch.setattr(heavyball_utils, "compile_mode", None)  # eager torch (no inductor on CI)
   init, grads = _problem(4, np.float64)
   init["wte"], grads = init["wte"].T.copy(), [dict(g, wte=g["wte"].T.copy()) for g in grads]
-  scale, beta = 2.0, 1.0 - ALPHA
+  scale = 2.0
 
   params = {name: torch.nn.Parameter(_t(value)) for name, value in init.items()}
-  opt = heavyball.Scion(list(params.values()), lr=LR, betas=(beta, 0.99), scale=scale, compile_step=False)
+  opt = heavyball.Scion(list(params.values()), lr=LR, betas=(BETA, 0.99), scale=scale, compile_step=False)
   ref = []
   for g in grads:
     for name, p in params.items():
@@ -299,7 +303,7 @@ def test_heavyball_scion_matches(monkeypatch):
   assert _rel(init["h0"], start["h0"]) > 0.5
 
   with jax.enable_x64(True):
-    tx = matopt.unconstrained_scion(LR, momentum=ALPHA, norms=dict.fromkeys(("embedding", "head"), "spectral"),
+    tx = matopt.unconstrained_scion(LR, momentum=BETA, norms=dict.fromkeys(("embedding", "head"), "spectral"),
                                     radii=dict.fromkeys(matopt.labels.ROLES, scale),
                                     coeffs=np.asarray(HEAVYBALL_NS))
     start_flax = dict(start, wte=start["wte"].T)
