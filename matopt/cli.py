@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
   run.add_argument("--steps", type=int, help="override the config's steps")
   run.add_argument("--optimizers", help="comma-separated subset of the config's optimizer names")
   run.add_argument("--seed", type=int, help="override the config's seed")
+  run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key of the config by its dotted path, e.g. "
+                        "--set optimizers.0.learning_rate=0.02 or --set schedule.decay=cosine "
+                        "(an optimizer entry may be named: optimizers.muon.momentum=0.9); "
+                        "VALUE is read as YAML; repeatable")
   run.add_argument("--overwrite", action="store_true", help="discard earlier runs in --out")
   run.add_argument("--quiet", action="store_true", help="no progress bars")
   return parser
@@ -70,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   try:
     config = runner.override(
-        runner.load(_resolve(args.config)), steps=args.steps, seed=args.seed,
+        runner.load(_resolve(args.config), overrides=args.set), steps=args.steps, seed=args.seed,
         optimizers=args.optimizers.split(",") if args.optimizers else None)
     out = Path(args.out or Path("runs") / config.name)
     records = runner.run(config, out, overwrite=args.overwrite, progress=not args.quiet)

@@ -1,8 +1,11 @@
-"""Experiment configs: YAML read by PyYAML, checked against dataclasses.
+"""Experiment configs: YAML read by PyYAML, checked against typed dataclasses.
 
-Every key is checked before any data is loaded or any step is taken: an
-unknown key, a wrong type or an unknown optimizer is one ``ConfigError``
-naming the key's place in the file and the valid choices.
+Every key is checked against the real type hints of the dataclasses below
+(:func:`typing.get_type_hints`) before any data is loaded or any step is
+taken: an unknown key, a wrong type or an unknown optimizer is one
+``ConfigError`` naming the key's place in the file and the valid choices.
+Command-line overrides (``--set optimizers.0.learning_rate=0.02``) edit the
+YAML document before it is checked, so they are checked the same way.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -30,9 +33,12 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    |[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.VERBOSE),
     list("-+0123456789."),
 )
+
+Decay = Literal["constant", "linear", "cosine"]
+DECAYS: tuple[str, ...] = typing.get_args(Decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +46,8 @@ class Schedule:
   """Learning-rate multiplier: linear warmup, then a decay to ``final_fraction``."""
 
   warmup_steps: int = 0
-  decay: str = "constant"  # "constant" | "linear" | "cosine"
+  decay: Decay = "constant"
   final_fraction: float = 0.0
-
-
-DECAYS = ("constant", "linear", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Config:
   """A whole experiment (see ``configs/quickstart.yaml`` for a commented one)."""
 
   task: str
-  steps: int
+  steps: int  # training steps (an optimizer's Newton–Schulz iterations are its own option)
   batch_size: int
   optimizers: tuple[OptimizerSpec, ...]
   eval_every: int = 0  # 0: only at the end
@@ -88,50 +91,69 @@ class Config:
   mesh: MeshSpec | None = None  # None: one device
 
 
-_TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config))
-
-
 def type_name(tp: Any) -> str:
+  """How a type reads in an error message (``float or null``, ``list of int``)."""
   if tp is type(None):
     return "null"
   if isinstance(tp, type):
-    return tp.__name__
-  if typing.get_origin(tp) in (typing.Union, types.UnionType):
-    return " or ".join(type_name(a) for a in typing.get_args(tp))
+    return {"ndarray": "a (nested) list of numbers"}.get(tp.__name__, tp.__name__)
   origin = typing.get_origin(tp)
-  if origin in (tuple, list):  # YAML has lists only
+  if origin is Literal:
+    return " or ".join(repr(a) for a in typing.get_args(tp))
+  if origin in (typing.Union, types.UnionType):
+    return " or ".join(type_name(a) for a in typing.get_args(tp))
+  if origin in (tuple, list, Sequence):  # YAML has lists only
     return f"list of {type_name(typing.get_args(tp)[0])}"
+  if origin in (dict, Mapping):
+    key, value = typing.get_args(tp) or (Any, Any)
+    return f"mapping of {type_name(key)} to {type_name(value)}" if value is not Any else "mapping"
   return getattr(origin, "__name__", str(tp))
 
 
+def _is_array(value: Any) -> bool:
+  """A number, or a (nested, rectangular or not) list of numbers."""
+  if isinstance(value, (list, tuple)):
+    return all(_is_array(v) for v in value)
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def matches(value: Any, tp: Any) -> bool:
-  """Whether a YAML value fits a (simple) annotation: int, float, bool, str,
-  None, unions of them, tuples/lists, mappings; ``Any`` takes anything."""
+  """Whether a YAML value fits a type YAML can express: int, float, bool, str,
+  None, ``Literal`` choices, unions, tuples/lists, mappings (keys and values
+  checked), ``numpy.ndarray`` (nested lists of numbers); ``Any`` takes anything."""
   if tp is Any:
     return True
-  if tp is type(None):
-    return value is None
-  if tp is bool:
-    return isinstance(value, bool)
-  if tp is int:
-    return isinstance(value, int) and not isinstance(value, bool)
-  if tp is float:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-  if tp is str:
-    return isinstance(value, str)
-  origin = typing.get_origin(tp)
+  if tp in (type(None), bool, int, float, str):
+    scalar = {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
+              int: isinstance(value, int), float: isinstance(value, (int, float))}
+    return scalar[tp] and (tp is bool or not isinstance(value, bool))
+  if getattr(tp, "__name__", "") == "ndarray":
+    return isinstance(value, (list, tuple)) and _is_array(value)
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin is Literal:
+    return any(value == a and type(value) is type(a) for a in args)
   if origin in (typing.Union, types.UnionType):
-    return any(matches(value, a) for a in typing.get_args(tp))
-  if origin in (tuple, list, typing.Sequence) or tp in (tuple, list):
-    args = typing.get_args(tp)
-    return isinstance(value, (list, tuple)) and all(matches(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    return any(matches(value, a) for a in args)
+  if origin in (tuple, list, Sequence) or tp in (tuple, list):
+    return isinstance(value, (list, tuple)) and all(matches(v, args[0]) for v in value) if args else isinstance(
+        value, (list, tuple))
   if origin in (dict, Mapping) or tp in (dict, Mapping):
-    return isinstance(value, Mapping)
+    key, item = args or (Any, Any)
+    return isinstance(value, Mapping) and all(matches(k, key) and matches(v, item) for k, v in value.items())
   raise TypeError(f"matches() does not handle {tp!r}")
 
 
+def check_value(value: Any, tp: Any, where: str) -> Any:
+  """``value`` if it fits ``tp`` (an int where a float is due becomes a float), else a ConfigError."""
+  if typing.get_origin(tp) is Literal and isinstance(value, str) and not matches(value, tp):
+    raise ConfigError(f"{where}: unknown {value!r}; valid choices are {typing.get_args(tp)}.")
+  if not matches(value, tp):
+    raise ConfigError(f"{where} must be {type_name(tp)}, got {type(value).__name__} {value!r}.")
+  return float(value) if tp is float else value
+
+
 def check_fields(cls: type, raw: Any, where: str, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-  """Check a mapping against a dataclass's fields and types.
+  """Check a mapping against a dataclass's fields and their type hints.
 
   Returns the checked keys (others take the dataclass defaults). ``skip``
   names fields the caller checks itself.
@@ -148,15 +170,7 @@ def check_fields(cls: type, raw: Any, where: str, *, skip: tuple[str, ...] = ())
   missing = [n for n in required if n not in raw and n not in skip]
   if missing:
     raise ConfigError(f"{where}: missing required key(s) {missing}.")
-  out = {}
-  for key, value in raw.items():
-    if key in skip:
-      continue
-    if not matches(value, hints[key]):
-      raise ConfigError(
-          f"{where}.{key} must be {type_name(hints[key])}, got {type(value).__name__} {value!r}.")
-    out[key] = float(value) if hints[key] is float else value
-  return out
+  return {key: check_value(value, hints[key], f"{where}.{key}") for key, value in raw.items() if key not in skip}
 
 
 def count(n: int, noun: str, plural: str | None = None) -> str:
@@ -167,6 +181,14 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
 def check_positive(where: str, value: int, *, zero_ok: bool = False) -> None:
   if value < 0 or (value == 0 and not zero_ok):
     raise ConfigError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}.")
+
+
+def _schedule(raw: Any) -> Schedule:
+  schedule = Schedule(**check_fields(Schedule, raw, "config.schedule"))
+  check_positive("config.schedule.warmup_steps", schedule.warmup_steps, zero_ok=True)
+  if not 0.0 <= schedule.final_fraction <= 1.0:
+    raise ConfigError(f"config.schedule.final_fraction must lie in [0, 1], got {schedule.final_fraction}.")
+  return schedule
 
 
 def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
@@ -219,13 +241,39 @@ def _optimizer_spec(raw: Any, where: str, catalogue: Mapping[str, Any]) -> Optim
   return OptimizerSpec(name, optimizer, tuple(float(v) for v in grid), options)
 
 
+def _optimizer_specs(raw: Any, catalogue: Mapping[str, Any]) -> tuple[OptimizerSpec, ...]:
+  if not isinstance(raw, list) or not raw:
+    raise ConfigError("config.optimizers must be a non-empty list of mappings with 'name' and 'learning_rate'.")
+  specs = tuple(_optimizer_spec(e, f"config.optimizers[{i}]", catalogue) for i, e in enumerate(raw))
+  names = [s.name for s in specs]
+  duplicated = sorted({n for n in names if names.count(n) > 1})
+  if duplicated:
+    raise ConfigError(f"config.optimizers: names {duplicated} appear twice; give each entry its own 'name'.")
+  return specs
+
+
+def check_update_args(config: Config, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -> None:
+  """Every argument an optimizer's ``update`` needs is one the task's models can report."""
+  supplied = tasks[config.task].update_args
+  for i, spec in enumerate(config.optimizers):
+    missing = [a for a in catalogue[spec.optimizer].update_args if a not in supplied]
+    if missing:
+      able = sorted(n for n, t in tasks.items() if all(a in t.update_args for a in missing))
+      raise ConfigError(
+          f"config.optimizers[{i}]: {spec.optimizer}'s update needs {', '.join(missing)}, which the "
+          f"{config.task!r} task's models cannot report (they report {sorted(supplied) or 'nothing'}); "
+          f"use {spec.optimizer} with a task that can ({', '.join(map(repr, able)) or 'none yet'}).")
+
+
 def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -> Config:
   """A checked :class:`Config` from the mapping a YAML file holds.
 
   Args:
     raw: the YAML document.
-    catalogue: optimizer name → entry with ``check_options(raw, where)``.
-    tasks: task name → class with ``check(model, data)``.
+    catalogue: optimizer name → entry with ``check_options(raw, where)`` and
+      ``update_args`` (:mod:`matopt.experiments.optimizers`).
+    tasks: task name → class with ``check(model, data)`` and ``update_args``
+      (:class:`matopt.experiments.tasks.Task`).
   """
   top = check_fields(Config, raw, "config", skip=("optimizers", "schedule", "mesh"))
   if top["task"] not in tasks:
@@ -236,37 +284,79 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
   for key in ("eval_every", "checkpoint_every"):
     if key in top:
       check_positive(f"config.{key}", top[key], zero_ok=True)
-  schedule = Schedule(**check_fields(Schedule, raw.get("schedule", {}), "config.schedule"))
-  if schedule.decay not in DECAYS:
-    raise ConfigError(f"config.schedule.decay: unknown decay {schedule.decay!r}; valid decays are {DECAYS}.")
-  check_positive("config.schedule.warmup_steps", schedule.warmup_steps, zero_ok=True)
-  if not 0.0 <= schedule.final_fraction <= 1.0:
-    raise ConfigError(f"config.schedule.final_fraction must lie in [0, 1], got {schedule.final_fraction}.")
-  entries = raw["optimizers"]
-  if not isinstance(entries, list) or not entries:
-    raise ConfigError("config.optimizers must be a non-empty list of mappings with 'name' and 'learning_rate'.")
-  specs = tuple(_optimizer_spec(e, f"config.optimizers[{i}]", catalogue) for i, e in enumerate(entries))
-  names = [s.name for s in specs]
-  duplicated = sorted({n for n in names if names.count(n) > 1})
-  if duplicated:
-    raise ConfigError(f"config.optimizers: names {duplicated} appear twice; give each entry its own 'name'.")
+  schedule = _schedule(raw.get("schedule", {}))
+  specs = _optimizer_specs(raw["optimizers"], catalogue)
   mesh = _mesh_spec(raw.get("mesh"), top["batch_size"])
   config = Config(**top, optimizers=specs, schedule=schedule, mesh=mesh)
   tasks[config.task].check(config.model, config.data)
+  check_update_args(config, catalogue, tasks)
   return config
 
 
-def load(path: str | Path, **kwargs: Any) -> Config:
-  """Read and check a YAML config (see :func:`parse`)."""
+def _step_into(node: Any, key: str, where: str) -> tuple[Any, Any]:
+  """The container that holds ``key`` under ``node`` and the key in it: a list
+  index, or for a list of named entries (``optimizers``) an entry's name."""
+  if isinstance(node, list):
+    if key.lstrip("-").isdigit():
+      index = int(key)
+      if not -len(node) <= index < len(node):
+        raise ConfigError(f"--set {where}: index {index} is out of range; {where.rsplit('.', 1)[0]} has "
+                          f"{count(len(node), 'entry', 'entries')}.")
+      return node, index
+    names = [e.get("name") if isinstance(e, Mapping) else None for e in node]
+    if key not in names:
+      raise ConfigError(f"--set {where}: no entry named {key!r}; give an index (0 to {len(node) - 1}) "
+                        f"or one of the names {[n for n in names if n]}.")
+    return node, names.index(key)
+  if isinstance(node, dict):
+    return node, key
+  raise ConfigError(f"--set {where}: {where.rsplit('.', 1)[0]} is {type(node).__name__} {node!r}, "
+                    "which has no keys to set.")
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> dict[str, Any]:
+  """``raw`` with one ``dotted.key=value`` assignment applied in place.
+
+  The key is a path of mapping keys and list indices (``optimizers.0.learning_rate``;
+  an optimizer may also be named, ``optimizers.muon.momentum``); the value is
+  read as YAML (``0.02``, ``[0.01, 0.02]``, ``cosine``, ``null``). Missing
+  mappings on the way are created; the result is checked as a whole by
+  :func:`parse`, so an unknown key or a wrong type is reported as in a file.
+  """
+  path, sep, text = assignment.partition("=")
+  if not sep or not path or any(not part for part in path.split(".")):
+    raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted KEY, e.g. "
+                      "optimizers.0.learning_rate=0.02 or schedule.decay=cosine.")
+  try:
+    value = yaml.load(text, Loader=_Loader)
+  except yaml.YAMLError as e:
+    raise ConfigError(f"--set {assignment!r}: the value is not valid YAML: {e}") from e
+  node, parts = raw, path.split(".")
+  for i, part in enumerate(parts[:-1]):
+    container, key = _step_into(node, part, ".".join(parts[: i + 1]))
+    if isinstance(container, dict) and key not in container:
+      container[key] = {}
+    node = container[key]
+  container, key = _step_into(node, parts[-1], path)
+  container[key] = value
+  return raw
+
+
+def load(path: str | Path, *, overrides: Sequence[str] = (), **kwargs: Any) -> Config:
+  """Read a YAML config, apply ``overrides`` (:func:`apply_override`) and check it (:func:`parse`)."""
   path = Path(path)
   if not path.is_file():
     raise ConfigError(f"Config file {str(path)!r} does not exist.")
   try:
-    raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    raw = yaml.load(path.read_text(), Loader=_Loader)
   except yaml.YAMLError as e:
     raise ConfigError(f"{path}: not valid YAML: {e}") from e
   if isinstance(raw, Mapping) and "name" not in raw:
     raw = {**raw, "name": path.stem}
+  for assignment in overrides:
+    if not isinstance(raw, dict):
+      break  # parse() says what is wrong with the document
+    raw = apply_override(raw, assignment)
   return parse(raw, **kwargs)
 
 

@@ -1,125 +1,225 @@
 """The optimizers a config may name, with the options each accepts.
 
-matopt's own optimizers take their options from their signatures (so a new
-keyword is configurable at once); optax's baselines list theirs here. Options
-that are Python objects (label functions, dimension numbers, auxiliary
-transforms) are not configurable from YAML.
+The catalogue is matopt's registry (:data:`matopt.optimizers.registry.OPTIMIZERS`)
+plus optax's baselines ``adamw``, ``adam`` and ``sgd``. Every option comes
+from the factory's signature and its resolved type hints
+(:func:`typing.get_type_hints`), so a new optimizer or keyword is
+configurable at once. An option YAML can express (numbers, flags, names,
+lists, mappings, arrays as nested lists) is checked against its type; one
+that is a Python object (a label function, dimension numbers, a transform)
+is refused with a message that says so and what to do instead.
+
+Learning rates are scheduled by :func:`multiplier`, built from optax's
+schedule functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import operator
+import types
 import typing
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
-import jax.numpy as jnp
+import chex
+import jax
+import numpy as np
 import optax
 
-import matopt
-from matopt.experiments.config import ConfigError, Schedule, matches, type_name
+from matopt.experiments.config import ConfigError, Schedule, check_value, type_name
+from matopt.optimizers.registry import OPTIMIZERS
 
-# Not settable from YAML: Python objects.
-_NOT_CONFIGURABLE = ("labels", "aux", "dimension_numbers", "mask", "mu_dtype")
-
-_ANNOTATION_TYPES = {
-    "int": int, "float": float, "bool": bool, "str": str, "None": type(None),
-    "ArrayLike": list, "optax.ScalarOrSchedule": float,
-    "Mapping[str, str]": Mapping, "Mapping[str, float]": Mapping,
+# Where YAML has another way, for Python-object options a user is likely to look for.
+_INSTEAD = {
+    "adaptive": "for an adaptive second moment name normuon or adamuon as 'optimizer:' (muon with one set)",
+    "labels": "the roles come from matopt.labels.by_role on the model's parameter paths",
+    "dimension_numbers": "the tasks' kernels are viewed as matrices by matopt's defaults",
 }
 
 
-def _annotation(text: str) -> Any:
-  parts = [p.strip() for p in text.split("|")]
-  types_ = [_ANNOTATION_TYPES[p] for p in parts if p in _ANNOTATION_TYPES]
-  if len(types_) != len(parts):
-    return None  # an annotation YAML cannot express
-  return typing.Union[tuple(types_)] if len(types_) > 1 else types_[0]
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """One keyword of a factory.
+
+  Attributes:
+    name: the keyword.
+    type: what a YAML value must be (:func:`matopt.experiments.config.matches`),
+      or None when YAML cannot express the annotation.
+    default: the factory's default.
+    annotation: the resolved annotation, for messages.
+  """
+
+  name: str
+  type: Any
+  default: Any
+  annotation: Any
+
+  @property
+  def array(self) -> bool:
+    """Whether a YAML list is handed to the factory as a numpy array."""
+    return _has_array(self.type)
+
+
+def _has_array(tp: Any) -> bool:
+  return tp is np.ndarray or any(_has_array(a) for a in typing.get_args(tp))
+
+
+def _scalar_default(default: Any) -> bool:
+  return default is None or (isinstance(default, (int, float)) and not isinstance(default, bool))
+
+
+def yaml_type(tp: Any, default: Any = None) -> Any:
+  """The part of an annotation YAML can express, or None.
+
+  ``int``, ``float``, ``bool``, ``str``, ``None``, ``Literal`` choices,
+  sequences and mappings of those stay; arrays become nested lists
+  (``numpy.ndarray``), except in a scalar hyperparameter (a union with
+  ``float`` whose default is a number or None: its array form exists for
+  ``optax.inject_hyperparams``); where ``float`` is allowed, ``int`` and
+  ``bool`` add nothing YAML needs. ``Any``, callables, transforms and other
+  classes are Python objects: None. A union keeps its expressible members
+  and is None if only ``None`` is left.
+  """
+  if tp in (int, float, bool, str, type(None)):
+    return tp
+  if tp in (np.ndarray, jax.Array):
+    return np.ndarray
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin is Literal:
+    return tp
+  if origin in (typing.Union, types.UnionType):
+    members = [m for m in (yaml_type(a, default) for a in args) if m is not None]
+    if float in members:
+      members = [m for m in members if m not in (int, bool) and not (m is np.ndarray and _scalar_default(default))]
+    members = list(dict.fromkeys(members))
+    if not members or members == [type(None)]:
+      return None
+    return functools.reduce(operator.or_, members)
+  if origin in (tuple, list, Sequence) and args:
+    item = yaml_type(args[0])
+    return None if item is None else tuple[item, ...]
+  if origin in (dict, Mapping) and len(args) == 2:
+    key, value = yaml_type(args[0]), yaml_type(args[1])
+    return None if key is None or value is None else Mapping[key, value]
+  return None
+
+
+def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+  """``typing.get_type_hints(factory)``. optax's ``Params`` names chex's
+  recursive ``ArrayTree``, which no factory's module defines."""
+  try:
+    return typing.get_type_hints(factory, localns={"ArrayTree": chex.ArrayTree})
+  except NameError as e:
+    raise TypeError(f"{factory.__qualname__}'s annotations name something its module does not define ({e});"
+                    " import it there.") from e
+
+
+def options_of(factory: Callable[..., Any]) -> dict[str, Option]:
+  """Every keyword of ``factory`` but ``learning_rate``, with its YAML type."""
+  hints = _type_hints(factory)
+  out = {}
+  for name, p in inspect.signature(factory).parameters.items():
+    if name == "learning_rate" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+      continue
+    tp = hints.get(name, Any)
+    out[name] = Option(name, yaml_type(tp, p.default), p.default, tp)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """A configurable optimizer: ``factory(learning_rate, **options)``."""
+  """A configurable optimizer: ``factory(learning_rate, **options)``.
 
+  Attributes:
+    name: the catalogue name (the ``optimizer:`` of a config entry).
+    factory: builds the gradient transformation.
+    options: every keyword of the factory (:func:`options_of`).
+    update_args: what its ``update`` needs besides ``(grads, state, params)``
+      (the registry's ``OptimizerInfo.update_args``); the task supplies them.
+    model_options: options filled from the task's ``model_options()`` when
+      the config does not set them.
+  """
+
+  name: str
   factory: Callable[..., optax.GradientTransformation]
-  options: Mapping[str, Any]  # option → annotation
-  defaults: Mapping[str, Any]
-  # Options that are learning rates too, scheduled like ``learning_rate``.
-  rates: tuple[str, ...] = ()
-  # Defaults the runner fills from the task (Scion's recipe, QK-clip's heads).
-  task_defaults: tuple[str, ...] = ()
-  # update() takes the model's per-head largest attention logits (QK-clip).
-  needs_max_logits: bool = False
+  options: Mapping[str, Option]
+  update_args: tuple[str, ...] = ()
+  model_options: tuple[str, ...] = ()
+
+  @property
+  def settable(self) -> dict[str, Option]:
+    """The options YAML can set."""
+    return {n: o for n, o in self.options.items() if o.type is not None}
+
+  @property
+  def rates(self) -> tuple[str, ...]:
+    """Options that are learning rates too, scheduled like ``learning_rate``."""
+    return tuple(n for n in self.settable if n.endswith("learning_rate"))
+
+  def refusal(self, option: str) -> str:
+    """Why ``option`` cannot come from YAML, and what to do instead."""
+    o = self.options[option]
+    python = f"{self.factory.__module__.split('.')[0]}.{self.factory.__name__}"
+    other = f"{_INSTEAD[option]}; or " if option in _INSTEAD else ""
+    return (f"{option} takes {type_name(o.annotation)}, a Python object that YAML cannot express "
+            f"(its default {o.default!r} is used); {other}build the optimizer in Python: "
+            f"{python}(learning_rate, {option}=...).")
 
   def check_options(self, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The options of a config entry, checked against their types and by the factory itself."""
     unknown = sorted(set(raw) - set(self.options))
     if unknown:
-      raise ConfigError(f"{where}: unknown option(s) {unknown}; valid options are {sorted(self.options)}.")
-    for key, value in raw.items():
-      if not matches(value, self.options[key]):
-        raise ConfigError(f"{where}.{key} must be {type_name(self.options[key])}, got {type(value).__name__} {value!r}.")
+      raise ConfigError(f"{where}: unknown option(s) {unknown}; valid options are {sorted(self.settable)}.")
+    for key in raw:
+      if self.options[key].type is None:
+        raise ConfigError(f"{where}.{key}: {self.refusal(key)}")
+    checked = {key: check_value(value, self.options[key].type, f"{where}.{key}") for key, value in raw.items()}
     try:
-      self.factory(1e-3, **raw)  # the optimizer's own construction-time checks
+      self.factory(1e-3, **self.kwargs(checked))  # the optimizer's own construction-time checks
     except (ValueError, TypeError) as e:
       raise ConfigError(f"{where}: {e}") from e
-    return dict(raw)
+    return checked
+
+  def kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked options as the factory takes them: YAML lists of array options as arrays."""
+    return {k: np.asarray(v, np.float32) if isinstance(v, list) and self.options[k].array else v
+            for k, v in options.items()}
 
 
-def _from_signature(factory: Callable, **kwargs: Any) -> Entry:
-  options, defaults = {}, {}
-  for name, p in inspect.signature(factory).parameters.items():
-    if name == "learning_rate" or name in _NOT_CONFIGURABLE:
-      continue
-    tp = _annotation(p.annotation) if isinstance(p.annotation, str) else None
-    if tp is None:
-      continue
-    options[name], defaults[name] = tp, p.default
-  rates = tuple(n for n in options if n.endswith("learning_rate"))
-  return Entry(factory, options, defaults, rates=rates, **kwargs)
+def _entry(name: str, factory: Callable[..., Any], **kwargs: Any) -> Entry:
+  return Entry(name, factory, options_of(factory), **kwargs)
 
 
-_ADAM_OPTIONS = {"b1": float, "b2": float, "eps": float}
+_BASELINES = {"adamw": optax.adamw, "adam": optax.adam, "sgd": optax.sgd}
 
 CATALOGUE: dict[str, Entry] = {
-    "adamw": Entry(optax.adamw, {**_ADAM_OPTIONS, "weight_decay": float, "nesterov": bool},
-                   {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4, "nesterov": False}),
-    "adam": Entry(optax.adam, {**_ADAM_OPTIONS, "nesterov": bool},
-                  {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "nesterov": False}),
-    "sgd": Entry(optax.sgd, {"momentum": float | None, "nesterov": bool}, {"momentum": None, "nesterov": False}),
-    "muon": _from_signature(matopt.muon),
-    "muon_clip": _from_signature(matopt.muon_clip, task_defaults=("query", "key", "head_dim"), needs_max_logits=True),
-    "normuon": _from_signature(matopt.normuon),
-    "adamuon": _from_signature(matopt.adamuon),
-    "scion": _from_signature(matopt.scion, task_defaults=("recipe",)),
-    "unconstrained_scion": _from_signature(matopt.unconstrained_scion, task_defaults=("recipe",)),
-    "shampoo": _from_signature(matopt.shampoo),
-    "soap": _from_signature(matopt.soap),
-    "signum": _from_signature(matopt.signum),
-    "nsgd": _from_signature(matopt.nsgd),
-    "clipped_sgd": _from_signature(matopt.clipped_sgd),
+    **{name: _entry(name, factory) for name, factory in _BASELINES.items()},
+    **{info.name: _entry(info.name, info.factory, update_args=info.update_args, model_options=info.model_options)
+       for info in OPTIMIZERS.values()},
 }
 
 
-def multiplier(schedule: Schedule, steps: int) -> Callable[[Any], Any]:
-  """Learning-rate multiplier at a step: linear warmup to 1, then constant,
-  linear or cosine decay to ``final_fraction`` at ``steps``."""
-  warmup, final = schedule.warmup_steps, schedule.final_fraction
+def multiplier(config: Schedule, steps: int) -> optax.Schedule:
+  """The learning-rate multiplier at a step, from optax's schedule functions.
 
-  def fn(step):
-    step = jnp.asarray(step, jnp.float32)
-    frac = jnp.clip((step - warmup) / max(steps - warmup, 1), 0.0, 1.0)
-    if schedule.decay == "linear":
-      decay = 1.0 - (1.0 - final) * frac
-    elif schedule.decay == "cosine":
-      decay = final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    else:
-      decay = jnp.ones_like(frac)
-    if warmup:
-      return jnp.where(step < warmup, (step + 1) / warmup, decay)
+  A linear warmup from ``1/warmup_steps`` (step 0) to 1 (step
+  ``warmup_steps - 1``), then constant, or a linear or cosine decay that
+  reaches ``final_fraction`` at ``steps`` (``optax.join_schedules`` of
+  ``optax.linear_schedule`` and ``optax.cosine_decay_schedule``).
+  """
+  warmup, final = config.warmup_steps, config.final_fraction
+  span = max(steps - warmup, 1)
+  decay = {
+      "constant": lambda: optax.constant_schedule(1.0),
+      "linear": lambda: optax.linear_schedule(1.0, final, span),
+      "cosine": lambda: optax.cosine_decay_schedule(1.0, span, alpha=final),
+  }[config.decay]()
+  if not warmup:
     return decay
-
-  return fn
+  return optax.join_schedules([optax.linear_schedule(1.0 / warmup, 1.0, warmup - 1), decay], [warmup])
 
 
 def build(
@@ -129,15 +229,25 @@ def build(
     *,
     schedule: Schedule,
     steps: int,
-    task_defaults: Mapping[str, Any] = {},  # noqa: B006 (read only)
+    model_options: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformation:
-  """The optimizer ``name`` with every learning rate it takes scheduled."""
+  """The optimizer ``name`` with every learning rate it takes scheduled.
+
+  Args:
+    name: a :data:`CATALOGUE` name.
+    learning_rate: the peak learning rate.
+    options: the config entry's checked options.
+    schedule: the config's schedule (multiplies every learning rate).
+    steps: training steps (where the decay ends).
+    model_options: the task's ``model_options()``; those the optimizer lists
+      in ``model_options`` and ``options`` does not set are used.
+  """
   entry = CATALOGUE[name]
   mult = multiplier(schedule, steps)
-  kwargs = {k: v for k, v in task_defaults.items() if k in entry.task_defaults}
-  kwargs.update(options)
+  kwargs = {k: v for k, v in (model_options or {}).items() if k in entry.model_options}
+  kwargs.update(entry.kwargs(options))
   for rate in entry.rates:
-    base = kwargs.get(rate, entry.defaults[rate])
+    base = kwargs.get(rate, entry.options[rate].default)
     if base is None:
       continue  # derived from learning_rate by the optimizer (Muon's AdamW rate): already scheduled
     kwargs[rate] = lambda step, base=base: base * mult(step)

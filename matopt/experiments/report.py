@@ -54,7 +54,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 
 def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str, info: dict,
-             loss_unit: str | None = None) -> str:
+             loss_unit: str | None = None, metrics: Sequence[str] = ()) -> str:
   """The comparison table, best validation loss first.
 
   Args:
@@ -64,8 +64,10 @@ def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str,
     unit: what throughput counts (``tokens``, ``examples``).
     info: :func:`machine`.
     loss_unit: what a loss is measured in (``nats/byte``), said under the table.
+    metrics: the task's metric names (``Task.metric_names``), one column each
+      for those some record has (``—`` where another has none, e.g. a diverged run).
   """
-  extra = [k for k in ("val_perplexity", "val_bits_per_byte", "val_accuracy") if any(k in r for r in records)]
+  extra = [k for k in metrics if any(k in r for r in records)]
   # The progress bar shows the last step's loss; the table the mean of the last 10 (train.train).
   head = ["optimizer", "learning rate", "train loss (mean of last 10 steps)", "final val loss", *extra,
           "steps", "wall s", f"{unit}/s"]
@@ -73,8 +75,8 @@ def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str,
   lines = [
       f"# Results: {config_name} ({task})",
       "",
-      f"{info['date']} · {info['device']} · {info['processor']} ({info['cpus']} CPUs) · "
-      f"jax {info['jax']} · Python {info['python']}",
+      (f"{info['date']} · {info['device']} · {info['processor']} ({info['cpus']} CPUs) · "
+       f"jax {info['jax']} · Python {info['python']}"),
       "",
       "| " + " | ".join(head) + " |",
       "|" + "---|" * len(head),

@@ -23,9 +23,11 @@ from matopt.experiments import parallel, report, tasks, train
 from matopt.experiments.config import Config, ConfigError
 
 
-def load(path: str | Path) -> Config:
-  """Read and check a config against the optimizer catalogue and tasks."""
-  return config_lib.load(path, catalogue=optimizers_lib.CATALOGUE, tasks=tasks.TASKS)
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+  """Read a config, apply ``--set`` overrides (``optimizers.0.learning_rate=0.02``,
+  :func:`matopt.experiments.config.apply_override`) and check it against the
+  optimizer catalogue and the tasks."""
+  return config_lib.load(path, overrides=overrides, catalogue=optimizers_lib.CATALOGUE, tasks=tasks.TASKS)
 
 
 def override(config: Config, *, steps: int | None = None, seed: int | None = None,
@@ -85,7 +87,13 @@ class _Progress:
   def __init__(self, enabled: bool):
     self.enabled = enabled
     if enabled:
-      from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+      from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+      )
 
       self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("loss (last step) {task.fields[loss]:.4f}"), TimeElapsedColumn())
@@ -104,6 +112,48 @@ class _Progress:
       return None
     task_id = self.bar.add_task(description, total=total, completed=done, loss=float("nan"))
     return lambda step, loss: self.bar.update(task_id, completed=step, loss=loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """What every run of a config shares: the config, its task, mesh and optimizers."""
+
+  config: Config
+  task: tasks.Task
+  mesh: Any
+
+  def entry(self, spec: config_lib.OptimizerSpec) -> optimizers_lib.Entry:
+    return optimizers_lib.CATALOGUE[spec.optimizer]
+
+  def build(self, spec: config_lib.OptimizerSpec, lr: float) -> Any:
+    return optimizers_lib.build(spec.optimizer, lr, spec.options, schedule=self.config.schedule,
+                                steps=self.config.steps, model_options=self.task.model_options())
+
+  def train(self, spec: config_lib.OptimizerSpec, lr: float, run_dir: Path, bars: _Progress,
+            stop_after: int | None) -> dict[str, Any]:
+    config = self.config
+    label = spec.name + (f" lr={lr:g}" if len(spec.learning_rates) > 1 else "")
+    return train.train(
+        self.task, self.build(spec, lr), steps=config.steps, seed=config.seed, eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every, run_dir=run_dir, on_step=bars.start(label, config.steps),
+        stop_after=stop_after, mesh=self.mesh, update_args=self.entry(spec).update_args)
+
+
+def _grid(job: _Job, spec: config_lib.OptimizerSpec, out: Path, bars: _Progress,
+          stop_after: int | None) -> list[tuple[float, dict]]:
+  """``(lr, result)`` for each learning rate of ``spec`` that finished (reused or trained now)."""
+  grid = []
+  for lr in spec.learning_rates:
+    run_dir = out / "runs" / spec.name / _lr_dir(lr)
+    done = run_dir / "result.json"
+    if not done.exists():
+      run_dir.mkdir(parents=True, exist_ok=True)
+      result = job.train(spec, lr, run_dir, bars, stop_after)
+      if not result["complete"]:
+        continue
+      report.write_json(done, result)
+    grid.append((lr, json.loads(done.read_text())))  # one form (nulls for inf) whether fresh or reused
+  return grid
 
 
 def run(
@@ -132,60 +182,36 @@ def run(
     The records written to ``results.json`` (one per optimizer).
   """
   out = Path(out)
-  task = tasks.TASKS[config.task](config)
-  mesh = parallel.make_mesh(config.mesh) if config.mesh is not None else None
-  task_defaults = {"recipe": task.scion_recipe, **(task.qk_clip_defaults or {})}
-  for i, spec in enumerate(config.optimizers):
-    if optimizers_lib.CATALOGUE[spec.optimizer].needs_max_logits and task.qk_clip_defaults is None:
-      raise ConfigError(f"config.optimizers[{i}]: {spec.optimizer} clips attention logits, but the"
-                        f" {config.task!r} task's models have no attention; use it with the 'gpt' task.")
-
-  def build(spec, lr):
-    return optimizers_lib.build(spec.optimizer, lr, spec.options, schedule=config.schedule,
-                                steps=config.steps, task_defaults=task_defaults)
-
+  config_lib.check_update_args(config, optimizers_lib.CATALOGUE, tasks.TASKS)  # a config built in Python too
+  job = _Job(config, tasks.TASKS[config.task](config),
+             parallel.make_mesh(config.mesh) if config.mesh is not None else None)
   for spec in config.optimizers:
     for lr in spec.learning_rates:
-      build(spec, lr)
+      job.build(spec, lr)
   _check_out_dir(out, config, overwrite)
-
   records, curves = [], []
   with _Progress(progress) as bars:
     for spec in config.optimizers:
-      grid = []
-      for lr in spec.learning_rates:
-        run_dir = out / "runs" / spec.name / _lr_dir(lr)
-        done = run_dir / "result.json"
-        if done.exists():
-          result = json.loads(done.read_text())
-        else:
-          run_dir.mkdir(parents=True, exist_ok=True)
-          label = spec.name + (f" lr={lr:g}" if len(spec.learning_rates) > 1 else "")
-          result = train.train(
-              task, build(spec, lr), steps=config.steps, seed=config.seed, eval_every=config.eval_every,
-              checkpoint_every=config.checkpoint_every, run_dir=run_dir,
-              on_step=bars.start(label, config.steps), stop_after=stop_after, mesh=mesh,
-              max_logits=optimizers_lib.CATALOGUE[spec.optimizer].needs_max_logits)
-          if not result["complete"]:
-            continue
-          report.write_json(done, result)
-          result = json.loads(done.read_text())  # one form (nulls for inf) whether fresh or reused
-        grid.append((lr, result))
+      grid = _grid(job, spec, out, bars, stop_after)
       if len(grid) != len(spec.learning_rates):
         continue
       lr, best = min(grid, key=lambda g: _key(g[1]))
       rates = {k: float(v) for k, v in spec.options.items()  # for the plots' legends
-               if k in optimizers_lib.CATALOGUE[spec.optimizer].rates and v is not None}
+               if k in job.entry(spec).rates and v is not None}
       curves.append(report.Curve(spec.name, spec.optimizer, lr, rates, best["history"]))
-      records.append(_record(spec, lr, best, grid, task, config))
-  if len(records) != len(config.optimizers):
-    return records  # interrupted: the next call resumes
-  info = report.machine()
-  report.write_json(out / "results.json", records)
-  (out / "results.md").write_text(report.markdown(records, config_name=config.name, task=config.task,
-                                                  unit=task.unit, loss_unit=task.loss_unit, info=info))
-  report.plots(curves, out, title=f"{config.name}: {config.task}", loss_unit=task.loss_unit)
+      records.append(_record(spec, lr, best, grid, job))
+  if len(records) == len(config.optimizers):  # else interrupted: the next call resumes
+    _write(out, records, curves, job)
   return records
+
+
+def _write(out: Path, records: list[dict], curves: list[report.Curve], job: _Job) -> None:
+  config, task = job.config, job.task
+  report.write_json(out / "results.json", records)
+  (out / "results.md").write_text(report.markdown(
+      records, config_name=config.name, task=config.task, unit=task.unit, loss_unit=task.loss_unit,
+      info=report.machine(), metrics=task.metric_names))
+  report.plots(curves, out, title=f"{config.name}: {config.task}", loss_unit=task.loss_unit)
 
 
 def _key(result: dict) -> float:
@@ -193,9 +219,12 @@ def _key(result: dict) -> float:
   return float("inf") if loss is None or result["diverged"] else loss
 
 
-def _record(spec, lr: float, best: dict, grid: list, task: Any, config: Config) -> dict[str, Any]:
+def _record(spec, lr: float, best: dict, grid: list, job: _Job) -> dict[str, Any]:
+  task, config = job.task, job.config
   val_loss = best["final_val_loss"]
   metrics = task.metrics(val_loss, best["final_val_aux"]) if val_loss is not None else {}
+  # What the optimizer's update arguments peaked at (final_max_logit for QK-clip).
+  reported = [f"final_{task.update_args[a]}" for a in job.entry(spec).update_args]
   return {
       "optimizer": spec.name,
       "factory": spec.optimizer,
@@ -209,7 +238,7 @@ def _record(spec, lr: float, best: dict, grid: list, task: Any, config: Config) 
       "throughput": best["units_per_second"],
       "throughput_unit": f"{task.unit}/s",
       "diverged": best["diverged"],
-      **({"final_max_logit": best["final_max_logit"]} if "final_max_logit" in best else {}),
+      **{key: best[key] for key in reported if key in best},
       "hyperparameters": {"learning_rate": lr, **dict(spec.options),
                           "schedule": dataclasses.asdict(config.schedule)},
       "grid": [{"learning_rate": g_lr, "final_val_loss": r["final_val_loss"],

@@ -1,7 +1,10 @@
 """Tasks: a dataset, a model and a loss, with their own config sections.
 
-A task gives the runner batches as pure functions of the step, a fresh model
-for a seed, a loss, and the metrics it reports. ``model:`` and ``data:`` in a
+:class:`Task` is what the runner and the trainer need of a task, and all
+they know of it: batches as pure functions of the step, a fresh model for a
+seed, a loss, metrics by name, the update arguments its models can report
+(QK-clip's ``max_logits``) and the model facts optimizers may take as
+options (Scion's ``recipe``, QK-clip's heads). ``model:`` and ``data:`` in a
 config are checked against the task's dataclasses.
 """
 
@@ -9,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,66 @@ from matopt.experiments.config import (
   check_positive,
   count,
 )
+
+Batch = Any  # an array or a tuple of arrays, leading axis the examples
+
+
+@runtime_checkable
+class Task(Protocol):
+  """What ``matopt run`` needs of a task (:data:`TASKS` maps config names to classes).
+
+  The class is built as ``Task(config)`` after the config is checked; before
+  that, the class's ``check`` and ``update_args`` are read to check the
+  config. Batches are functions of the step alone, so a resumed run sees the
+  batches an uninterrupted one would.
+
+  Attributes:
+    unit: what throughput counts (``"tokens"``, ``"examples"``).
+    loss_unit: what a loss is measured in (``"nats/byte"``).
+    metric_names: the keys of :meth:`metrics`, in the order the results table shows them.
+    update_args: the arguments of an optimizer's ``update`` this task's models
+      can report (``make_model(seed, report=...)``), each with the history
+      key of its per-step largest value: ``{"max_logits": "max_logit"}``.
+    units_per_step: units (``unit``) in one training batch.
+  """
+
+  unit: ClassVar[str]
+  loss_unit: ClassVar[str]
+  metric_names: ClassVar[tuple[str, ...]]
+  update_args: ClassVar[Mapping[str, str]]
+  units_per_step: int
+
+  @staticmethod
+  def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The config's ``model:`` and ``data:`` sections, checked (ConfigError otherwise)."""
+    ...
+
+  def make_model(self, seed: int, *, report: Collection[str] = ()) -> nnx.Module:
+    """A fresh model; for each name in ``report`` (of :attr:`update_args`) it
+    sows that update argument as an ``nnx.Intermediate`` of the same name."""
+    ...
+
+  def train_batch(self, step: int) -> Batch:
+    """The training batch of ``step``."""
+    ...
+
+  def val_batches(self) -> Batch:
+    """Every validation batch, stacked on a leading axis."""
+    ...
+
+  def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, Any]:
+    """``(mean loss, aux)``; ``aux`` is a pytree of scalars averaged over the validation batches."""
+    ...
+
+  def metrics(self, val_loss: float, val_aux: Any) -> dict[str, float]:
+    """The reported metrics (keys :attr:`metric_names`) from the validation loss and averaged aux."""
+    ...
+
+  def model_options(self) -> Mapping[str, Any]:
+    """Optimizer options this task's model determines (``recipe``, ``query``, ``key``,
+    ``head_dim``); an optimizer takes those its registry record lists as ``model_options``."""
+    ...
+
 
 POSITIONS = ("rope", "learned")
 IMAGE_MODELS = ("mlp", "cnn")
@@ -74,12 +137,14 @@ class GPTTask:
   """Byte-level language modelling on the Python standard library's sources.
 
   Reports loss in nats per byte, perplexity and bits per byte; Scion's
-  language recipe (ColNorm → Spectral → Sign) by default.
+  language recipe (ColNorm → Spectral → Sign) by default. Its attention can
+  report each head's largest logit (``max_logits``, for QK-clip).
   """
 
-  scion_recipe = "language"
   unit = "tokens"
   loss_unit = "nats/byte"  # mean cross-entropy per predicted byte
+  metric_names = ("val_perplexity", "val_bits_per_byte")
+  update_args: ClassVar[Mapping[str, str]] = {"max_logits": "max_logit"}
 
   @staticmethod
   def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[GPTModel, GPTData]:
@@ -102,15 +167,15 @@ class GPTTask:
     self._val = data_lib.windows(self.val, starts, length).reshape(config.eval_batches, config.batch_size, length)
     self.units_per_step = config.batch_size * self.model_cfg.seq_len
 
-  @property
-  def qk_clip_defaults(self) -> dict[str, Any]:
-    """Where QK-clip finds the heads: the fused ``qkv`` kernels of :class:`models.Attention`."""
-    return {"query": "qkv", "key": "qkv", "head_dim": self.model_cfg.width // self.model_cfg.heads}
+  def model_options(self) -> dict[str, Any]:
+    """Scion's language recipe; QK-clip's heads in the fused ``qkv`` kernels of :class:`models.Attention`."""
+    return {"recipe": "language", "query": "qkv", "key": "qkv",
+            "head_dim": self.model_cfg.width // self.model_cfg.heads}
 
-  def make_model(self, seed: int, *, report_logits: bool = False) -> nnx.Module:
+  def make_model(self, seed: int, *, report: Collection[str] = ()) -> nnx.Module:
     m = self.model_cfg
     return models.GPT(vocab=256, width=m.width, layers=m.layers, heads=m.heads, seq_len=m.seq_len,
-                      positions=m.positions, rngs=nnx.Rngs(seed), report_logits=report_logits)
+                      positions=m.positions, rngs=nnx.Rngs(seed), report_logits="max_logits" in report)
 
   def train_batch(self, step: int) -> np.ndarray:
     length = self.model_cfg.seq_len + 1
@@ -148,10 +213,10 @@ class DigitsTask:
   """scikit-learn's 8×8 digits (bundled with the package): an MLP or a small
   CNN; reports validation accuracy; Scion's image recipe by default."""
 
-  scion_recipe = "image"
   unit = "examples"
   loss_unit = "nats/example"  # mean cross-entropy per image
-  qk_clip_defaults = None  # no attention
+  metric_names = ("val_accuracy",)
+  update_args: ClassVar[Mapping[str, str]] = {}  # no attention: nothing for QK-clip
 
   @staticmethod
   def check(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[DigitsModel, DigitsData]:
@@ -170,7 +235,12 @@ class DigitsTask:
     self._val = (xv[:n].reshape(config.eval_batches, per, 8, 8, 1), yv[:n].reshape(config.eval_batches, per))
     self.units_per_step = config.batch_size
 
-  def make_model(self, seed: int) -> nnx.Module:
+  def model_options(self) -> dict[str, Any]:
+    """Scion's image recipe (Spectral → Spectral → Sign)."""
+    return {"recipe": "image"}
+
+  def make_model(self, seed: int, *, report: Collection[str] = ()) -> nnx.Module:
+    del report  # update_args is empty: nothing to report
     m, rngs = self.model_cfg, nnx.Rngs(seed)
     if m.kind == "cnn":
       return models.CNN(in_channels=1, width=m.width, layers=m.layers, classes=10, rngs=rngs)
@@ -197,4 +267,4 @@ class DigitsTask:
     return {"val_accuracy": val_aux}
 
 
-TASKS = {"gpt": GPTTask, "digits": DigitsTask}
+TASKS: dict[str, type[Task]] = {"gpt": GPTTask, "digits": DigitsTask}

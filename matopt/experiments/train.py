@@ -1,7 +1,14 @@
 """One training run: a task, an optimizer, a learning rate; checkpointed.
 
-The step is one ``jax.jit`` of loss, gradient and optimizer update over the
-model's ``nnx.Param`` state (split once, so no graph traversal per step).
+:func:`train` is three parts: :func:`make_step` (one ``jax.jit`` of loss,
+gradient and optimizer update over the model's ``nnx.Param`` state, split
+once, so no graph traversal per step), :class:`Checkpoints` (restore and
+save) and the loop. An optimizer whose ``update`` needs more than
+``(grads, state, params)`` names those arguments (``update_args``, e.g.
+QK-clip's ``max_logits``); the task's model reports them
+(:class:`matopt.experiments.tasks.Task`) and the step hands them over, and
+records each one's largest value per step in the history.
+
 With ``checkpoint_every`` set, parameters and optimizer state are saved by
 orbax-checkpoint with the history so far; a run started again in the same
 directory continues from the newest checkpoint and, because batches are
@@ -16,10 +23,11 @@ same layout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +43,105 @@ from matopt.experiments import parallel
 StepCallback = Callable[[int, float], None]
 
 
-def _evaluate(eval_fn, params, batches, place) -> tuple[float, float]:
+def _named(tree: Any, name: str) -> Any:
+  """The part of a nested dict of sown values under keys equal to ``name``."""
+  if not isinstance(tree, Mapping):
+    return None
+  out = {}
+  for key, value in tree.items():
+    kept = value if key == name else _named(value, name)
+    if kept is not None and (key == name or kept):
+      out[key] = kept
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """A compiled-on-demand step and evaluation for one model and optimizer.
+
+  Attributes:
+    train: ``train(params, opt_state, batch) -> (params, opt_state, (loss,
+      peaks))``, ``peaks`` the largest value of each update argument the
+      step reported (a dict keyed by argument name).
+    evaluate: ``evaluate(params, batch) -> (loss, aux)`` (jitted).
+    place: puts a host batch where the step expects it.
+  """
+
+  train: Any
+  evaluate: Any
+  place: Callable[[Any], Any]
+
+
+def make_step(task: Any, tx: optax.GradientTransformation, graphdef: Any, rest: Any, *,
+              update_args: Sequence[str] = (), mesh: jax.sharding.Mesh | None = None,
+              state_shardings: Any = None) -> Step:
+  """The training and evaluation functions of ``task``'s model under ``tx``.
+
+  Args:
+    task: a :class:`~matopt.experiments.tasks.Task`.
+    tx: the optimizer.
+    graphdef, rest: the model's graph and non-parameter state (``nnx.split``).
+    update_args: arguments ``tx.update`` needs, sown by the model under their
+      names (``task.make_model(seed, report=update_args)``).
+    mesh: the device mesh, or None for the default device.
+    state_shardings: with a mesh, the shardings of ``(params, opt_state)``,
+      pinned on the step's outputs (the ahead-of-time compiled step accepts
+      exactly those, where XLA's own choice could drift).
+  """
+
+  def loss_and_reports(p, batch):
+    """``(loss, (aux, reports))``: reports maps each update argument to what the model sowed."""
+    model = nnx.merge(graphdef, p, rest)
+    if not update_args:
+      loss, aux = task.loss(model, batch)
+      return loss, (aux, {})
+    (loss, aux), sown = nnx.capture(task.loss, nnx.Intermediate)(model, batch)
+    sown = nnx.to_pure_dict(sown)
+    return loss, (aux, {name: _named(sown, name) for name in update_args})
+
+  def train_step(p, s, batch):
+    (loss, (_, reports)), grads = jax.value_and_grad(loss_and_reports, has_aux=True)(p, batch)
+    updates, s = tx.update(grads, s, p, **reports)
+    peaks = {name: _peak(tree) for name, tree in reports.items()}  # before this step's update acts
+    return optax.apply_updates(p, updates), s, (loss, peaks)
+
+  def eval_step(p, batch):
+    loss, (aux, _) = loss_and_reports(p, batch)
+    return loss, aux
+
+  if mesh is None:
+    return Step(jax.jit(train_step), jax.jit(eval_step), lambda batch: batch)
+  out_shardings = (*state_shardings, parallel.replicated(mesh))
+  return Step(jax.jit(train_step, out_shardings=out_shardings), jax.jit(eval_step),
+              functools.partial(parallel.place_batch, mesh=mesh))
+
+
+def _peak(tree: Any) -> jax.Array:
+  """The largest value in ``tree``; NaN when it holds none."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.max(jnp.stack([jnp.max(x) for x in leaves])) if leaves else jnp.float32(jnp.nan)
+
+
+def _evaluate(step: Step, params: Any, batches: Any) -> tuple[float, Any]:
+  """Mean loss and mean aux (leaf by leaf) over the stacked validation batches."""
   count = len(jax.tree.leaves(batches)[0])
   losses, auxes = [], []
   for i in range(count):
-    loss, aux = eval_fn(params, place(jax.tree.map(lambda b: b[i], batches)))
+    loss, aux = step.evaluate(params, step.place(jax.tree.map(lambda b, i=i: b[i], batches)))
     losses.append(float(loss))
-    auxes.append(float(aux))
-  return float(np.mean(losses)), float(np.mean(auxes))
+    auxes.append(jax.tree.map(float, aux))
+  return float(np.mean(losses)), jax.tree.map(lambda *xs: float(np.mean(xs)), *auxes)
 
 
-class _Checkpoints:
-  """orbax CheckpointManager for ``{"params", "opt_state"}`` plus JSON history.
+class Checkpoints:
+  """orbax CheckpointManager for ``{"params", "opt_state"}`` plus JSON metadata.
 
-  The state is stored as a flat ``{index: array}`` of its non-empty leaves:
-  orbax refuses zero-size arrays (the placeholders of unrotated SOAP sides),
-  and the tree's structure comes back from the freshly initialised state.
+  The state is saved as the pytree it is, except that a zero-size leaf
+  (which holds no data) is saved as None and comes back from the freshly
+  initialised state: orbax 0.x refuses zero-size arrays ("Cannot save arrays
+  with zero size", still so in 0.12). No matopt state holds one today
+  (SOAP's unrotated sides are 0-d placeholders), but an optimizer's state
+  may, e.g. for a zero-size parameter.
   """
 
   def __init__(self, directory: Path):
@@ -64,27 +155,118 @@ class _Checkpoints:
     return self.manager.latest_step()
 
   @staticmethod
-  def _flat(state: Any) -> dict[str, Any]:
-    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(state)) if np.size(leaf)}
+  def _saved(state: Any, fn: Callable[[Any], Any] = lambda x: x) -> Any:
+    return jax.tree.map(lambda x: fn(x) if np.size(x) else None, state)
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     ocp = self.ocp
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(self._flat(state)), meta=ocp.args.JsonSave(meta)))
+        state=ocp.args.StandardSave(self._saved(state)), meta=ocp.args.JsonSave(meta)))
     self.manager.wait_until_finished()
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+    """The state saved at ``step``, in the structure and layout of ``like``, and its metadata."""
     ocp = self.ocp
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._flat(like))
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(self._saved(like, ocp.utils.to_shape_dtype_struct)),
+        meta=ocp.args.JsonRestore()))
+    saved = jax.tree.leaves(out["state"], is_leaf=lambda x: x is None)
     leaves, treedef = jax.tree.flatten(like)
-    saved = out["state"]
-    leaves = [saved.get(str(i), leaf) for i, leaf in enumerate(leaves)]
-    return jax.tree.unflatten(treedef, leaves), out["meta"]
+    return jax.tree.unflatten(treedef, [f if s is None else s for f, s in zip(leaves, saved)]), out["meta"]
 
   def close(self) -> None:
     self.manager.close()
+
+
+@dataclasses.dataclass
+class _Run:
+  """The loop's state: what a checkpoint holds and what the result reports."""
+
+  params: Any
+  opt_state: Any
+  history: dict[str, list]
+  step: int = 0
+  seconds: float = 0.0  # training time, compilation and evaluation excluded
+  wall_before: float = 0.0  # wall time of earlier sessions of this run
+  diverged: bool = False
+
+
+def _init(task: Any, tx: optax.GradientTransformation, seed: int, mesh: jax.sharding.Mesh | None,
+          update_args: Mapping[str, str]) -> tuple[Step, _Run]:
+  """The model, optimizer state and step of a fresh run."""
+  model = task.make_model(seed, report=tuple(update_args)) if update_args else task.make_model(seed)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  if mesh is None:
+    opt_state, shardings = tx.init(params), None
+  else:
+    params = parallel.place_params(params, mesh)
+    opt_state = sharding.init_state(tx, params)
+    shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
+  step = make_step(task, tx, graphdef, rest, update_args=tuple(update_args), mesh=mesh, state_shardings=shardings)
+  history: dict[str, list] = {"train": [], "val": [], **{key: [] for key in update_args.values()}}
+  return step, _Run(params, opt_state, history)
+
+
+def _restore(ckpt: Checkpoints, run: _Run) -> _Run:
+  """``run`` continued from the newest checkpoint, if there is one."""
+  latest = ckpt.latest()
+  if latest is None:
+    return run
+  state, meta = ckpt.restore(latest, {"params": run.params, "opt_state": run.opt_state})
+  return _Run(state["params"], state["opt_state"], meta["history"], latest, meta["seconds"], meta["wall_seconds"])
+
+
+def _loop(task: Any, step: Step, compiled: Any, run: _Run, *, steps: int, eval_every: int,
+          update_args: Mapping[str, str], save: Callable[[_Run], None] | None, checkpoint_every: int,
+          on_step: StepCallback | None, stop_after: int | None) -> None:
+  """Train ``run`` in place until ``steps``, divergence or ``stop_after``."""
+  val = task.val_batches()
+  while run.step < steps:
+    batch = task.train_batch(run.step)
+    t0 = time.perf_counter()
+    run.params, run.opt_state, (loss, peaks) = compiled(run.params, run.opt_state, step.place(batch))
+    loss = float(loss)  # waits for the step: per-step times are real
+    run.seconds += time.perf_counter() - t0
+    run.step += 1
+    run.history["train"].append([run.step, run.seconds, loss])
+    for name, key in update_args.items():  # setdefault: a checkpoint's history may predate the key
+      run.history.setdefault(key, []).append([run.step, float(peaks[name])])
+    if on_step:
+      on_step(run.step, loss)
+    if not math.isfinite(loss):
+      run.diverged = True
+      return
+    if (eval_every and run.step % eval_every == 0) or run.step == steps:
+      run.history["val"].append([run.step, run.seconds, *_evaluate(step, run.params, val)])
+    if save and (run.step % checkpoint_every == 0 or run.step == steps):
+      save(run)
+    if stop_after is not None and stop_after <= run.step < steps:
+      return
+
+
+def _result(task: Any, run: _Run, steps: int, update_args: Mapping[str, str], compile_seconds: float,
+            wall_seconds: float) -> dict[str, Any]:
+  history, ok = run.history, not run.diverged
+  tail = [h[2] for h in history["train"][-10:]]
+  return {
+      "history": history,
+      "steps": run.step,
+      "complete": run.step == steps or run.diverged,
+      "diverged": run.diverged,
+      "final_train_loss": float(np.mean(tail)) if tail and ok else math.inf,
+      "final_val_loss": history["val"][-1][2] if history["val"] and ok else math.inf,
+      "final_val_aux": history["val"][-1][3] if history["val"] and ok else math.nan,
+      "train_seconds": run.seconds,
+      "compile_seconds": compile_seconds,
+      "wall_seconds": wall_seconds,
+      "units_per_second": run.step * task.units_per_step / run.seconds if run.seconds > 0 else None,
+      **{f"final_{key}": _tail_mean(history.get(key, [])) for key in update_args.values()},
+  }
+
+
+def _tail_mean(rows: list) -> float:
+  peaks = [h[1] for h in rows[-10:]]
+  return float(np.mean(peaks)) if peaks else math.nan
 
 
 def train(
@@ -99,12 +281,12 @@ def train(
     on_step: StepCallback | None = None,
     stop_after: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    max_logits: bool = False,
+    update_args: Sequence[str] = (),
 ) -> dict[str, Any]:
   """Train ``task``'s model with ``tx`` for ``steps`` steps.
 
   Args:
-    task: a task from :mod:`matopt.experiments.tasks`.
+    task: a :class:`~matopt.experiments.tasks.Task`.
     tx: the optimizer.
     steps: training steps.
     seed: model initialisation seed (batches follow the task's config seed).
@@ -116,11 +298,11 @@ def train(
       an interrupted run would; the result is then marked incomplete.
     mesh: run on these devices (:mod:`matopt.experiments.parallel`); None:
       the default device.
-    max_logits: build the model with ``report_logits=True`` and pass the
-      per-head largest attention logits it sows to ``tx.update(...,
-      max_logits=)`` (for :func:`matopt.qk_clip` / :func:`matopt.muon_clip`);
-      the history then has ``max_logit`` (step, largest logit of the step)
-      and the result ``final_max_logit`` (mean of the last 10 steps').
+    update_args: arguments ``tx.update`` needs besides ``(grads, state,
+      params)``, each one the task's model reports (``task.update_args``),
+      e.g. ``("max_logits",)`` for :func:`matopt.muon_clip`. The history then
+      has, under the task's key for each (``max_logit``), ``[step, largest
+      value of the step]`` and the result ``final_<key>`` (mean of the last 10).
 
   Returns:
     A record: ``history`` (per step: step, training seconds, train loss;
@@ -132,110 +314,28 @@ def train(
     raise ValueError(
         f"train(checkpoint_every={checkpoint_every}) needs run_dir=, the directory its checkpoints go"
         " to; pass one, or checkpoint_every=0 for none.")
-  model = task.make_model(seed, report_logits=True) if max_logits else task.make_model(seed)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  if mesh is None:
-    opt_state = tx.init(params)
-    place, jit = (lambda batch: batch), jax.jit
-  else:
-    params = parallel.place_params(params, mesh)
-    opt_state = sharding.init_state(tx, params)
-    place = functools.partial(parallel.place_batch, mesh=mesh)
-    # Outputs pinned to the inputs' layout: the ahead-of-time compiled step
-    # accepts exactly those shardings, where XLA's own choice could drift.
-    shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
-    jit = functools.partial(jax.jit, out_shardings=(*shardings, parallel.replicated(mesh)))
-
-  def loss_and_logits(p, batch):
-    """``(loss, (aux, max_logits))``; ``max_logits`` is what the attention sowed (None when off)."""
-    model = nnx.merge(graphdef, p, rest)
-    if not max_logits:
-      loss, aux = task.loss(model, batch)
-      return loss, (aux, None)
-    (loss, aux), sown = nnx.capture(task.loss, nnx.Intermediate)(model, batch)
-    return loss, (aux, nnx.to_pure_dict(sown))
-
-  def loss_fn(p, batch):
-    loss, (aux, _) = loss_and_logits(p, batch)
-    return loss, aux
-
-  @jit
-  def train_step(p, s, batch):
-    (loss, (_, logits)), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(p, batch)
-    extra = {} if logits is None else {"max_logits": logits}
-    updates, s = tx.update(grads, s, p, **extra)
-    # The largest attention logit of the step (before clipping), NaN when not reported.
-    peak = jnp.max(jnp.stack([jnp.max(x) for x in jax.tree.leaves(logits)])) if logits else jnp.float32(jnp.nan)
-    return optax.apply_updates(p, updates), s, (loss, peak)
-
-  eval_fn = jax.jit(loss_fn)
-  history: dict[str, list] = {"train": [], "val": [], **({"max_logit": []} if max_logits else {})}
-  start, seconds, wall_before = 0, 0.0, 0.0
-  ckpt = None
-  if checkpoint_every:
-    ckpt = _Checkpoints(Path(run_dir) / "checkpoints")
-    latest = ckpt.latest()
-    if latest is not None:
-      state, meta = ckpt.restore(latest, {"params": params, "opt_state": opt_state})
-      params, opt_state = state["params"], state["opt_state"]
-      start, seconds, wall_before, history = latest, meta["seconds"], meta["wall_seconds"], meta["history"]
-
+  reported = {name: task.update_args[name] for name in update_args}
+  step, run = _init(task, tx, seed, mesh, reported)
+  ckpt = Checkpoints(Path(run_dir) / "checkpoints") if checkpoint_every else None
+  if ckpt:
+    run = _restore(ckpt, run)
   # matopt's transforms spread their matrix work over the mesh they trace
   # under. (jax.set_mesh takes effect when called, so it is called here.)
   with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
-    val = task.val_batches()
     wall_start = time.perf_counter()
-    # Compile ahead of time so step times (and the time axis of the plots)
+    wall = lambda: run.wall_before + time.perf_counter() - wall_start
+    # Compiled ahead of time so step times (and the time axis of the plots)
     # measure training, not compilation.
-    compiled = train_step.lower(params, opt_state, place(task.train_batch(start))).compile()
+    compiled = step.train.lower(run.params, run.opt_state, step.place(task.train_batch(run.step))).compile()
     compile_seconds = time.perf_counter() - wall_start
-    diverged = False
-    step = start
+    save = ckpt and (lambda r: ckpt.save(r.step, {"params": r.params, "opt_state": r.opt_state},
+                                         {"seconds": r.seconds, "wall_seconds": wall(), "history": r.history}))
     try:
-      while step < steps:
-        batch = task.train_batch(step)
-        t0 = time.perf_counter()
-        params, opt_state, (loss, peak) = compiled(params, opt_state, place(batch))
-        loss = float(loss)  # waits for the step: per-step times are real
-        seconds += time.perf_counter() - t0
-        step += 1
-        history["train"].append([step, seconds, loss])
-        if max_logits:  # setdefault: a checkpoint's history may predate the key
-          history.setdefault("max_logit", []).append([step, float(peak)])
-        if on_step:
-          on_step(step, loss)
-        if not math.isfinite(loss):
-          diverged = True
-          break
-        if (eval_every and step % eval_every == 0) or step == steps:
-          history["val"].append([step, seconds, *_evaluate(eval_fn, params, val, place)])
-        if ckpt and (step % checkpoint_every == 0 or step == steps):
-          ckpt.save(step, {"params": params, "opt_state": opt_state},
-                    {"seconds": seconds, "wall_seconds": wall_before + time.perf_counter() - wall_start,
-                     "history": history})
-        if stop_after is not None and step >= stop_after and step < steps:
-          break
+      _loop(task, step, compiled, run, steps=steps, eval_every=eval_every, update_args=reported, save=save,
+            checkpoint_every=checkpoint_every, on_step=on_step, stop_after=stop_after)
     finally:
       if ckpt:
         ckpt.close()
-
-    if diverged or not history["val"] or history["val"][-1][0] != step:
-      val_loss, val_aux = (math.inf, math.nan) if diverged else _evaluate(eval_fn, params, val, place)
-      if not diverged:
-        history["val"].append([step, seconds, val_loss, val_aux])
-  tail = [h[2] for h in history["train"][-10:]]
-  peaks = [h[1] for h in history.get("max_logit", [])[-10:]]
-  return {
-      "history": history,
-      "steps": step,
-      "complete": step == steps or diverged,
-      "diverged": diverged,
-      "final_train_loss": float(np.mean(tail)) if tail and not diverged else math.inf,
-      "final_val_loss": history["val"][-1][2] if history["val"] and not diverged else math.inf,
-      "final_val_aux": history["val"][-1][3] if history["val"] and not diverged else math.nan,
-      "train_seconds": seconds,
-      "compile_seconds": compile_seconds,
-      "wall_seconds": wall_before + time.perf_counter() - wall_start,
-      "units_per_second": step * task.units_per_step / seconds if seconds > 0 else None,
-      **({"final_max_logit": float(np.mean(peaks)) if peaks else math.nan} if max_logits else {}),
-  }
+    if not run.diverged and (not run.history["val"] or run.history["val"][-1][0] != run.step):
+      run.history["val"].append([run.step, run.seconds, *_evaluate(step, run.params, task.val_batches())])
+  return _result(task, run, steps, reported, compile_seconds, wall())

@@ -67,7 +67,9 @@ def test_grid_and_options_are_kept():
         ({"model": {"positions": "alibi"}}, r"positions: unknown 'alibi'; valid choices are \('rope', 'learned'\)"),
         ({"model": {"width": 30, "heads": 4}}, "width 30 must split into 4 heads"),
         ({"data": {"val_percent": 100}}, r"val_percent must lie in \(0, 100\)"),
-        ({"schedule": {"decay": "step"}}, r"unknown decay 'step'; valid decays are \('constant', 'linear', 'cosine'\)"),
+        ({"schedule": {"decay": "step"}},
+         r"config.schedule.decay: unknown 'step'; valid choices are \('constant', 'linear', 'cosine'\)"),
+        ({"schedule": {"decay": 3}}, r"config.schedule.decay must be 'constant' or 'linear' or 'cosine', got int 3"),
         ({"schedule": {"warmup": 3}}, r"config.schedule: unknown key\(s\) \['warmup'\]"),
         ({"optimizers": []}, "config.optimizers must be a non-empty list"),
         ({"optimizers": ["muon"]}, r"config.optimizers\[0\] must be a mapping with at least 'name', got 'muon'"),
@@ -83,6 +85,18 @@ def test_grid_and_options_are_kept():
          r"config.optimizers\[0\]: .*valid scales are"),
         ({"optimizers": [{"name": "scion", "learning_rate": 0.1, "radii": {"hiden": 1.0}}]},
          r"radii has unknown roles \['hiden'\]"),
+        ({"optimizers": [{"name": "scion", "learning_rate": 0.1, "radii": {"hidden": "big"}}]},
+         r"config.optimizers\[0\].radii must be mapping of str to float or null, got dict"),
+        ({"optimizers": [{"name": "muon", "learning_rate": 0.02, "adaptive": "normuon"}]},
+         (r"config.optimizers\[0\].adaptive: adaptive takes .*GradientTransformation.*, a Python object that YAML "
+          r"cannot express \(its default None is used\); for an adaptive second moment name normuon or "
+          r"adamuon as 'optimizer:' \(muon with one set\); or build the optimizer in Python: matopt.muon")),
+        ({"optimizers": [{"name": "adamw", "learning_rate": 0.01, "mask": [True]}]},
+         (r"config.optimizers\[0\].mask: .*a Python object .*build the optimizer in Python: "
+          r"optax.adamw\(learning_rate, mask=...\)")),
+        ({"task": "digits", "model": None, "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}]},
+         (r"config.optimizers\[0\]: muon_clip's update needs max_logits, which the 'digits' task's models cannot "
+          r"report \(they report nothing\); use muon_clip with a task that can \('gpt'\)")),
         ({"optimizers": [{"name": "adamw"}]}, r"learning_rate must be a positive number or a non-empty list"),
         ({"optimizers": [{"name": "adamw", "learning_rate": [0.1, -1.0]}]}, "learning_rate must be a positive"),
         ({"optimizers": [{"name": "adamw", "learning_rate": 0.1}, {"name": "adamw", "learning_rate": 0.2}]},
@@ -91,7 +105,7 @@ def test_grid_and_options_are_kept():
 )
 def test_bad_configs(changes, match):
   raw = _with(**changes)
-  if "model" in changes and changes["model"] is not None:
+  if changes.get("model") is not None:
     raw["model"] = {**BASE["model"], **changes["model"]}
   with pytest.raises(ConfigError, match=match):
     _parse(raw)
@@ -138,3 +152,47 @@ def test_configs_readme_lists_every_optimizer():
 
   text = (Path(__file__).parents[2] / "configs" / "README.md").read_text()
   assert [n for n in sorted(optimizers.CATALOGUE) if f"`{n}`" not in text] == []
+
+
+def _set(tmp_path, *assignments, raw=BASE):
+  path = tmp_path / "c.yaml"
+  path.write_text(yaml.safe_dump(raw))
+  return runner.load(path, overrides=assignments)
+
+
+def test_set_overrides_any_key_by_its_dotted_path(tmp_path):
+  raw = {**BASE, "optimizers": [{"name": "adamw", "learning_rate": 1e-3},
+                                {"name": "fast", "optimizer": "muon", "learning_rate": 0.02}]}
+  config = _set(tmp_path, "optimizers.0.learning_rate=[0.01, 0.02]", "optimizers.fast.momentum=0.9",
+                "schedule.decay=cosine", "schedule.warmup_steps=3", "model.heads=4", "steps=7", raw=raw)
+  assert config.optimizers[0].learning_rates == (0.01, 0.02)
+  assert dict(config.optimizers[1].options) == {"momentum": 0.9}
+  assert (config.schedule.decay, config.schedule.warmup_steps, config.steps) == ("cosine", 3, 7)
+  assert config.model["heads"] == 4
+  # The file is unchanged; the effective config is what results.json records.
+  assert runner.load(tmp_path / "c.yaml").optimizers[0].learning_rates == (0.001,)
+
+
+@pytest.mark.parametrize("assignment, match", [
+    ("optimizers.0.learning_rat=0.1", r"config.optimizers\[0\]: unknown option\(s\) \['learning_rat'\]"),
+    ("optimizers.3.learning_rate=0.1", r"--set optimizers.3: index 3 is out of range; optimizers has 1 entry"),
+    ("optimizers.lion.momentum=0.9",
+     r"--set optimizers.lion: no entry named 'lion'; give an index \(0 to 0\) or one of the names \['adamw'\]"),
+    ("steps=ten", r"config.steps must be int, got str 'ten'"),
+    ("steps.max=3", r"--set steps.max: steps is int 5, which has no keys to set"),
+    ("schedule.decay", r"--set 'schedule.decay': expected KEY=VALUE"),
+    ("schedule..decay=cosine", r"expected KEY=VALUE with a dotted KEY"),
+    ("stepz=3", r"config: unknown key\(s\) \['stepz'\]"),
+    ("optimizers.0.b1=[0.9", r"--set 'optimizers.0.b1=\[0.9': the value is not valid YAML"),
+])
+def test_bad_set_is_refused_like_a_bad_file(tmp_path, assignment, match):
+  with pytest.raises(ConfigError, match=match):
+    _set(tmp_path, assignment)
+
+
+def test_cli_set(tmp_path, capsys):
+  path = tmp_path / "c.yaml"
+  path.write_text(yaml.safe_dump(BASE))
+  assert cli.main(["run", str(path), "--out", str(tmp_path / "out"), "--set", "optimizers.0.b2=high"]) == 2
+  assert "config.optimizers[0].b2 must be float, got str 'high'" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()

@@ -31,8 +31,8 @@ TINY = {
          r"config.mesh: shape \[4, 2\] and axes \['data'\] must be non-empty lists of the same length"),
         ({"shape": [], "axes": []}, "must be non-empty lists of the same length"),
         ({"shape": [4, 4], "axes": ["data", "model"]},
-         r"config.mesh.shape \[4, 4\] holds 16 devices, but JAX sees 8 \(cpu\); .*"
-         r"--xla_force_host_platform_device_count=16"),
+         (r"config.mesh.shape \[4, 4\] holds 16 devices, but JAX sees 8 \(cpu\); .*"
+          r"--xla_force_host_platform_device_count=16")),
         ({"shape": [8, 0], "axes": ["data", "model"]}, r"config.mesh.shape\[1\] must be > 0"),
         ({"shape": [2, 4], "axes": ["data", "data"]}, r"config.mesh.axes must be distinct non-empty names"),
         ({"shape": [8], "axes": ["data"]},

@@ -124,5 +124,6 @@ def test_muon_clip_runs_on_the_gpt_and_is_refused_without_attention(tmp_path, ca
             "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}]}
   out = tmp_path / "digits"
   assert cli.main(["run", str(_write(tmp_path, digits, "digits")), "--out", str(out)]) == 2
-  assert "muon_clip clips attention logits, but the 'digits' task's models have no attention" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "muon_clip's update needs max_logits, which the 'digits' task's models cannot report" in err
   assert not out.exists()

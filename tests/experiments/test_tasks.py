@@ -2,7 +2,9 @@
 
 import dataclasses
 
+import jax
 import pytest
+from flax import nnx
 
 from matopt.experiments import config as config_lib
 from matopt.experiments import optimizers, tasks
@@ -29,3 +31,22 @@ def test_more_eval_batches_than_validation_images():
   with pytest.raises(config_lib.ConfigError, match=r"config.eval_batches 100 exceeds the 17 validation images; lower it"):
     tasks.TASKS["digits"](config)
 
+
+
+@pytest.mark.parametrize("name", sorted(tasks.TASKS))
+def test_every_task_is_a_task(name):
+  # What the runner reads of a task and nothing more: the Protocol, checked on a real instance.
+  raw = {"task": name, "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 8} if name == "gpt" else {},
+         "data": {"max_bytes": 20_000, "val_percent": 10} if name == "gpt" else {}}
+  task = tasks.TASKS[name](_config(**raw))
+  assert isinstance(task, tasks.Task)
+  val_loss, val_aux = 2.0, 0.5
+  assert tuple(task.metrics(val_loss, val_aux)) == task.metric_names
+  # Every update argument a task offers is reported by its model under that name.
+  for arg in task.update_args:
+    model = task.make_model(0, report=(arg,))
+    batch = jax.tree.map(lambda x: x[0], task.val_batches())
+    (_, _), sown = nnx.capture(task.loss, nnx.Intermediate)(model, batch)
+    assert arg in str(nnx.to_pure_dict(sown))
+  options = task.model_options()
+  assert options["recipe"] == {"gpt": "language", "digits": "image"}[name]

@@ -1,6 +1,7 @@
 """train(): options that cannot work are refused before anything is built."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -33,7 +34,8 @@ def _losses(task, tx, **kwargs):
 
 def test_muon_clip_gets_the_models_logits():
   task = _gpt_task()
-  heads = task.qk_clip_defaults
+  heads = {k: v for k, v in task.model_options().items() if k in ("query", "key", "head_dim")}
+  assert heads == {"query": "qkv", "key": "qkv", "head_dim": 8}
   seen = []
   clip = matopt.muon_clip(0.02, tau=0.3, adam_learning_rate=0.003, **heads)
 
@@ -42,12 +44,13 @@ def test_muon_clip_gets_the_models_logits():
     return clip.update(updates, state, params, max_logits=max_logits)
 
   spy = optax.GradientTransformationExtraArgs(clip.init, update)
-  clipped = _losses(task, spy, max_logits=True)
+  clipped = _losses(task, spy, update_args=("max_logits",))
   # One (heads,) maximum per layer, at each attention module's path.
   assert seen[0] == {"blocks": {0: {"attn": {"max_logits": ((2,),)}}, 1: {"attn": {"max_logits": ((2,),)}}}}
   # A τ no logit reaches leaves RMS-matched Muon as it is; a small τ changes training.
   plain = _losses(task, matopt.muon(0.02, scale="rms", adam_learning_rate=0.003))
-  never = _losses(task, matopt.muon_clip(0.02, tau=1e9, adam_learning_rate=0.003, **heads), max_logits=True)
+  never = _losses(task, matopt.muon_clip(0.02, tau=1e9, adam_learning_rate=0.003, **heads),
+                  update_args=("max_logits",))
   np.testing.assert_allclose(never, plain, rtol=1e-6)
   assert not np.allclose(clipped[1:], plain[1:], rtol=1e-4)
 
@@ -59,10 +62,34 @@ def test_clipping_holds_the_reported_logits_near_tau():
   task = _gpt_task()
   peaks = {}
   for tau in (0.3, 1e9):
-    tx = matopt.muon_clip(0.02, tau=tau, adam_learning_rate=0.003, **task.qk_clip_defaults)
-    result = train.train(task, tx, steps=6, seed=0, max_logits=True)
+    tx = matopt.muon_clip(0.02, tau=tau, adam_learning_rate=0.003, query="qkv", key="qkv", head_dim=8)
+    result = train.train(task, tx, steps=6, seed=0, update_args=("max_logits",))
     peaks[tau] = [h[1] for h in result["history"]["max_logit"]]
     assert [h[0] for h in result["history"]["max_logit"]] == list(range(1, 7))
     np.testing.assert_allclose(result["final_max_logit"], np.mean(peaks[tau]))
   assert peaks[0.3][0] == peaks[1e9][0] > 1.0  # the same first step, before any clip
   assert max(peaks[0.3][1:]) < 2 * 0.3 < 1.0 < min(peaks[1e9][1:])
+
+
+def test_named_keeps_only_the_paths_to_one_sown_name():
+  sown = {"blocks": {0: {"attn": {"max_logits": (1,), "other": (2,)}, "mlp": {"other": (3,)}}}, "head": {}}
+  assert train._named(sown, "max_logits") == {"blocks": {0: {"attn": {"max_logits": (1,)}}}}
+  assert train._named(sown, "other") == {"blocks": {0: {"attn": {"other": (2,)}, "mlp": {"other": (3,)}}}}
+  assert train._named(sown, "absent") == {}
+
+
+def test_checkpoints_keep_the_state_tree_and_skip_only_zero_size_leaves(tmp_path):
+  # orbax refuses zero-size arrays; such a leaf holds nothing and comes back from `like`.
+  state = {"params": {"w": jnp.arange(6.0).reshape(2, 3)},
+           "opt_state": (optax.ScaleByAdamState(jnp.int32(3), {"w": jnp.ones((2, 3))}, {"w": jnp.zeros((0, 3))}),
+                         optax.EmptyState())}
+  ckpt = train.Checkpoints(tmp_path / "c")
+  ckpt.save(3, state, {"seconds": 1.0})
+  like = jax.tree.map(jnp.zeros_like, state)
+  restored, meta = ckpt.restore(ckpt.latest(), like)
+  ckpt.close()
+  assert meta == {"seconds": 1.0} and jax.tree.structure(restored) == jax.tree.structure(state)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(got, want)
+  # On disk: the tree by its own keys, not a flat list of leaves.
+  assert (tmp_path / "c" / "3" / "state").is_dir()
