@@ -3,6 +3,8 @@ logits grew past a threshold."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -77,6 +79,36 @@ def _scale_grouped_queries(w: jax.Array, gamma: jax.Array, head_dim: int, kv_hea
   return jnp.concatenate([_scale_heads(q, gamma, head_dim, 1, name), kv], axis=-1)
 
 
+
+def _check_options(tau: float, query: str, key: str, head_dim: int | None, kv_heads: int | None) -> None:
+  """qk_clip's construction-time checks."""
+  _checks.check_range("tau", tau, 0.0, float("inf"), lo_open=True)
+  for name, value in (("query", query), ("key", key)):
+    if not isinstance(value, str) or not value:
+      raise ValueError(f"qk_clip: {name} must be the name of a child module, got {value!r}.")
+  for name, value in (("head_dim", head_dim), ("kv_heads", kv_heads)):
+    if value is not None and not _checks.is_positive_int(value):
+      raise ValueError(f"qk_clip: {name} must be None or a positive int, got {value!r}.")
+  if query == key and head_dim is None:
+    raise ValueError("qk_clip: a fused QKV kernel (query == key) needs head_dim= to find its Q and K heads.")
+
+
+def _clip_factors(max_logits: Any, param_paths: list[tuple[str, ...]], query: str,
+                  tau: float) -> dict[tuple[str, ...], jax.Array]:
+  """Per attention module, γ = min(1, τ / S_max) per head (1 where S_max ≤ τ)."""
+  factors: dict[tuple[str, ...], jax.Array] = {}
+  for lpath, logits in jax.tree_util.tree_flatten_with_path(max_logits)[0]:
+    module = _module_of(_path(lpath), param_paths, query)
+    if module in factors:
+      raise ValueError(
+          f"qk_clip: two max_logits leaves for attention module {'/'.join(module)!r}. Report one"
+          " array of per-head maxima per module (take the max over calls if it runs more than once).")
+    s = jnp.asarray(logits, jnp.float32)
+    gamma = jnp.where(s > tau, tau / jnp.where(s > tau, s, 1.0), 1.0)
+    factors[module] = gamma.reshape(s.shape if s.ndim else (1,))
+  return factors
+
+
 def qk_clip(
     tau: float = 100.0,
     *,
@@ -140,15 +172,7 @@ def qk_clip(
     Kimi Team, 2025. Kimi K2: Open Agentic Intelligence. arXiv:2507.20534,
     §2.1 (MuonClip).
   """
-  _checks.check_range("tau", tau, 0.0, float("inf"), lo_open=True)
-  for name, value in (("query", query), ("key", key)):
-    if not isinstance(value, str) or not value:
-      raise ValueError(f"qk_clip: {name} must be the name of a child module, got {value!r}.")
-  for name, value in (("head_dim", head_dim), ("kv_heads", kv_heads)):
-    if value is not None and not _checks.is_positive_int(value):
-      raise ValueError(f"qk_clip: {name} must be None or a positive int, got {value!r}.")
-  if query == key and head_dim is None:
-    raise ValueError("qk_clip: a fused QKV kernel (query == key) needs head_dim= to find its Q and K heads.")
+  _check_options(tau, query, key, head_dim, kv_heads)
   sections = 3 if query == key else 1
 
   def update_fn(updates, state, params=None, *, max_logits=None, **extra_args):
@@ -159,16 +183,7 @@ def qk_clip(
       raise ValueError("qk_clip needs the model's attention logits: update(..., max_logits=...), see its docstring.")
     param_items = jax.tree_util.tree_flatten_with_path(params)[0]
     param_paths = [_path(p) for p, _ in param_items]
-    factors: dict[tuple[str, ...], jax.Array] = {}
-    for lpath, logits in jax.tree_util.tree_flatten_with_path(max_logits)[0]:
-      module = _module_of(_path(lpath), param_paths, query)
-      if module in factors:
-        raise ValueError(
-            f"qk_clip: two max_logits leaves for attention module {'/'.join(module)!r}. Report one"
-            " array of per-head maxima per module (take the max over calls if it runs more than once).")
-      s = jnp.asarray(logits, jnp.float32)
-      gamma = jnp.where(s > tau, tau / jnp.where(s > tau, s, 1.0), 1.0)
-      factors[module] = gamma.reshape(s.shape if s.ndim else (1,))
+    factors = _clip_factors(max_logits, param_paths, query, tau)
 
     def clip(path, u, w):
       p = _path(path)
