@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from matopt import _checks
+from matopt import _checks, _registry
 
 
 class Schedule(NamedTuple):
@@ -126,19 +126,12 @@ def register_preset(preset: Preset, *, replace: bool = False) -> Preset:
   Returns:
     ``preset``.
   """
-  if not isinstance(preset, Preset):
-    raise TypeError(f"register_preset takes a Preset record, got {preset!r}.")
-  if preset.name in _REGISTRY and not replace:
-    raise ValueError(f"A Newton–Schulz preset named {preset.name!r} is registered already; pass replace=True.")
-  _REGISTRY[preset.name] = preset
-  return preset
+  return _registry.add(_REGISTRY, preset, record_type=Preset, caller="register_preset", what="Newton–Schulz preset", replace=replace)
 
 
 def unregister_preset(name: str) -> Preset:
   """Removes the preset ``name`` from :data:`PRESETS` and returns its record."""
-  if name not in _REGISTRY:
-    raise ValueError(f"No Newton–Schulz preset named {name!r}; registered: {tuple(_REGISTRY)}.")
-  return _REGISTRY.pop(name)
+  return _registry.remove(_REGISTRY, name, what="Newton–Schulz preset")
 
 
 register_preset(Preset(

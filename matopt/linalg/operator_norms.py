@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from matopt import _checks
+from matopt import _checks, _registry
 from matopt.linalg import lapack
 from matopt.linalg.coefficients import resolve_schedule
 from matopt.linalg.newton_schulz import check_method, compute_dtype_for, msign
@@ -100,19 +100,12 @@ def register_norm(info: NormInfo, *, replace: bool = False) -> NormInfo:
   Returns:
     ``info``.
   """
-  if not isinstance(info, NormInfo):
-    raise TypeError(f"register_norm takes a NormInfo record, got {info!r}.")
-  if info.name in _REGISTRY and not replace:
-    raise ValueError(f"A norm named {info.name!r} is registered already; pass replace=True.")
-  _REGISTRY[info.name] = info
-  return info
+  return _registry.add(_REGISTRY, info, record_type=NormInfo, caller="register_norm", what="norm", replace=replace)
 
 
 def unregister_norm(name: str) -> NormInfo:
   """Removes the norm ``name`` from :data:`NORMS` and returns its record."""
-  if name not in _REGISTRY:
-    raise ValueError(f"No norm named {name!r}; registered: {tuple(_REGISTRY)}.")
-  return _REGISTRY.pop(name)
+  return _registry.remove(_REGISTRY, name, what="norm")
 
 
 def check_norm(norm: object) -> str:
