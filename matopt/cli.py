@@ -1,8 +1,9 @@
-"""The ``matopt`` command: ``matopt run CONFIG`` (see :mod:`matopt.experiments`)."""
+"""The ``matopt`` command: ``matopt run CONFIG`` and ``matopt report DIR`` (see :mod:`matopt.experiments`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
   run.add_argument("--out", help="output directory (default: runs/<config name>)")
   run.add_argument("--steps", type=int, help="override the config's steps")
   run.add_argument("--optimizers", help="comma-separated subset of the config's optimizer names")
-  run.add_argument("--seed", type=int, help="override the config's seed")
+  run.add_argument("--seed", type=int, help="override the config's seed (and its seeds)")
+  run.add_argument("--seeds", type=int, metavar="N",
+                   help="run every optimizer with N seeds: the config's first seed (or --seed) and the "
+                        "N - 1 after it; results are mean ± std over them")
   run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the config by its dotted path, e.g. "
                         "--set optimizers.0.learning_rate=0.02 or --set schedule.decay=cosine "
@@ -64,11 +68,36 @@ def _parser() -> argparse.ArgumentParser:
                         "VALUE is read as YAML; repeatable")
   run.add_argument("--overwrite", action="store_true", help="discard earlier runs in --out")
   run.add_argument("--quiet", action="store_true", help="no progress bars")
+  report = commands.add_parser(
+      "report", help="re-render results.json, results.md and plots of a run directory",
+      description="Rebuild results.json, results.md and the loss plots of a `matopt run` output directory "
+                  "from the runs that finished there (all or some), without training; print the table.")
+  report.add_argument("dir", help="the output directory of `matopt run` (holding config.json)")
   return parser
+
+
+def _report(directory: str) -> int:
+  """``matopt report DIR``: no JAX, no training (:func:`matopt.experiments.report.render`)."""
+  from matopt.experiments import report
+
+  out = Path(directory)
+  missing = [name for name in ("config.json", "meta.json") if not (out / name).is_file()]
+  if missing:
+    print(f"matopt: error: {out} has no {' or '.join(missing)}: not the output directory of a `matopt run` "
+          "(of this version); pass the --out directory of one.", file=sys.stderr)
+    return 2
+  records = report.render(out)
+  total = len(json.loads((out / "config.json").read_text())["optimizers"])
+  print((out / "results.md").read_text())
+  print(f"Wrote {out / 'results.json'} ({len(records)} of {total} optimizers with finished runs), "
+        "results.md and plots.")
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  if args.command == "report":
+    return _report(args.dir)
   # Imported after parsing so --help does not wait for JAX.
   from matopt.experiments import runner
   from matopt.experiments.config import ConfigError, count
@@ -76,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     config = runner.override(
         runner.load(_resolve(args.config), overrides=args.set), steps=args.steps, seed=args.seed,
-        optimizers=args.optimizers.split(",") if args.optimizers else None)
+        seeds=args.seeds, optimizers=args.optimizers.split(",") if args.optimizers else None)
     out = Path(args.out or Path("runs") / config.name)
     records = runner.run(config, out, overwrite=args.overwrite, progress=not args.quiet)
   except ConfigError as e:

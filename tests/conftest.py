@@ -104,6 +104,9 @@ _MARKS = (
     (("slow",), "tests/experiments/test_optimizers.py::test_every_optimizer_builds_and_steps[(adam|adamw|adamuon"
      "|clipped_sgd|muon|muon_clip|normuon|nsgd|scion|shampoo|soap|unconstrained_scion)]",
      "0.02–3.3 s (sgd and signum stay)"),
+    (("slow",), "tests/experiments/test_seeds.py::test_(every_seed_runs_and_records_are_means_over_seeds"
+     "|report_recreates_the_outputs_without_training_or_a_backend|report_of_a_partly_finished_directory"
+     "|batches_follow_the_run_seed[digits])", "six tiny GPT runs (a module fixture) or a subprocess: 1–11 s"),
     (("slow",), "tests/experiments/test_tasks.py::test_more_eval_batches_than_validation_images",
      "loads scikit-learn's digits: 1.7 s"),
     (("slow",), "tests/experiments/test_train.py::test_(muon_clip_gets_the_models_logits"

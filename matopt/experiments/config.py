@@ -89,6 +89,21 @@ class Config:
   schedule: Schedule = Schedule()
   name: str = "experiment"
   mesh: MeshSpec | None = None  # None: one device
+  seeds: tuple[int, ...] | None = None  # None: (seed,); each run's initialisation and batches
+  baseline: str | None = None  # an optimizer entry's name; None: "adamw" if an entry has that name
+  speedup_horizons: tuple[int, ...] = (1,)  # multiples of steps the baseline is also trained to
+
+  @property
+  def run_seeds(self) -> tuple[int, ...]:
+    """The seeds every optimizer runs with: ``seeds``, else ``(seed,)``."""
+    return self.seeds if self.seeds is not None else (self.seed,)
+
+  @property
+  def baseline_name(self) -> str | None:
+    """The baseline entry's name: ``baseline``, else ``adamw`` when present, else None."""
+    if self.baseline is not None:
+      return self.baseline
+    return "adamw" if any(s.name == "adamw" for s in self.optimizers) else None
 
 
 def type_name(tp: Any) -> str:
@@ -265,6 +280,31 @@ def check_update_args(config: Config, catalogue: Mapping[str, Any], tasks: Mappi
           f"use {spec.optimizer} with a task that can ({', '.join(map(repr, able)) or 'none yet'}).")
 
 
+def check_seeds_and_baseline(config: Config, *, seed_given: bool = True) -> None:
+  """``seeds`` (distinct, and starting with ``seed`` when both are given),
+  ``baseline`` (an entry's name) and ``speedup_horizons`` (distinct positive
+  multiples of ``steps``, 1 among them)."""
+  seeds = config.seeds
+  if seeds is not None:
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+      raise ConfigError(f"config.seeds must be a non-empty list of distinct non-negative ints, got {list(seeds)}.")
+    if seed_given and config.seed != seeds[0]:
+      raise ConfigError(
+          f"config.seed {config.seed} and config.seeds {list(seeds)} disagree: seeds replaces seed; remove "
+          f"seed, or start seeds with it (seeds: [{config.seed}, ...]).")
+  names = [s.name for s in config.optimizers]
+  if config.baseline is not None and config.baseline not in names:
+    raise ConfigError(f"config.baseline: no optimizer entry named {config.baseline!r}; its entries are {names}.")
+  horizons = config.speedup_horizons
+  if 1 not in horizons or len(set(horizons)) != len(horizons) or any(h < 1 for h in horizons):
+    raise ConfigError(
+        f"config.speedup_horizons must be distinct positive multiples of steps including 1, e.g. [1, 2, 4]; "
+        f"got {list(horizons)}.")
+  if len(horizons) > 1 and config.baseline_name is None:
+    raise ConfigError("config.speedup_horizons: there is no baseline to train longer (set config.baseline "
+                      f"to one of {names}).")
+
+
 def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -> Config:
   """A checked :class:`Config` from the mapping a YAML file holds.
 
@@ -284,10 +324,14 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
   for key in ("eval_every", "checkpoint_every"):
     if key in top:
       check_positive(f"config.{key}", top[key], zero_ok=True)
+  for key in ("seeds", "speedup_horizons"):
+    if top.get(key) is not None:
+      top[key] = tuple(top[key])
   schedule = _schedule(raw.get("schedule", {}))
   specs = _optimizer_specs(raw["optimizers"], catalogue)
   mesh = _mesh_spec(raw.get("mesh"), top["batch_size"])
   config = Config(**top, optimizers=specs, schedule=schedule, mesh=mesh)
+  check_seeds_and_baseline(config, seed_given="seed" in raw)
   tasks[config.task].check(config.model, config.data)
   check_update_args(config, catalogue, tasks)
   return config
@@ -363,12 +407,14 @@ def load(path: str | Path, *, overrides: Sequence[str] = (), **kwargs: Any) -> C
 def to_dict(config: Config) -> dict[str, Any]:
   """The config as plain data (for results.json and resume checks).
 
-  ``mesh`` appears only when set, so a directory written before the key
+  ``mesh``, ``seeds``, ``baseline`` and ``speedup_horizons`` appear only
+  when set (not their defaults), so a directory written before those keys
   existed still belongs to the same config.
   """
   out = dataclasses.asdict(config)
-  if config.mesh is None:
-    del out["mesh"]
+  for key, default in (("mesh", None), ("seeds", None), ("baseline", None), ("speedup_horizons", (1,))):
+    if getattr(config, key) == default:
+      del out[key]
   out["optimizers"] = [
       {"name": s.name, "optimizer": s.optimizer, "learning_rate": list(s.learning_rates), **dict(s.options)}
       for s in config.optimizers

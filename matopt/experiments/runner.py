@@ -3,16 +3,29 @@
 Layout of the output directory::
 
     DIR/config.json              the effective config (resume refuses another)
-    DIR/runs/NAME/lr_X/          one run: checkpoints/, result.json when done
-    DIR/results.json             one record per optimizer (best of its grid)
+    DIR/meta.json                the task's units and metrics, the machine, legend rates
+    DIR/runs/NAME/lr_X/seed_S/   one run: checkpoints/, result.json when done
+    DIR/runs/B/lr_X/seed_S/steps_N/  the baseline B trained to N steps (speedup_horizons)
+    DIR/results.json             one record per optimizer (best of its grid, over seeds)
     DIR/results.md               the comparison table
     DIR/loss_vs_step.png, DIR/loss_vs_time.png
+
+Every optimizer runs each learning rate of its grid with each seed (the
+seed sets both the initialisation and the order of training batches). Then
+the baseline (``baseline:``, default ``adamw``) is trained again at its
+chosen learning rate, every seed, to each multiple of ``steps`` in
+``speedup_horizons`` above 1, with its learning-rate schedule stretched to
+that length (warmup steps unchanged), for the equivalent-data speedups.
+results.json, results.md and the plots are then written from the runs'
+result.json files alone (:func:`matopt.experiments.report.render`), as
+``matopt report DIR`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,25 +44,32 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def override(config: Config, *, steps: int | None = None, seed: int | None = None,
-             optimizers: Sequence[str] | None = None) -> Config:
-  """The config with command-line overrides applied (checked like the file)."""
+             seeds: int | None = None, optimizers: Sequence[str] | None = None) -> Config:
+  """The config with command-line overrides applied (checked like the file).
+
+  ``seeds`` (``--seeds N``) runs the seeds ``seed, seed + 1, ..., seed + N - 1``
+  (``seed`` the one given, else the config's first seed); ``seed`` alone
+  (``--seed``) replaces the config's seeds by that one.
+  """
   changes: dict[str, Any] = {}
   if steps is not None:
     config_lib.check_positive("--steps", steps)
     changes["steps"] = steps
   if seed is not None:
-    changes["seed"] = seed
+    changes.update(seed=seed, seeds=None)
+  if seeds is not None:
+    config_lib.check_positive("--seeds", seeds)
+    first = seed if seed is not None else config.run_seeds[0]
+    changes.update(seed=first, seeds=tuple(range(first, first + seeds)) if seeds > 1 else None)
   if optimizers is not None:
     known = [s.name for s in config.optimizers]
     unknown = [n for n in optimizers if n not in known]
     if unknown or not optimizers:
       raise ConfigError(f"--optimizers: {unknown or 'none'} not in this config; its optimizers are {known}.")
     changes["optimizers"] = tuple(s for s in config.optimizers if s.name in optimizers)
-  return dataclasses.replace(config, **changes)
-
-
-def _lr_dir(lr: float) -> str:
-  return f"lr_{lr:.6g}"
+  config = dataclasses.replace(config, **changes)
+  config_lib.check_seeds_and_baseline(config)
+  return config
 
 
 def _check_out_dir(out: Path, config: Config, overwrite: bool) -> None:
@@ -67,7 +87,8 @@ def _check_out_dir(out: Path, config: Config, overwrite: bool) -> None:
   if overwrite and out.exists():
     import shutil
 
-    for child in ("runs", "config.json", "results.json", "results.md", "loss_vs_step.png", "loss_vs_time.png"):
+    for child in ("runs", "config.json", "meta.json", "results.json", "results.md", "loss_vs_step.png",
+                  "loss_vs_time.png"):
       target = out / child
       if target.is_dir():
         shutil.rmtree(target)
@@ -125,35 +146,52 @@ class _Job:
   def entry(self, spec: config_lib.OptimizerSpec) -> optimizers_lib.Entry:
     return optimizers_lib.CATALOGUE[spec.optimizer]
 
-  def build(self, spec: config_lib.OptimizerSpec, lr: float) -> Any:
+  def build(self, spec: config_lib.OptimizerSpec, lr: float, steps: int | None = None) -> Any:
+    """The optimizer; its schedule spans ``steps`` (default the config's)."""
     return optimizers_lib.build(spec.optimizer, lr, spec.options, schedule=self.config.schedule,
-                                steps=self.config.steps, model_options=self.task.model_options())
+                                steps=steps or self.config.steps, model_options=self.task.model_options())
 
-  def train(self, spec: config_lib.OptimizerSpec, lr: float, run_dir: Path, bars: _Progress,
-            stop_after: int | None) -> dict[str, Any]:
-    config = self.config
+  def train(self, spec: config_lib.OptimizerSpec, lr: float, seed: int, run_dir: Path, bars: _Progress,
+            stop_after: int | None, steps: int | None = None) -> dict[str, Any]:
+    config, steps = self.config, steps or self.config.steps
     label = spec.name + (f" lr={lr:g}" if len(spec.learning_rates) > 1 else "")
-    return train.train(
-        self.task, self.build(spec, lr), steps=config.steps, seed=config.seed, eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every, run_dir=run_dir, on_step=bars.start(label, config.steps),
+    label += f" seed={seed}" if len(config.run_seeds) > 1 else ""
+    label += f" {steps} steps" if steps != config.steps else ""
+    result = train.train(
+        self.task, self.build(spec, lr, steps), steps=steps, seed=seed, eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every, run_dir=run_dir, on_step=bars.start(label, steps),
         stop_after=stop_after, mesh=self.mesh, update_args=self.entry(spec).update_args)
+    val_loss = result["final_val_loss"]
+    result["metrics"] = self.task.metrics(val_loss, result["final_val_aux"]) if math.isfinite(val_loss) else {}
+    return {"seed": seed, "learning_rate": lr, **result}
 
 
-def _grid(job: _Job, spec: config_lib.OptimizerSpec, out: Path, bars: _Progress,
-          stop_after: int | None) -> list[tuple[float, dict]]:
-  """``(lr, result)`` for each learning rate of ``spec`` that finished (reused or trained now)."""
-  grid = []
-  for lr in spec.learning_rates:
-    run_dir = out / "runs" / spec.name / _lr_dir(lr)
-    done = run_dir / "result.json"
-    if not done.exists():
-      run_dir.mkdir(parents=True, exist_ok=True)
-      result = job.train(spec, lr, run_dir, bars, stop_after)
-      if not result["complete"]:
-        continue
-      report.write_json(done, result)
-    grid.append((lr, json.loads(done.read_text())))  # one form (nulls for inf) whether fresh or reused
-  return grid
+def _ensure(job: _Job, spec: config_lib.OptimizerSpec, lr: float, seed: int, out: Path, bars: _Progress,
+            stop_after: int | None, steps: int | None = None) -> bool:
+  """Train one run unless its result.json exists; whether it is finished now."""
+  run_dir = out / report.run_path(spec.name, lr, seed, steps)
+  done = run_dir / "result.json"
+  if done.exists():
+    return True
+  run_dir.mkdir(parents=True, exist_ok=True)
+  result = job.train(spec, lr, seed, run_dir, bars, stop_after, steps)
+  if result["complete"]:
+    report.write_json(done, result)
+  return result["complete"]
+
+
+def _horizons(job: _Job, out: Path, bars: _Progress, stop_after: int | None) -> bool:
+  """The baseline at its chosen learning rate, every seed, at each longer horizon; whether all finished."""
+  config = job.config
+  spec = next(s for s in config.optimizers if s.name == config.baseline_name)
+  grid = {lr: report.finished_runs(out, spec.name, lr, config.run_seeds) for lr in spec.learning_rates}
+  lr = min(grid, key=lambda k: report.grid_key(grid[k]))
+  complete = True
+  for factor in config.speedup_horizons:
+    if factor != 1:
+      for seed in config.run_seeds:
+        complete &= _ensure(job, spec, lr, seed, out, bars, stop_after, factor * config.steps)
+  return complete
 
 
 def run(
@@ -164,7 +202,7 @@ def run(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
-  """Train every optimizer (and learning rate of its grid) of ``config``.
+  """Train every optimizer (each learning rate of its grid, each seed) of ``config``.
 
   Everything that can be checked is checked first: the task's data loads and
   every optimizer is built before the first step. Finished runs found in
@@ -179,68 +217,36 @@ def run(
       interrupted job would; results are then not written.
 
   Returns:
-    The records written to ``results.json`` (one per optimizer).
+    The records written to ``results.json`` (one per optimizer), or none
+    when a run was interrupted (the next call resumes).
   """
   out = Path(out)
   config_lib.check_update_args(config, optimizers_lib.CATALOGUE, tasks.TASKS)  # a config built in Python too
+  config_lib.check_seeds_and_baseline(config)
   job = _Job(config, tasks.TASKS[config.task](config),
              parallel.make_mesh(config.mesh) if config.mesh is not None else None)
   for spec in config.optimizers:
     for lr in spec.learning_rates:
       job.build(spec, lr)
   _check_out_dir(out, config, overwrite)
-  records, curves = [], []
+  _write_meta(out, job)
+  complete = True
   with _Progress(progress) as bars:
     for spec in config.optimizers:
-      grid = _grid(job, spec, out, bars, stop_after)
-      if len(grid) != len(spec.learning_rates):
-        continue
-      lr, best = min(grid, key=lambda g: _key(g[1]))
-      rates = {k: float(v) for k, v in spec.options.items()  # for the plots' legends
-               if k in job.entry(spec).rates and v is not None}
-      curves.append(report.Curve(spec.name, spec.optimizer, lr, rates, best["history"]))
-      records.append(_record(spec, lr, best, grid, job))
-  if len(records) == len(config.optimizers):  # else interrupted: the next call resumes
-    _write(out, records, curves, job)
-  return records
+      for lr in spec.learning_rates:
+        for seed in config.run_seeds:
+          complete &= _ensure(job, spec, lr, seed, out, bars, stop_after)
+    if complete and len(config.speedup_horizons) > 1:
+      complete = _horizons(job, out, bars, stop_after)
+  return report.render(out) if complete else []
 
 
-def _write(out: Path, records: list[dict], curves: list[report.Curve], job: _Job) -> None:
-  config, task = job.config, job.task
-  report.write_json(out / "results.json", records)
-  (out / "results.md").write_text(report.markdown(
-      records, config_name=config.name, task=config.task, unit=task.unit, loss_unit=task.loss_unit,
-      info=report.machine(), metrics=task.metric_names))
-  report.plots(curves, out, title=f"{config.name}: {config.task}", loss_unit=task.loss_unit)
-
-
-def _key(result: dict) -> float:
-  loss = result["final_val_loss"]
-  return float("inf") if loss is None or result["diverged"] else loss
-
-
-def _record(spec, lr: float, best: dict, grid: list, job: _Job) -> dict[str, Any]:
-  task, config = job.task, job.config
-  val_loss = best["final_val_loss"]
-  metrics = task.metrics(val_loss, best["final_val_aux"]) if val_loss is not None else {}
-  # What the optimizer's update arguments peaked at (final_max_logit for QK-clip).
-  reported = [f"final_{task.update_args[a]}" for a in job.entry(spec).update_args]
-  return {
-      "optimizer": spec.name,
-      "factory": spec.optimizer,
-      "learning_rate": lr,
-      "final_train_loss": best["final_train_loss"],
-      "final_val_loss": val_loss,
-      **metrics,
-      "steps": best["steps"],
-      "wall_seconds": best["wall_seconds"],
-      "train_seconds": best["train_seconds"],
-      "throughput": best["units_per_second"],
-      "throughput_unit": f"{task.unit}/s",
-      "diverged": best["diverged"],
-      **{key: best[key] for key in reported if key in best},
-      "hyperparameters": {"learning_rate": lr, **dict(spec.options),
-                          "schedule": dataclasses.asdict(config.schedule)},
-      "grid": [{"learning_rate": g_lr, "final_val_loss": r["final_val_loss"],
-                "final_train_loss": r["final_train_loss"], "diverged": r["diverged"]} for g_lr, r in grid],
-  }
+def _write_meta(out: Path, job: _Job) -> None:
+  """What rendering needs of the task and the machine without building them (``matopt report``)."""
+  task = job.task
+  rates = {spec.name: {"rates": {k: float(v) for k, v in spec.options.items()  # for the plots' legends
+                                 if k in job.entry(spec).rates and v is not None}}
+           for spec in job.config.optimizers}
+  report.write_json(out / "meta.json", {"unit": task.unit, "loss_unit": task.loss_unit,
+                                        "metric_names": list(task.metric_names), "machine": report.machine(),
+                                        "optimizers": rates})

@@ -69,8 +69,8 @@ class Task(Protocol):
     sows that update argument as an ``nnx.Intermediate`` of the same name."""
     ...
 
-  def train_batch(self, step: int) -> Batch:
-    """The training batch of ``step``."""
+  def train_batch(self, step: int, seed: int | None = None) -> Batch:
+    """The training batch of ``step`` in the data order of ``seed`` (None: the config's ``seed``)."""
     ...
 
   def val_batches(self) -> Batch:
@@ -177,9 +177,10 @@ class GPTTask:
     return models.GPT(vocab=256, width=m.width, layers=m.layers, heads=m.heads, seq_len=m.seq_len,
                       positions=m.positions, rngs=nnx.Rngs(seed), report_logits="max_logits" in report)
 
-  def train_batch(self, step: int) -> np.ndarray:
+  def train_batch(self, step: int, seed: int | None = None) -> np.ndarray:
     length = self.model_cfg.seq_len + 1
-    starts = data_lib.random_starts(self.config.seed, 1, step, self.config.batch_size, len(self.train), length)
+    seed = self.config.seed if seed is None else seed
+    starts = data_lib.random_starts(seed, 1, step, self.config.batch_size, len(self.train), length)
     return data_lib.windows(self.train, starts, length)
 
   def val_batches(self) -> np.ndarray:
@@ -246,8 +247,8 @@ class DigitsTask:
       return models.CNN(in_channels=1, width=m.width, layers=m.layers, classes=10, rngs=rngs)
     return models.MLP(in_features=64, width=m.width, layers=m.layers, classes=10, rngs=rngs)
 
-  def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([self.config.seed, 1, step])
+  def train_batch(self, step: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([self.config.seed if seed is None else seed, 1, step])
     idx = rng.integers(0, len(self.y), size=self.config.batch_size)
     return self.x[idx], self.y[idx]
 

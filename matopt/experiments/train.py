@@ -218,11 +218,11 @@ def _restore(ckpt: Checkpoints, run: _Run) -> _Run:
 
 def _loop(task: Any, step: Step, compiled: Any, run: _Run, *, steps: int, eval_every: int,
           update_args: Mapping[str, str], save: Callable[[_Run], None] | None, checkpoint_every: int,
-          on_step: StepCallback | None, stop_after: int | None) -> None:
+          on_step: StepCallback | None, stop_after: int | None, seed: int) -> None:
   """Train ``run`` in place until ``steps``, divergence or ``stop_after``."""
   val = task.val_batches()
   while run.step < steps:
-    batch = task.train_batch(run.step)
+    batch = task.train_batch(run.step, seed)
     t0 = time.perf_counter()
     run.params, run.opt_state, (loss, peaks) = compiled(run.params, run.opt_state, step.place(batch))
     loss = float(loss)  # waits for the step: per-step times are real
@@ -289,7 +289,8 @@ def train(
     task: a :class:`~matopt.experiments.tasks.Task`.
     tx: the optimizer.
     steps: training steps.
-    seed: model initialisation seed (batches follow the task's config seed).
+    seed: the run's seed: model initialisation and the order of training batches
+      (``task.train_batch(step, seed)``).
     eval_every: validation interval in steps (0: only at the end).
     checkpoint_every: checkpoint interval (0: none); needs ``run_dir``.
     run_dir: where checkpoints live.
@@ -326,13 +327,13 @@ def train(
     wall = lambda: run.wall_before + time.perf_counter() - wall_start
     # Compiled ahead of time so step times (and the time axis of the plots)
     # measure training, not compilation.
-    compiled = step.train.lower(run.params, run.opt_state, step.place(task.train_batch(run.step))).compile()
+    compiled = step.train.lower(run.params, run.opt_state, step.place(task.train_batch(run.step, seed))).compile()
     compile_seconds = time.perf_counter() - wall_start
     save = ckpt and (lambda r: ckpt.save(r.step, {"params": r.params, "opt_state": r.opt_state},
                                          {"seconds": r.seconds, "wall_seconds": wall(), "history": r.history}))
     try:
       _loop(task, step, compiled, run, steps=steps, eval_every=eval_every, update_args=reported, save=save,
-            checkpoint_every=checkpoint_every, on_step=on_step, stop_after=stop_after)
+            checkpoint_every=checkpoint_every, on_step=on_step, stop_after=stop_after, seed=seed)
     finally:
       if ckpt:
         ckpt.close()

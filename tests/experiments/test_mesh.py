@@ -71,7 +71,7 @@ def test_layout():
 
 
 def _history(out):
-  (path,) = (out / "runs").glob("*/*/result.json")
+  (path,) = (out / "runs").glob("*/*/seed_*/result.json")
   return json.loads(path.read_text())
 
 

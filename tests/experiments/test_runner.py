@@ -79,7 +79,7 @@ def test_checkpoint_resume_is_exact(tmp_path, optimizer):
   assert runner.run(config, tmp_path / "cut", progress=False, stop_after=5) == []  # interrupted
   assert not (tmp_path / "cut" / "results.json").exists()
   resumed = runner.run(config, tmp_path / "cut", progress=False)
-  history = lambda d: json.loads(next((tmp_path / d / "runs").glob("*/*/result.json")).read_text())["history"]
+  history = lambda d: json.loads(next((tmp_path / d / "runs").glob("*/*/seed_*/result.json")).read_text())["history"]
   # Bit-for-bit on CPU: the same losses at every step, the same final validation.
   assert [h[2] for h in history("cut")["train"]] == [h[2] for h in history("whole")["train"]]
   assert [h[0] for h in history("cut")["train"]] == list(range(1, 9))
