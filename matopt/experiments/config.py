@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from matopt.experiments import tuning
+
 
 class ConfigError(ValueError):
   """A config that cannot be run; the message says where and what to do."""
@@ -64,12 +66,17 @@ class MeshSpec:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-  """One entry of ``optimizers:``; ``learning_rate`` may be a grid."""
+  """One entry of ``optimizers:``; ``learning_rate`` may be a grid, extended
+  past its edges (``extend``), and ``tune`` adds grids over other options
+  (:mod:`matopt.experiments.tuning`)."""
 
   name: str
   optimizer: str
   learning_rates: tuple[float, ...]
   options: Mapping[str, Any]
+  tune: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # option → values
+  extend: int = 0  # learning rates at most added past an edge of the grid
+  factor: float | None = None  # their ratio; None: the grid's own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,13 +254,63 @@ def _optimizer_spec(raw: Any, where: str, catalogue: Mapping[str, Any]) -> Optim
     raise ConfigError(
         f"{where}: unknown optimizer {optimizer!r}; valid optimizers are {sorted(catalogue)} "
         "(set 'optimizer:' when 'name:' is only a label).")
-  lr = raw.pop("learning_rate", None)
-  grid = lr if isinstance(lr, (list, tuple)) else [lr]
-  if lr is None or not grid or not all(matches(v, float) and v > 0 for v in grid):
-    raise ConfigError(
-        f"{where}.learning_rate must be a positive number or a non-empty list of them (a grid), got {lr!r}.")
+  grid, extend, factor = _learning_rate(raw.pop("learning_rate", None), f"{where}.learning_rate")
+  tune = raw.pop("tune", None)
   options = catalogue[optimizer].check_options(raw, where)
-  return OptimizerSpec(name, optimizer, tuple(float(v) for v in grid), options)
+  tune = _tune(tune, options, catalogue[optimizer], f"{where}.tune")
+  return OptimizerSpec(name, optimizer, grid, options, tune, extend, factor)
+
+
+def _learning_rate(lr: Any, where: str) -> tuple[tuple[float, ...], int, float | None]:
+  """A number, a list (a grid), or ``{grid: [...], extend: N, factor: F}``: the grid, extend, factor."""
+  spec = dict(lr) if isinstance(lr, Mapping) else {"grid": lr}
+  unknown = sorted(set(spec) - {"grid", "extend", "factor"})
+  grid = spec.get("grid")
+  grid = grid if isinstance(grid, (list, tuple)) else [grid]
+  if unknown or not grid or not all(matches(v, float) and v > 0 for v in grid):
+    raise ConfigError(
+        f"{where} must be a positive number or a non-empty list of them (a grid), or "
+        f"{{grid: [...], extend: N, factor: F}} to extend the grid past its edges; got {lr!r}.")
+  grid = tuple(float(v) for v in grid)
+  extend = check_value(spec.get("extend", 0), int, f"{where}.extend")
+  check_positive(f"{where}.extend", extend, zero_ok=True)
+  factor = spec.get("factor")
+  if factor is not None and not (matches(factor, float) and factor > 1):
+    raise ConfigError(f"{where}.factor must be a number > 1 (the ratio of neighbouring rates), got {factor!r}.")
+  if extend and factor is None and not tuning.is_geometric(grid):
+    raise ConfigError(
+        f"{where}: extend needs a geometric grid of 2 or more rates (one ratio between neighbours), "
+        f"got {list(grid)}; give factor: F to extend by F.")
+  return grid, extend, None if factor is None else float(factor)
+
+
+def _tune(raw: Any, options: Mapping[str, Any], entry: Any, where: str) -> dict[str, tuple[Any, ...]]:
+  """``tune:``: option → non-empty list of values, each checked as the option would be."""
+  if raw is None:
+    return {}
+  if not isinstance(raw, Mapping) or not raw:
+    raise ConfigError(f"{where} must be a mapping of option → list of values, e.g. {{b2: [0.95, 0.99]}}; got {raw!r}.")
+  out = {}
+  for key, values in raw.items():
+    if not isinstance(values, list) or not values or any(isinstance(v, (list, dict)) for v in values):
+      raise ConfigError(f"{where}.{key} must be a non-empty list of values (numbers, strings), got {values!r}.")
+    if key in options:
+      raise ConfigError(f"{where}.{key}: {key} is also set to {options[key]!r}; set it in one place.")
+    if key == "learning_rate":
+      raise ConfigError(f"{where}.learning_rate: the learning rate's grid is learning_rate itself.")
+    out[key] = tuple(_tuned_value(v, key, options, entry, f"{where}.{key}[{i}]") for i, v in enumerate(values))
+  return out
+
+
+def _tuned_value(value: Any, key: str, options: Mapping[str, Any], entry: Any, where: str) -> Any:
+  """One value of a tuned option, checked as the option (or the schedule's warmup) would be."""
+  if key == tuning.WARMUP:
+    check_positive(where, check_value(value, int, where), zero_ok=True)
+    return value
+  if key not in entry.options:
+    raise ConfigError(f"{where}: unknown option {key!r}; tunable are {tuning.WARMUP!r} and the options "
+                      f"{sorted(entry.settable)}.")
+  return entry.check_options({**options, key: value}, where)[key]
 
 
 def _optimizer_specs(raw: Any, catalogue: Mapping[str, Any]) -> tuple[OptimizerSpec, ...]:
@@ -415,8 +472,14 @@ def to_dict(config: Config) -> dict[str, Any]:
   for key, default in (("mesh", None), ("seeds", None), ("baseline", None), ("speedup_horizons", (1,))):
     if getattr(config, key) == default:
       del out[key]
-  out["optimizers"] = [
-      {"name": s.name, "optimizer": s.optimizer, "learning_rate": list(s.learning_rates), **dict(s.options)}
-      for s in config.optimizers
-  ]
+  out["optimizers"] = [entry_dict(s) for s in config.optimizers]
   return out
+
+
+def entry_dict(spec: OptimizerSpec) -> dict[str, Any]:
+  """An optimizer entry as plain data; ``learning_rate`` a list unless it extends, ``tune`` only when set."""
+  lr: Any = list(spec.learning_rates)
+  if spec.extend or spec.factor is not None:
+    lr = {"grid": lr, "extend": spec.extend, **({"factor": spec.factor} if spec.factor is not None else {})}
+  tune = {"tune": {k: list(v) for k, v in spec.tune.items()}} if spec.tune else {}
+  return {"name": spec.name, "optimizer": spec.optimizer, "learning_rate": lr, **tune, **dict(spec.options)}

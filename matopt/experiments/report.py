@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from matopt.experiments import metrics as metrics_lib
+from matopt.experiments import tuning
 
 
 def machine() -> dict[str, str]:
@@ -87,7 +88,9 @@ def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str,
   extra = [k for k in metrics if any(k in r for r in records)]
   multi = any(r.get("n_seeds", 1) > 1 for r in records)
   # The progress bar shows the last step's loss; the table the mean of the last 10 (train.train).
-  head = ["optimizer", "learning rate", "train loss (mean of last 10 steps)", "final val loss", *extra,
+  tuned = any("tuned" in r for r in records)
+  head = ["optimizer", "learning rate", *(["tuned"] if tuned else []), "train loss (mean of last 10 steps)",
+          "final val loss", *extra,
           "steps", "wall s", f"{unit}/s", *_baseline_head(baseline)]
   rows = sorted(records, key=lambda r: (r["final_val_loss"] is None, r["final_val_loss"] or 0.0))
   lines = [
@@ -100,9 +103,8 @@ def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str,
       "|" + "---|" * len(head),
   ]
   for r in rows:
-    grid = r["grid"]
-    lr = _fmt(r["learning_rate"]) + (f" (best of {len(grid)})" if len(grid) > 1 else "")
-    cells = [r["optimizer"], lr, _cell(r, "final_train_loss", 3, multi), _cell(r, "final_val_loss", 3, multi),
+    cells = [r["optimizer"], _lr_cell(r), *([_tuned_cell(r)] if tuned else []), _cell(r, "final_train_loss", 3, multi),
+             _cell(r, "final_val_loss", 3, multi),
              *(_cell(r, k, 3, multi) for k in extra), str(r["steps"]), _cell(r, "wall_seconds", 1, multi, 3),
              _cell(r, "throughput", 0, multi, 3), *_baseline_cells(r, baseline, multi)]
     if r["diverged"]:
@@ -113,6 +115,24 @@ def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str,
                  "steps only. Learning-rate grids: see results.json.")]
   lines += _notes(records, baseline, multi)
   return "\n".join(lines) + "\n"
+
+
+def _lr_cell(r: Mapping[str, Any]) -> str:
+  """The chosen learning rate; of how many grid points; how often the grid was extended; at an edge."""
+  grid, extension = r["grid"], r.get("tuning")
+  notes = [f"best of {len(grid)}"] if len(grid) > 1 else []
+  if extension and extension["extended"]:
+    notes.append(f"grid extended by {len(extension['extended'])}")
+  if extension and extension["at_edge"]:
+    notes.append("best at the edge of the grid")
+  return _fmt(r["learning_rate"]) + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _tuned_cell(r: Mapping[str, Any]) -> str:
+  """The chosen values of the options tuned besides the learning rate."""
+  tuned = r.get("tuned") or {}
+  return ", ".join(f"{k.removeprefix('schedule.')}={_fmt(v) if isinstance(v, float) else v}"
+                   for k, v in tuned.items()) or "—"
 
 
 def _cell(r: Mapping[str, Any], key: str, decimals: int, multi: bool, digits: int = 4,
@@ -159,6 +179,14 @@ def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
 def _notes(records: Sequence[dict], baseline: Mapping[str, Any] | None, multi: bool) -> list[str]:
   """What the seeds and baseline columns mean, under the table."""
   notes = []
+  edge = [r["optimizer"] for r in records if (r.get("tuning") or {}).get("at_edge")]
+  if edge:
+    notes.append(f"Best at the edge of the grid ({', '.join(edge)}): the best learning rate is still the smallest "
+                 "or largest tried after extending the grid as far as its extend allows; the optimum may lie "
+                 "beyond (raise extend).")
+  if any((r.get("tuning") or {}).get("extended") for r in records):
+    notes.append("Grid extended: learning rates added one ratio past the edge where the best lay, at the best "
+                 "point's other values, until the best lay inside (see results.json's tuning).")
   if multi:
     seeds = sorted({s for r in records for s in r["seeds"]})
     notes.append(f"Each cell is the mean ± sample std over seeds {seeds} (n={len(seeds)} unless noted); "
@@ -325,12 +353,19 @@ def plots(curves: Sequence[Curve], out_dir: Path, *, title: str, loss_unit: str)
 # Reading an output directory back: records and curves from the runs' result.json files.
 
 
-def run_path(name: str, lr: float, seed: int, steps: int | None = None) -> Path:
+def run_path(name: str, lr: float, seed: int, steps: int | None = None,
+             tuned: Sequence[tuple[str, Any]] = ()) -> Path:
   """A run's directory, relative to the output directory: ``runs/NAME/lr_X/seed_S``,
   and ``runs/NAME/lr_X/seed_S/steps_N`` for a baseline run trained to another
-  horizon of ``N`` steps."""
-  path = Path("runs") / name / f"lr_{lr:.6g}" / f"seed_{seed}"
+  horizon of ``N`` steps. Other tuned options name the point after the
+  learning rate: ``runs/NAME/lr_X-b2_0.95-warmup_steps_10/seed_S``."""
+  point = f"lr_{lr:.6g}" + "".join(f"-{k.removeprefix('schedule.')}_{_value_name(v)}" for k, v in tuned)
+  path = Path("runs") / name / point / f"seed_{seed}"
   return path / f"steps_{steps}" if steps is not None else path
+
+
+def _value_name(value: Any) -> str:
+  return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _read(path: Path) -> Any:
@@ -342,13 +377,13 @@ class _Spec(NamedTuple):
 
   name: str
   factory: str
-  learning_rates: tuple[float, ...]
+  grid: tuning.Grid
   options: dict[str, Any]
 
 
 def _specs(config: Mapping[str, Any]) -> list[_Spec]:
-  return [_Spec(e["name"], e["optimizer"], tuple(e["learning_rate"]),
-                {k: v for k, v in e.items() if k not in ("name", "optimizer", "learning_rate")})
+  return [_Spec(e["name"], e["optimizer"], tuning.of_entry(e),
+                {k: v for k, v in e.items() if k not in ("name", "optimizer", "learning_rate", "tune")})
           for e in config["optimizers"]]
 
 
@@ -363,24 +398,15 @@ def baseline_of(config: Mapping[str, Any]) -> str | None:
   return config.get("baseline") or ("adamw" if "adamw" in names else None)
 
 
-def finished_runs(out: Path, name: str, lr: float, seeds: Sequence[int], steps: int | None = None) -> dict[int, dict]:
-  """Seed → result of each run of ``(name, lr)`` that finished (has its result.json)."""
+def finished_runs(out: Path, name: str, lr: float, seeds: Sequence[int], steps: int | None = None,
+                  tuned: Sequence[tuple[str, Any]] = ()) -> dict[int, dict]:
+  """Seed → result of each run of ``(name, lr, tuned)`` that finished (has its result.json)."""
   found = {}
   for seed in seeds:
-    path = out / run_path(name, lr, seed, steps) / "result.json"
+    path = out / run_path(name, lr, seed, steps, tuned) / "result.json"
     if path.exists():
       found[seed] = _read(path)
   return found
-
-
-def _loss_key(result: Mapping[str, Any]) -> float:
-  loss = result["final_val_loss"]
-  return math.inf if loss is None or result["diverged"] else loss
-
-
-def grid_key(runs: Mapping[int, Mapping[str, Any]]) -> float:
-  """What ranks a learning rate: the mean final validation loss over its seeds, inf if one diverged."""
-  return float(np.mean([_loss_key(r) for r in runs.values()])) if runs else math.inf
 
 
 _NOT_SUMMED = ("seed", "result", "steps", "diverged")
@@ -405,8 +431,8 @@ def _put(record: dict[str, Any], key: str, summary: metrics_lib.Summary) -> None
   record.setdefault("summaries", {})[key] = summary._asdict()
 
 
-def _grid_point(lr: float, runs: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-  point: dict[str, Any] = {"learning_rate": lr}
+def _grid_point(at: tuning.Point, runs: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+  point: dict[str, Any] = {"learning_rate": at.learning_rate, **dict(at.tuned)}
   for key in ("final_val_loss", "final_train_loss"):
     summary = metrics_lib.summarize([None if r["diverged"] else r[key] for r in runs.values()])
     point[key] = summary.mean if summary.n else None
@@ -415,11 +441,11 @@ def _grid_point(lr: float, runs: Mapping[int, Mapping[str, Any]]) -> dict[str, A
   return point
 
 
-def _record(spec: _Spec, lr: float, grid: Mapping[float, Mapping[int, dict]], config: Mapping[str, Any],
-            meta: Mapping[str, Any]) -> dict[str, Any]:
-  """One optimizer's record: its best learning rate's numbers as mean and std over seeds."""
-  runs = grid[lr]
-  rows = [_per_seed(r, seed, run_path(spec.name, lr, seed)) for seed, r in sorted(runs.items())]
+def _record(spec: _Spec, outcome: tuning.Outcome, config: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+  """One optimizer's record: its best point's numbers as mean and std over seeds."""
+  best, lr = outcome.best, outcome.best.learning_rate
+  rows = [_per_seed(r, seed, run_path(spec.name, lr, seed, tuned=best.tuned))
+          for seed, r in sorted(outcome.runs[best].items())]
   keys = list(dict.fromkeys(k for row in rows for k in row if k not in _NOT_SUMMED))
   summaries = {k: metrics_lib.summarize([row.get(k) for row in rows]) for k in keys}
   record: dict[str, Any] = {"optimizer": spec.name, "factory": spec.factory, "learning_rate": lr}
@@ -435,12 +461,27 @@ def _record(spec: _Spec, lr: float, grid: Mapping[float, Mapping[int, dict]], co
   for key in keys:
     if key not in record:
       _put(record, key, summaries[key])
-  record["hyperparameters"] = {"learning_rate": lr, **spec.options, "schedule": config["schedule"]}
-  record["grid"] = [_grid_point(g_lr, g_runs) for g_lr, g_runs in grid.items()]
+  _add_tuning(record, spec, outcome, config)
   record["seeds"] = [row["seed"] for row in rows]
   record["n_seeds"] = len(rows)
   record["runs"] = rows
   return record
+
+
+def _add_tuning(record: dict[str, Any], spec: _Spec, outcome: tuning.Outcome, config: Mapping[str, Any]) -> None:
+  """The chosen hyperparameters, every grid point tried and, when asked for, the grid's extension."""
+  best = outcome.best
+  schedule = dict(config["schedule"])
+  if best.warmup_steps() is not None:
+    schedule["warmup_steps"] = best.warmup_steps()
+  record["hyperparameters"] = {"learning_rate": best.learning_rate, **spec.options, **best.options(),
+                               "schedule": schedule}
+  if spec.grid.tune:
+    record["tuned"] = dict(best.tuned)
+  record["grid"] = [_grid_point(point, runs) for point, runs in outcome.runs.items()]
+  if spec.grid.extend:
+    record["tuning"] = {"learning_rates": tuning.line(outcome.runs, best), "extend": spec.grid.extend,
+                        "extended": list(outcome.extended), "at_edge": outcome.at_edge}
 
 
 def _speedup_summary(speedups: Sequence[metrics_lib.Speedup]) -> dict[str, Any]:
@@ -492,14 +533,15 @@ def _add_speedups(record: dict[str, Any], horizons: Mapping[int, Mapping[int, Ma
     record["summaries"][key] = summary
 
 
-def _horizon_entry(out: Path, name: str, lr: float, seeds: Sequence[int], steps: int) -> dict[str, Any]:
-  runs = finished_runs(out, name, lr, seeds, steps)
+def _horizon_entry(out: Path, name: str, point: tuning.Point, seeds: Sequence[int], steps: int) -> dict[str, Any]:
+  lr = point.learning_rate
+  runs = finished_runs(out, name, lr, seeds, steps, point.tuned)
   entry: dict[str, Any] = {"steps": steps}
   for key in ("final_val_loss", "train_seconds"):
     summary = metrics_lib.summarize([None if key == "final_val_loss" and r["diverged"] else r[key]
                                      for r in runs.values()])
     _put(entry, key, summary)
-  entry["runs"] = [{"seed": seed, "result": (run_path(name, lr, seed, steps) / "result.json").as_posix(),
+  entry["runs"] = [{"seed": seed, "result": (run_path(name, lr, seed, steps, point.tuned) / "result.json").as_posix(),
                     **{k: r[k] for k in ("final_val_loss", "train_seconds", "diverged")}}
                    for seed, r in sorted(runs.items())]
   return entry
@@ -516,10 +558,11 @@ def _add_baseline(records: list[dict], chosen: Mapping[str, Mapping[int, dict]],
   factors = sorted(config.get("speedup_horizons") or [1])
   horizons = {steps: chosen[name]}
   if len(factors) > 1:
-    entries = [_horizon_entry(out, name, base["learning_rate"], seeds_of(config), f * steps) for f in factors if f != 1]
+    point = tuning.Point(base["learning_rate"], tuple(base.get("tuned", {}).items()))
+    entries = [_horizon_entry(out, name, point, seeds_of(config), f * steps) for f in factors if f != 1]
     base["horizons"] = entries
-    horizons.update({f * steps: finished_runs(out, name, base["learning_rate"], seeds_of(config), f * steps)
-                     for f in factors if f != 1})
+    horizons.update({f * steps: finished_runs(out, name, point.learning_rate, seeds_of(config), f * steps,
+                                              point.tuned) for f in factors if f != 1})
   for record in records:
     record["baseline"] = name
     record["target_val_loss"] = target
@@ -553,28 +596,35 @@ class Collected(NamedTuple):
   baseline: dict[str, Any] | None  # name, target loss, horizon factors, steps; None: no speedup columns
 
 
+def search(out: Path, config: Mapping[str, Any], name: str) -> tuning.Outcome | None:
+  """The grid of entry ``name`` over the runs finished in ``out`` (:func:`tuning.search`); None: none finished."""
+  spec = next(s for s in _specs(config) if s.name == name)
+  seeds = seeds_of(config)
+  return tuning.search(spec.grid, lambda p: finished_runs(out, name, p.learning_rate, seeds, tuned=p.tuned))
+
+
 def collect(out: str | Path) -> Collected:
   """Records and curves from ``out``'s ``config.json``, ``meta.json`` and finished runs.
 
-  Learning rates with no finished seed are left out, and optimizers with no
-  finished learning rate; each optimizer's learning rate is the one with the
-  lowest mean final validation loss over its finished seeds (:func:`grid_key`).
+  Grid points with no finished seed are left out, and optimizers with no
+  finished point; each optimizer's point is the one with the lowest mean
+  final validation loss over its finished seeds (:func:`grid_key`), its grid
+  extended past an edge as ``matopt run`` extended it (:func:`tuning.search`
+  over the finished runs: the same runs give the same choice, with no training).
   """
   out = Path(out)
   config, meta = _read(out / "config.json"), _read(out / "meta.json")
-  seeds = seeds_of(config)
   records, curves, chosen = [], [], {}
   for spec in _specs(config):
-    grid = {lr: finished_runs(out, spec.name, lr, seeds) for lr in spec.learning_rates}
-    grid = {lr: runs for lr, runs in grid.items() if runs}
-    if not grid:
+    outcome = search(out, config, spec.name)
+    if outcome is None:
       continue
-    lr = min(grid, key=lambda k: grid_key(grid[k]))
-    chosen[spec.name] = grid[lr]
-    records.append(_record(spec, lr, grid, config, meta))
-    histories = [r["history"] for _, r in sorted(grid[lr].items())]
+    chosen[spec.name] = outcome.runs[outcome.best]
+    records.append(_record(spec, outcome, config, meta))
+    histories = [r["history"] for _, r in sorted(chosen[spec.name].items())]
     rates = meta["optimizers"].get(spec.name, {}).get("rates", {})
-    curves.append(Curve(spec.name, spec.factory, lr, rates, _mean_history(histories), tuple(histories)))
+    curves.append(Curve(spec.name, spec.factory, outcome.best.learning_rate, rates, _mean_history(histories),
+                        tuple(histories)))
   return Collected(records, curves, _add_baseline(records, chosen, config, out))
 
 

@@ -5,13 +5,17 @@ Layout of the output directory::
     DIR/config.json              the effective config (resume refuses another)
     DIR/meta.json                the task's units and metrics, the machine, legend rates
     DIR/runs/NAME/lr_X/seed_S/   one run: checkpoints/, result.json when done
+    DIR/runs/NAME/lr_X-K_V/seed_S/  the same at a point of a grid that also tunes option K (``tune:``)
     DIR/runs/B/lr_X/seed_S/steps_N/  the baseline B trained to N steps (speedup_horizons)
     DIR/results.json             one record per optimizer (best of its grid, over seeds)
     DIR/results.md               the comparison table
     DIR/loss_vs_step.png, DIR/loss_vs_time.png
 
 Every optimizer runs each learning rate of its grid with each seed (the
-seed sets both the initialisation and the order of training batches). Then
+seed sets both the initialisation and the order of training batches), with
+each combination of the values of the options it tunes (``tune:``); a grid
+with ``extend`` grows past its edge while the best lies there
+(:mod:`matopt.experiments.tuning`). Then
 the baseline (``baseline:``, default ``adamw``) is trained again at its
 chosen learning rate, every seed, to each multiple of ``steps`` in
 ``speedup_horizons`` above 1, with its learning-rate schedule stretched to
@@ -32,7 +36,7 @@ from typing import Any
 
 from matopt.experiments import config as config_lib
 from matopt.experiments import optimizers as optimizers_lib
-from matopt.experiments import parallel, report, tasks, train
+from matopt.experiments import parallel, report, tasks, train, tuning
 from matopt.experiments.config import Config, ConfigError
 
 
@@ -146,19 +150,24 @@ class _Job:
   def entry(self, spec: config_lib.OptimizerSpec) -> optimizers_lib.Entry:
     return optimizers_lib.CATALOGUE[spec.optimizer]
 
-  def build(self, spec: config_lib.OptimizerSpec, lr: float, steps: int | None = None) -> Any:
-    """The optimizer; its schedule spans ``steps`` (default the config's)."""
-    return optimizers_lib.build(spec.optimizer, lr, spec.options, schedule=self.config.schedule,
-                                steps=steps or self.config.steps, model_options=self.task.model_options())
+  def build(self, spec: config_lib.OptimizerSpec, point: tuning.Point, steps: int | None = None) -> Any:
+    """The optimizer at a grid point; its schedule spans ``steps`` (default the config's)."""
+    schedule = self.config.schedule
+    if point.warmup_steps() is not None:
+      schedule = dataclasses.replace(schedule, warmup_steps=point.warmup_steps())
+    return optimizers_lib.build(spec.optimizer, point.learning_rate, {**spec.options, **point.options()},
+                                schedule=schedule, steps=steps or self.config.steps,
+                                model_options=self.task.model_options())
 
-  def train(self, spec: config_lib.OptimizerSpec, lr: float, seed: int, run_dir: Path, bars: _Progress,
+  def train(self, spec: config_lib.OptimizerSpec, point: tuning.Point, seed: int, run_dir: Path, bars: _Progress,
             stop_after: int | None, steps: int | None = None) -> dict[str, Any]:
-    config, steps = self.config, steps or self.config.steps
-    label = spec.name + (f" lr={lr:g}" if len(spec.learning_rates) > 1 else "")
+    config, steps, lr = self.config, steps or self.config.steps, point.learning_rate
+    label = spec.name + (f" lr={lr:g}" if len(spec.learning_rates) > 1 or spec.extend else "")
+    label += "".join(f" {k.removeprefix('schedule.')}={v}" for k, v in point.tuned)
     label += f" seed={seed}" if len(config.run_seeds) > 1 else ""
     label += f" {steps} steps" if steps != config.steps else ""
     result = train.train(
-        self.task, self.build(spec, lr, steps), steps=steps, seed=seed, eval_every=config.eval_every,
+        self.task, self.build(spec, point, steps), steps=steps, seed=seed, eval_every=config.eval_every,
         checkpoint_every=config.checkpoint_every, run_dir=run_dir, on_step=bars.start(label, steps),
         stop_after=stop_after, mesh=self.mesh, update_args=self.entry(spec).update_args)
     val_loss = result["final_val_loss"]
@@ -166,15 +175,15 @@ class _Job:
     return {"seed": seed, "learning_rate": lr, **result}
 
 
-def _ensure(job: _Job, spec: config_lib.OptimizerSpec, lr: float, seed: int, out: Path, bars: _Progress,
+def _ensure(job: _Job, spec: config_lib.OptimizerSpec, point: tuning.Point, seed: int, out: Path, bars: _Progress,
             stop_after: int | None, steps: int | None = None) -> bool:
   """Train one run unless its result.json exists; whether it is finished now."""
-  run_dir = out / report.run_path(spec.name, lr, seed, steps)
+  run_dir = out / report.run_path(spec.name, point.learning_rate, seed, steps, point.tuned)
   done = run_dir / "result.json"
   if done.exists():
     return True
   run_dir.mkdir(parents=True, exist_ok=True)
-  result = job.train(spec, lr, seed, run_dir, bars, stop_after, steps)
+  result = job.train(spec, point, seed, run_dir, bars, stop_after, steps)
   if result["complete"]:
     report.write_json(done, result)
   return result["complete"]
@@ -184,13 +193,33 @@ def _horizons(job: _Job, out: Path, bars: _Progress, stop_after: int | None) -> 
   """The baseline at its chosen learning rate, every seed, at each longer horizon; whether all finished."""
   config = job.config
   spec = next(s for s in config.optimizers if s.name == config.baseline_name)
-  grid = {lr: report.finished_runs(out, spec.name, lr, config.run_seeds) for lr in spec.learning_rates}
-  lr = min(grid, key=lambda k: report.grid_key(grid[k]))
+  best = report.search(out, config_lib.to_dict(config), spec.name).best
   complete = True
   for factor in config.speedup_horizons:
     if factor != 1:
       for seed in config.run_seeds:
-        complete &= _ensure(job, spec, lr, seed, out, bars, stop_after, factor * config.steps)
+        complete &= _ensure(job, spec, best, seed, out, bars, stop_after, factor * config.steps)
+  return complete
+
+
+def _tune(job: _Job, spec: config_lib.OptimizerSpec, out: Path, bars: _Progress, stop_after: int | None) -> bool:
+  """Every seed of every point of the entry's grid, extended past an edge as asked; whether all finished.
+
+  A point counts for the search only once all its seeds finished, so an
+  interrupted run extends nothing until it resumes.
+  """
+  grid, complete = tuning.of_entry(config_lib.entry_dict(spec)), True
+  start = set(grid.points())
+
+  def fetch(point: tuning.Point) -> dict[int, dict]:
+    nonlocal complete
+    if not complete and point not in start:
+      return {}  # extend only from a finished grid
+    done = all([_ensure(job, spec, point, seed, out, bars, stop_after) for seed in job.config.run_seeds])
+    complete &= done
+    return report.finished_runs(out, spec.name, point.learning_rate, job.config.run_seeds, tuned=point.tuned) if done else {}
+
+  tuning.search(grid, fetch)
   return complete
 
 
@@ -226,16 +255,14 @@ def run(
   job = _Job(config, tasks.TASKS[config.task](config),
              parallel.make_mesh(config.mesh) if config.mesh is not None else None)
   for spec in config.optimizers:
-    for lr in spec.learning_rates:
-      job.build(spec, lr)
+    for point in tuning.of_entry(config_lib.entry_dict(spec)).points():
+      job.build(spec, point)
   _check_out_dir(out, config, overwrite)
   _write_meta(out, job)
   complete = True
   with _Progress(progress) as bars:
     for spec in config.optimizers:
-      for lr in spec.learning_rates:
-        for seed in config.run_seeds:
-          complete &= _ensure(job, spec, lr, seed, out, bars, stop_after)
+      complete &= _tune(job, spec, out, bars, stop_after)
     if complete and len(config.speedup_horizons) > 1:
       complete = _horizons(job, out, bars, stop_after)
   return report.render(out) if complete else []
