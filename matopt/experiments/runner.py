@@ -215,7 +215,8 @@ def _tune(job: _Job, spec: config_lib.OptimizerSpec, out: Path, bars: _Progress,
     nonlocal complete
     if not complete and point not in start:
       return {}  # extend only from a finished grid
-    done = all([_ensure(job, spec, point, seed, out, bars, stop_after) for seed in job.config.run_seeds])
+    finished = [_ensure(job, spec, point, seed, out, bars, stop_after) for seed in job.config.run_seeds]
+    done = all(finished)  # every seed trained (or resumed) first, as without a grid
     complete &= done
     return report.finished_runs(out, spec.name, point.learning_rate, job.config.run_seeds, tuned=point.tuned) if done else {}
 

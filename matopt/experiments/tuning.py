@@ -100,7 +100,7 @@ def is_geometric(rates: tuple[float, ...]) -> bool:
   lrs = sorted(rates)
   if len(lrs) < 2 or lrs[0] == lrs[1]:
     return False
-  ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+  ratios = [b / a for a, b in itertools.pairwise(lrs)]
   return all(math.isclose(r, ratios[0], rel_tol=0.15) for r in ratios)
 
 

@@ -1,5 +1,6 @@
 """Tuning at the reported horizon: grids extended past an edge, grids over other options, the cached choice."""
 
+import dataclasses
 import json
 import math
 
@@ -101,7 +102,7 @@ def test_config_keys_round_trip_and_plain_entries_are_unchanged():
       {"name": "sgd", "learning_rate": {"grid": [0.1], "extend": 1, "factor": 3}},
       {"name": "muon", "learning_rate": [0.01, 0.02]},
   ])
-  adamw, sgd, muon = config.optimizers
+  adamw = config.optimizers[0]
   assert (adamw.learning_rates, adamw.extend, adamw.factor) == ((0.003, 0.01, 0.03), 3, None)
   assert adamw.tune == {"b2": (0.95, 0.99), "schedule.warmup_steps": (0, 2)}
   entries = config_lib.to_dict(config)["optimizers"]
@@ -132,8 +133,8 @@ def test_config_refusals(entry, match):
 # End to end: runs at the reported horizon, directory names, the table, and a rerun that trains nothing.
 
 
-def _run(tmp_path_factory, entry):
-  config = _parse([entry])
+def _run(tmp_path_factory, entry, **changes):
+  config = dataclasses.replace(_parse([entry]), **changes)
   out = tmp_path_factory.mktemp("tuning") / "out"
   return config, out, runner.run(config, out, progress=False)
 
@@ -146,13 +147,14 @@ def extended(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def product(tmp_path_factory):
-  """adamw tuning b2 and the warmup: 4 runs."""
+  """adamw tuning b2 and the warmup, then trained to 2× the steps at its choice (the baseline): 5 runs."""
   return _run(tmp_path_factory, {"name": "adamw", "learning_rate": 0.01,
-                                 "tune": {"b2": [0.9, 0.99], "schedule.warmup_steps": [0, 2]}})
+                                 "tune": {"b2": [0.9, 0.99], "schedule.warmup_steps": [0, 2]}},
+              speedup_horizons=(1, 2))
 
 
 def test_edge_extension_trains_past_the_edge_and_flags_the_bound(extended):
-  config, out, (sgd,) = extended
+  _, out, (sgd,) = extended
   dirs = sorted(p.name for p in (out / "runs" / "sgd").iterdir())
   # A half-decade grid continues 1, 3, 10, 30.
   assert dirs == ["lr_0.0001", "lr_0.0003", "lr_0.001", "lr_0.003"]
@@ -167,7 +169,7 @@ def test_edge_extension_trains_past_the_edge_and_flags_the_bound(extended):
 
 
 def test_product_grid_names_each_point_and_reports_the_choice(product):
-  config, out, (adamw,) = product
+  _, out, (adamw,) = product
   dirs = sorted(p.name for p in (out / "runs" / "adamw").iterdir())
   assert dirs == ["lr_0.01-b2_0.9-warmup_steps_0", "lr_0.01-b2_0.9-warmup_steps_2",
                   "lr_0.01-b2_0.99-warmup_steps_0", "lr_0.01-b2_0.99-warmup_steps_2"]
@@ -180,6 +182,10 @@ def test_product_grid_names_each_point_and_reports_the_choice(product):
   # The warmup is a real option: another warmup, another loss.
   losses = {(g["b2"], g["schedule.warmup_steps"]): g["final_val_loss"] for g in adamw["grid"]}
   assert losses[(0.9, 0)] != losses[(0.9, 2)]
+  # The baseline's longer horizon runs at the chosen point.
+  point = f"lr_0.01-b2_{best['b2']:g}-warmup_steps_{best['schedule.warmup_steps']}"
+  assert [h["runs"][0]["result"] for h in adamw["horizons"]] == [f"runs/adamw/{point}/seed_0/steps_6/result.json"]
+  assert (out / adamw["horizons"][0]["runs"][0]["result"]).exists()
   tuned_cell = f"b2={best['b2']:g}, warmup_steps={best['schedule.warmup_steps']}"
   assert f"| adamw | 0.01 (best of 4) | {tuned_cell} |" in (out / "results.md").read_text()
 
