@@ -209,3 +209,22 @@ def test_yaml_syntax(tmp_path):
                   "  - {name: adamw, learning_rate: {grid: [0.003, 0.01], extend: 3}, tune: {b2: [0.95, 0.99]}}\n")
   (spec,) = runner.load(path, ["optimizers.adamw.learning_rate.extend=1"]).optimizers
   assert (spec.learning_rates, spec.extend, dict(spec.tune)) == ((0.003, 0.01), 1, {"b2": (0.95, 0.99)})
+
+
+def test_an_interrupted_grid_is_not_extended_until_it_finishes(tmp_path, monkeypatch):
+  config = _parse([{"name": "sgd", "learning_rate": {"grid": [0.0001, 0.0003], "extend": 2}}])
+  trained = []
+
+  def ensure(job, spec, point, seed, out, bars, stop_after, steps=None):
+    trained.append(point.learning_rate)
+    return point.learning_rate != 0.0001 or stop_after is None  # stop_after: lr 0.0001 is cut short
+
+  monkeypatch.setattr(runner, "_ensure", ensure)
+  monkeypatch.setattr(runner.report, "finished_runs", lambda out, name, lr, seeds, steps=None, tuned=():
+                      {0: {"final_val_loss": -lr, "diverged": False}})
+  job, bars = runner._Job(config, None, None), runner._Progress(False)
+  assert not runner._tune(job, config.optimizers[0], tmp_path, bars, stop_after=2)
+  assert trained == [0.0001, 0.0003]  # the best so far is at the edge, but the grid is not finished
+  trained.clear()
+  assert runner._tune(job, config.optimizers[0], tmp_path, bars, stop_after=None)
+  assert trained == [0.0001, 0.0003, 0.001, 0.003]
