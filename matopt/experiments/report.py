@@ -186,7 +186,7 @@ def _notes(records: Sequence[dict], baseline: Mapping[str, Any] | None, multi: b
                  "beyond (raise extend).")
   if any((r.get("tuning") or {}).get("extended") for r in records):
     notes.append("Grid extended: learning rates added one ratio past the edge where the best lay, at the best "
-                 "point's other values, until the best lay inside (see results.json's tuning).")
+                 "point's other values, until the best lay inside or extend ran out (see results.json's tuning).")
   if multi:
     seeds = sorted({s for r in records for s in r["seeds"]})
     notes.append(f"Each cell is the mean ± sample std over seeds {seeds} (n={len(seeds)} unless noted); "
