@@ -107,6 +107,9 @@ _MARKS = (
     (("slow",), "tests/experiments/test_seeds.py::test_(every_seed_runs_and_records_are_means_over_seeds"
      "|report_recreates_the_outputs_without_training_or_a_backend|report_of_a_partly_finished_directory"
      "|batches_follow_the_run_seed[digits])", "six tiny GPT runs (a module fixture) or a subprocess: 1–11 s"),
+    (("slow",), "tests/experiments/test_tuning.py::test_(edge_extension_trains_past_the_edge_and_flags_the_bound"
+     "|product_grid_names_each_point_and_reports_the_choice|rerun_and_report_reuse_the_tuning_without_training)",
+     "trains 4–5 tiny GPT runs (module fixtures): 1–25 s"),
     (("slow",), "tests/experiments/test_tasks.py::test_more_eval_batches_than_validation_images",
      "loads scikit-learn's digits: 1.7 s"),
     (("slow",), "tests/experiments/test_train.py::test_(muon_clip_gets_the_models_logits"
