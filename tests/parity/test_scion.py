@@ -4,7 +4,7 @@ run as published on the inputs matopt gets.
 Layouts. torch weights are ``A (d_out, d_in)``; matopt's Flax kernels are
 ``W = Aᵀ (d_in, d_out)``, so every matrix crosses with a transpose, and the
 Scion paper's ColNorm (columns of A: one per input) is matopt's ``"colnorm"``
-on rows of W (DESIGN.md §2). Embedding tables are ``(vocab, dim)`` in both
+on rows of W (docs/conventions.md, "Norms and their LMOs in Flax layout"). Embedding tables are ``(vocab, dim)`` in both
 libraries: no transpose, and the reference's ``Col(transpose=True)`` (its
 embedding setting) is ``"colnorm"`` on the table as it is.
 
