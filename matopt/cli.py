@@ -1,4 +1,4 @@
-"""The ``matopt`` command: ``matopt run CONFIG`` and ``matopt report DIR`` (see :mod:`matopt.experiments`)."""
+"""The ``matopt`` command: ``matopt run``, ``matopt report`` and ``matopt readme`` (see :mod:`matopt.experiments`)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
       description="Rebuild results.json, results.md and the loss plots of a `matopt run` output directory "
                   "from the runs that finished there (all or some), without training; print the table.")
   report.add_argument("dir", help="the output directory of `matopt run` (holding config.json)")
+  readme = commands.add_parser(
+      "readme", help="regenerate the result tables of Markdown files from their results.json",
+      description="Replace each block between `<!-- matopt:table PATH -->` and `<!-- /matopt:table -->` "
+                  "(PATH: a results.json of `matopt run`, relative to the Markdown file) with the table "
+                  "made from it. With --check, write nothing and exit 1 if a table differs from its results.")
+  readme.add_argument("files", nargs="*", default=["README.md"], metavar="FILE",
+                      help="Markdown files (default: README.md)")
+  readme.add_argument("--check", action="store_true",
+                      help="only compare: list the stale tables and exit 1 if there are any")
   return parser
 
 
@@ -86,11 +95,54 @@ def _report(directory: str) -> int:
     print(f"matopt: error: {out} has no {' or '.join(missing)}: not the output directory of a `matopt run` "
           "(of this version); pass the --out directory of one.", file=sys.stderr)
     return 2
+  config = json.loads((out / "config.json").read_text())
+  if config.get("sizes"):
+    from matopt.experiments import trends
+
+    sizes = trends.render(out)
+    print((out / "results.md").read_text())
+    print(f"Wrote {out / 'trends.json'} ({len(sizes)} sizes; each re-rendered in {out / 'sizes'}), "
+          "results.md and plots.")
+    return 0
   records = report.render(out)
-  total = len(json.loads((out / "config.json").read_text())["optimizers"])
+  total = len(config["optimizers"])
   print((out / "results.md").read_text())
   print(f"Wrote {out / 'results.json'} ({len(records)} of {total} optimizers with finished runs), "
         "results.md and plots.")
+  return 0
+
+
+def _tables(n: int) -> str:
+  return f"{n} table" if n == 1 else f"{n} tables"
+
+
+def _readme(files: Sequence[str], *, check: bool) -> int:
+  """``matopt readme [--check] [FILE ...]``: no JAX (:func:`matopt.experiments.readme.update`)."""
+  from matopt.experiments import readme
+
+  try:
+    found = [block for name in files for block in readme.update(Path(name), check=check)]
+  except readme.ReadmeError as e:
+    print(f"matopt: error: {e}", file=sys.stderr)
+    return 2
+  stale = [b for b in found if b.stale]
+  where = ", ".join(files)
+  if not found:
+    print(f"No `<!-- matopt:table PATH -->` blocks in {where}: nothing to regenerate.")
+    return 0
+  if check:
+    for block in stale:
+      print(readme.diff(block), end="")
+      print(f"{block.source}:{block.line}: table from {block.marked} is stale", file=sys.stderr)
+    if stale:
+      print(f"matopt: {len(stale)}/{_tables(len(found))} in {where} stale against their results.json; run "
+            "`matopt readme` to regenerate.", file=sys.stderr)
+      return 1
+    print(f"Up to date: {_tables(len(found))} in {where}, each as its results.json gives it.")
+    return 0
+  for block in stale:
+    print(f"{block.source}:{block.line}: regenerated the table from {block.marked}")
+  print(f"Regenerated {len(stale)} of {_tables(len(found))} in {where}" + ("." if stale else ": all were up to date."))
   return 0
 
 
@@ -98,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   if args.command == "report":
     return _report(args.dir)
+  if args.command == "readme":
+    return _readme(args.files, check=args.check)
   # Imported after parsing so --help does not wait for JAX.
   from matopt.experiments import runner
   from matopt.experiments.config import ConfigError, count
@@ -112,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"matopt: error: {e}", file=sys.stderr)
     return 2
   print((out / "results.md").read_text())
-  print(f"Wrote {out / 'results.json'} ({count(len(records), 'optimizer')}), results.md and plots.")
+  written = (f"{out / 'trends.json'} ({count(len(records), 'size')}, each in {out / 'sizes'})"
+             if config.sizes is not None else f"{out / 'results.json'} ({count(len(records), 'optimizer')})")
+  print(f"Wrote {written}, results.md and plots.")
   return 0
 
 

@@ -65,6 +65,32 @@ class MeshSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sizes:
+  """A sweep over model sizes: the whole experiment once per value of ``model.FIELD``.
+
+  Each size is an experiment of its own (its own tuning, seeds and baseline
+  horizons) in ``DIR/sizes/FIELD_VALUE/``. With ``tokens_per_param`` the
+  data grows with the model, as in compute-optimal scaling studies (Hoffmann
+  et al. 2022; Wen et al. 2025 compare optimizers at fixed multiples of it):
+  a size with ``P`` parameters trains ``round(tokens_per_param * P /
+  units_per_step)`` steps, and its warmup and evaluation intervals keep their
+  ratio to the config's ``steps``. Without it every size trains ``steps``.
+  """
+
+  key: str  # "model.FIELD"
+  values: tuple[Any, ...]
+  tokens_per_param: float | None = None  # the task's units (tokens, examples) per parameter
+
+  @property
+  def field(self) -> str:
+    return self.key.removeprefix("model.")
+
+  def name(self, value: Any) -> str:
+    """The size's directory name under ``sizes/``: ``width_64``."""
+    return f"{self.field}_{value}"
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """One entry of ``optimizers:``; ``learning_rate`` may be a grid, extended
   past its edges (``extend``), and ``tune`` adds grids over other options
@@ -99,6 +125,7 @@ class Config:
   seeds: tuple[int, ...] | None = None  # None: (seed,); each run's initialisation and batches
   baseline: str | None = None  # an optimizer entry's name; None: "adamw" if an entry has that name
   speedup_horizons: tuple[int, ...] = (1,)  # multiples of steps the baseline is also trained to
+  sizes: Sizes | None = None  # None: one model size
 
   @property
   def run_seeds(self) -> tuple[int, ...]:
@@ -242,6 +269,30 @@ def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
   return MeshSpec(shape, axes)
 
 
+def _sizes(raw: Any, model: Mapping[str, Any], data: Mapping[str, Any], task: Any) -> Sizes | None:
+  """Check ``sizes:``: a key of ``model:``, distinct scalar values each giving a valid model."""
+  if raw is None:
+    return None
+  fields = check_fields(Sizes, raw, "config.sizes")
+  key = fields["key"]
+  if not key.startswith("model.") or "." in key.removeprefix("model.") or key == "model.":
+    raise ConfigError(f"config.sizes.key must name one key of config.model, e.g. model.width; got {key!r}.")
+  values = tuple(fields["values"])
+  if not values or len(set(map(repr, values))) != len(values) or not all(
+      isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values):
+    raise ConfigError(f"config.sizes.values must be a non-empty list of distinct numbers or names, got {values!r}.")
+  tokens = fields.get("tokens_per_param")
+  if tokens is not None and not tokens > 0:
+    raise ConfigError(f"config.sizes.tokens_per_param must be > 0, got {tokens!r}.")
+  sizes = Sizes(key, values, tokens)
+  for i, value in enumerate(values):
+    try:
+      task.check({**model, sizes.field: value}, data)
+    except ConfigError as e:
+      raise ConfigError(f"config.sizes.values[{i}] = {value!r}: {e}") from e
+  return sizes
+
+
 def _optimizer_spec(raw: Any, where: str, catalogue: Mapping[str, Any]) -> OptimizerSpec:
   if not isinstance(raw, Mapping):
     raise ConfigError(f"{where} must be a mapping with at least 'name', got {raw!r}.")
@@ -372,7 +423,7 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
     tasks: task name → class with ``check(model, data)`` and ``update_args``
       (:class:`matopt.experiments.tasks.Task`).
   """
-  top = check_fields(Config, raw, "config", skip=("optimizers", "schedule", "mesh"))
+  top = check_fields(Config, raw, "config", skip=("optimizers", "schedule", "mesh", "sizes"))
   if top["task"] not in tasks:
     raise ConfigError(f"config.task: unknown task {top['task']!r}; valid tasks are {sorted(tasks)}.")
   for key in ("steps", "batch_size", "eval_batches"):
@@ -390,6 +441,7 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
   config = Config(**top, optimizers=specs, schedule=schedule, mesh=mesh)
   check_seeds_and_baseline(config, seed_given="seed" in raw)
   tasks[config.task].check(config.model, config.data)
+  config = dataclasses.replace(config, sizes=_sizes(raw.get("sizes"), config.model, config.data, tasks[config.task]))
   check_update_args(config, catalogue, tasks)
   return config
 
@@ -464,12 +516,13 @@ def load(path: str | Path, *, overrides: Sequence[str] = (), **kwargs: Any) -> C
 def to_dict(config: Config) -> dict[str, Any]:
   """The config as plain data (for results.json and resume checks).
 
-  ``mesh``, ``seeds``, ``baseline`` and ``speedup_horizons`` appear only
+  ``mesh``, ``seeds``, ``baseline``, ``speedup_horizons`` and ``sizes`` appear only
   when set (not their defaults), so a directory written before those keys
   existed still belongs to the same config.
   """
   out = dataclasses.asdict(config)
-  for key, default in (("mesh", None), ("seeds", None), ("baseline", None), ("speedup_horizons", (1,))):
+  for key, default in (("mesh", None), ("seeds", None), ("baseline", None), ("speedup_horizons", (1,)),
+                       ("sizes", None)):
     if getattr(config, key) == default:
       del out[key]
   out["optimizers"] = [entry_dict(s) for s in config.optimizers]

@@ -413,3 +413,46 @@ def format_speedups(speedups: SpeedupSummary, digits: int = 2) -> str:
   if summary.missing == total:
     return f"no baseline ({total}/{total})"
   return "; ".join(notes)
+
+
+def parabola_minimum(xs: ArrayLike, ys: ArrayLike) -> float | None:
+  r"""Where the parabola through the lowest of ``ys`` and its two neighbours is lowest.
+
+  For a loss-vs-log-learning-rate curve sampled on a grid this places the
+  optimum between grid points (a grid a factor 2 apart resolves it to a
+  fraction of that factor). With the lowest point at :math:`x_1` and its
+  neighbours :math:`x_0 < x_1 < x_2`,
+
+  .. math::
+
+     x^* = x_1 - \frac12\,\frac{(x_1-x_0)^2 (y_1-y_2) - (x_1-x_2)^2 (y_1-y_0)}
+                              {(x_1-x_0)(y_1-y_2) - (x_1-x_2)(y_1-y_0)},
+
+  clipped to :math:`[x_0, x_2]`.
+
+  Args:
+    xs: strictly increasing positions (e.g. log2 learning rates).
+    ys: values there; non-finite ones (diverged runs) count as higher than any finite one.
+
+  Returns:
+    :math:`x^*`; the lowest point itself when it is at an end (no bracket)
+    or the three points are collinear; None when no value is finite.
+  """
+  x = np.asarray(xs, dtype=float)
+  y = np.asarray(ys, dtype=float)
+  if x.shape != y.shape or x.ndim != 1:
+    raise ValueError(f"xs and ys must be 1-d of one length, got shapes {x.shape} and {y.shape}.")
+  if np.any(np.diff(x) <= 0):
+    raise ValueError(f"xs must be strictly increasing, got {x.tolist()}.")
+  finite = np.isfinite(y)
+  if not finite.any():
+    return None
+  i = int(np.argmin(np.where(finite, y, np.inf)))
+  if i == 0 or i == len(x) - 1 or not (finite[i - 1] and finite[i + 1]):
+    return float(x[i])
+  (x0, x1, x2), (y0, y1, y2) = x[i - 1:i + 2], y[i - 1:i + 2]
+  den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+  if den == 0:
+    return float(x1)
+  num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+  return float(np.clip(x1 - 0.5 * num / den, x0, x2))

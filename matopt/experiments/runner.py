@@ -36,7 +36,7 @@ from typing import Any
 
 from matopt.experiments import config as config_lib
 from matopt.experiments import optimizers as optimizers_lib
-from matopt.experiments import parallel, report, tasks, train, tuning
+from matopt.experiments import parallel, report, tasks, train, trends, tuning
 from matopt.experiments.config import Config, ConfigError
 
 
@@ -59,6 +59,8 @@ def override(config: Config, *, steps: int | None = None, seed: int | None = Non
   if steps is not None:
     config_lib.check_positive("--steps", steps)
     changes["steps"] = steps
+    if config.sizes is not None:  # every size trains `steps`, whatever its parameter count
+      changes["sizes"] = dataclasses.replace(config.sizes, tokens_per_param=None)
   if seed is not None:
     changes.update(seed=seed, seeds=None)
   if seeds is not None:
@@ -76,7 +78,7 @@ def override(config: Config, *, steps: int | None = None, seed: int | None = Non
   return config
 
 
-def _check_out_dir(out: Path, config: Config, overwrite: bool) -> None:
+def prepare_out_dir(out: Path, config: Config, overwrite: bool) -> None:
   """An output directory belongs to one config; finished and checkpointed
   runs in it are reused, so a different config there is refused."""
   path = out / "config.json"
@@ -91,8 +93,8 @@ def _check_out_dir(out: Path, config: Config, overwrite: bool) -> None:
   if overwrite and out.exists():
     import shutil
 
-    for child in ("runs", "config.json", "meta.json", "results.json", "results.md", "loss_vs_step.png",
-                  "loss_vs_time.png"):
+    for child in ("runs", "sizes", "config.json", "meta.json", "results.json", "results.md", "loss_vs_step.png",
+                  "loss_vs_time.png", *trends.FILES):
       target = out / child
       if target.is_dir():
         shutil.rmtree(target)
@@ -250,6 +252,10 @@ def run(
     The records written to ``results.json`` (one per optimizer), or none
     when a run was interrupted (the next call resumes).
   """
+  if config.sizes is not None:
+    from matopt.experiments import sizes  # it runs each size through this function
+
+    return sizes.run(config, out, overwrite=overwrite, progress=progress, stop_after=stop_after)
   out = Path(out)
   config_lib.check_update_args(config, optimizers_lib.CATALOGUE, tasks.TASKS)  # a config built in Python too
   config_lib.check_seeds_and_baseline(config)
@@ -258,7 +264,7 @@ def run(
   for spec in config.optimizers:
     for point in tuning.of_entry(config_lib.entry_dict(spec)).points():
       job.build(spec, point)
-  _check_out_dir(out, config, overwrite)
+  prepare_out_dir(out, config, overwrite)
   _write_meta(out, job)
   complete = True
   with _Progress(progress) as bars:
