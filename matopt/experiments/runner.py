@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matopt.experiments import collect, parallel, report, tasks, train, trends, tuning
 from matopt.experiments import config as config_lib
 from matopt.experiments import optimizers as optimizers_lib
-from matopt.experiments import parallel, report, tasks, train, trends, tuning
 from matopt.experiments.config import Config, ConfigError
 
 
@@ -180,14 +180,14 @@ class _Job:
 def _ensure(job: _Job, spec: config_lib.OptimizerSpec, point: tuning.Point, seed: int, out: Path, bars: _Progress,
             stop_after: int | None, steps: int | None = None) -> bool:
   """Train one run unless its result.json exists; whether it is finished now."""
-  run_dir = out / report.run_path(spec.name, point.learning_rate, seed, steps, point.tuned)
+  run_dir = out / collect.run_path(spec.name, point.learning_rate, seed, steps, point.tuned)
   done = run_dir / "result.json"
   if done.exists():
     return True
   run_dir.mkdir(parents=True, exist_ok=True)
   result = job.train(spec, point, seed, run_dir, bars, stop_after, steps)
   if result["complete"]:
-    report.write_json(done, result)
+    collect.write_json(done, result)
   return result["complete"]
 
 
@@ -195,7 +195,7 @@ def _horizons(job: _Job, out: Path, bars: _Progress, stop_after: int | None) -> 
   """The baseline at its chosen learning rate, every seed, at each longer horizon; whether all finished."""
   config = job.config
   spec = next(s for s in config.optimizers if s.name == config.baseline_name)
-  best = report.search(out, config_lib.to_dict(config), spec.name).best
+  best = collect.search(out, config_lib.to_dict(config), spec.name).best
   complete = True
   for factor in config.speedup_horizons:
     if factor != 1:
@@ -220,7 +220,7 @@ def _tune(job: _Job, spec: config_lib.OptimizerSpec, out: Path, bars: _Progress,
     finished = [_ensure(job, spec, point, seed, out, bars, stop_after) for seed in job.config.run_seeds]
     done = all(finished)  # every seed trained (or resumed) first, as without a grid
     complete &= done
-    return report.finished_runs(out, spec.name, point.learning_rate, job.config.run_seeds, tuned=point.tuned) if done else {}
+    return collect.finished_runs(out, spec.name, point.learning_rate, job.config.run_seeds, tuned=point.tuned) if done else {}
 
   tuning.search(grid, fetch)
   return complete
@@ -281,6 +281,6 @@ def _write_meta(out: Path, job: _Job) -> None:
   rates = {spec.name: {"rates": {k: float(v) for k, v in spec.options.items()  # for the plots' legends
                                  if k in job.entry(spec).rates and v is not None}}
            for spec in job.config.optimizers}
-  report.write_json(out / "meta.json", {"unit": task.unit, "loss_unit": task.loss_unit,
-                                        "metric_names": list(task.metric_names), "machine": report.machine(),
-                                        "optimizers": rates})
+  collect.write_json(out / "meta.json", {"unit": task.unit, "loss_unit": task.loss_unit,
+                                         "metric_names": list(task.metric_names), "machine": collect.machine(),
+                                         "optimizers": rates})

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from matopt.experiments import report, runner, tasks, trends
+from matopt.experiments import collect, runner, tasks, trends
 from matopt.experiments.config import Config
 
 
@@ -73,8 +73,8 @@ def run(config: Config, out: str | Path, *, overwrite: bool = False, progress: b
   derived = [derive(config, value) for value in config.sizes.values]  # every size checked before training
   runner.prepare_out_dir(out, config, overwrite)
   task = tasks.TASKS[config.task]
-  report.write_json(out / "meta.json", {"unit": task.unit, "loss_unit": task.loss_unit,
-                                        "machine": report.machine(), "sizes": [info for _, info in derived]})
+  collect.write_json(out / "meta.json", {"unit": task.unit, "loss_unit": task.loss_unit,
+                                        "machine": collect.machine(), "sizes": [info for _, info in derived]})
   complete = True
   for size_config, info in derived:
     complete &= bool(runner.run(size_config, out / info["dir"], overwrite=overwrite, progress=progress,

@@ -19,7 +19,6 @@ Nothing here needs JAX or retrains: ``matopt report DIR`` calls :func:`render`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,20 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from matopt.experiments import collect as collect_lib
 from matopt.experiments import metrics as metrics_lib
 from matopt.experiments import report
 
 FILES = ("trends.json", "loss_vs_params.png", "speedup_vs_params.png", "lr_transfer.png")
 
 
-def _read(path: Path) -> Any:
-  return json.loads(path.read_text())
-
-
 def _sizes(out: Path) -> list[dict[str, Any]]:
   """Each size of ``out`` (meta.json), with its re-rendered records (none yet: an empty list)."""
   sizes = []
-  for info in _read(out / "meta.json")["sizes"]:
+  for info in collect_lib.read_json(out / "meta.json")["sizes"]:
     directory = out / info["dir"]
     finished = (directory / "config.json").is_file() and (directory / "meta.json").is_file()
     sizes.append({**info, "records": report.render(directory) if finished else []})
@@ -161,19 +157,19 @@ def markdown(collected: Mapping[str, Any], *, config: Mapping[str, Any], meta: M
   baseline = next((r.get("baseline") for s in sizes for r in s["records"] if r.get("baseline")), None)
   if any(r.get("data_speedup") is not None for s in sizes for r in s["records"]):
     others = [n for n in names if n != baseline]
+    horizons = ", ".join(f"{f}×" for f in config.get("speedup_horizons", [1]))
     lines += ["", f"## Speedup over {baseline} (equivalent data; Wen et al. 2025)", "",
-              f"How many times more steps {baseline} needs to reach each optimizer's final loss (interpolated in "
-              f"log steps between {baseline}'s runs at {', '.join(f'{f}×' for f in config.get('speedup_horizons', [1]))} "
-              "each size's steps; `>`/`<`: bounds outside them), mean ± std over seeds; then the same in "
-              "training seconds.", "",
+              (f"How many times more steps {baseline} needs to reach each optimizer's final loss (interpolated in "
+               f"log steps between {baseline}'s runs at {horizons} each size's steps; `>`/`<`: bounds outside "
+               "them), mean ± std over seeds; then the same in training seconds."), "",
               *_table(sizes, others, field, lambda r: _cell(r, "data_speedup")), "",
               "Equivalent training time:", "",
               *_table(sizes, others, field, lambda r: _cell(r, "time_speedup"))]
   if any(len(r.get("grid", [])) > 1 for s in sizes for r in s["records"]):
     lines += ["", "## Best learning rate", "",
-              "The grid's best (≈ the minimum of a parabola in log learning rate through it and its neighbours); "
-              "slope: least-squares slope of log₂ best rate against log₂ size (0: transfers across sizes; "
-              "−1: halves at each doubling).", "",
+              ("The grid's best (≈ the minimum of a parabola in log learning rate through it and its neighbours); "
+               "slope: least-squares slope of log₂ best rate against log₂ size (0: transfers across sizes; "
+               "−1: halves at each doubling)."), "",
               *_table(sizes, names, field, _lr_cell), "",
               "| optimizer | slope |", "|---|---|"]
     for name in names:
@@ -274,9 +270,9 @@ def render(out: str | Path) -> list[dict[str, Any]]:
   import matplotlib.pyplot as plt
 
   out = Path(out)
-  config, meta = _read(out / "config.json"), _read(out / "meta.json")
+  config, meta = collect_lib.read_json(out / "config.json"), collect_lib.read_json(out / "meta.json")
   collected = collect(out)
-  report.write_json(out / "trends.json", collected)
+  collect_lib.write_json(out / "trends.json", collected)
   (out / "results.md").write_text(markdown(collected, config=config, meta=meta))
   baseline = next((r.get("baseline") for s in collected["sizes"] for r in s["records"] if r.get("baseline")), None)
   figs = figures(collected, title=config["name"], loss_unit=meta["loss_unit"], baseline=baseline)
@@ -287,4 +283,4 @@ def render(out: str | Path) -> list[dict[str, Any]]:
       plt.close(figs[key])
     elif path.exists():
       path.unlink()
-  return _read(out / "trends.json")["sizes"]
+  return collect_lib.read_json(out / "trends.json")["sizes"]

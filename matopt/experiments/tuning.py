@@ -66,7 +66,7 @@ class Grid(NamedTuple):
     return (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))
 
   def next_rate(self, lr: float, up: bool) -> float:
-    """The rate one step past ``lr``, to 6 significant digits as its directory names it (``report.run_path``).
+    """The rate one step past ``lr``, to 6 significant digits as its directory names it (``collect.run_path``).
 
     A half-decade grid (0.003, 0.01, 0.03: ones and threes, no factor given)
     continues along 1, 3, 10, 30, ..., so its points stay round numbers.

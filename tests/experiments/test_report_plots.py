@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
+from matopt.experiments import collect, report
 from matopt.experiments import optimizers as optimizers_lib
-from matopt.experiments import report
 
 matplotlib.use("Agg")
 
@@ -38,9 +38,9 @@ def _history(seed: int, steps: int = 40, eval_every: int = 10) -> dict:
 
 
 CURVES = [
-    report.Curve("adamw", "adamw", 0.01, {}, _history(0)),
-    report.Curve("muon", "muon", 0.03, {"adam_learning_rate": 0.01}, _history(1)),
-    report.Curve("unconstrained_scion", "unconstrained_scion", 4e-4, {}, _history(2)),
+    collect.Curve("adamw", "adamw", 0.01, {}, _history(0)),
+    collect.Curve("muon", "muon", 0.03, {"adam_learning_rate": 0.01}, _history(1)),
+    collect.Curve("unconstrained_scion", "unconstrained_scion", 4e-4, {}, _history(2)),
 ]
 
 
@@ -100,7 +100,7 @@ def test_muon_and_unconstrained_scion_are_far_apart_and_every_optimizer_has_its_
 
 def test_runs_named_freely_get_distinct_stable_colours():
   rng = np.random.default_rng(7)
-  curves = [report.Curve(name, "muon", float(rng.uniform(1e-3, 1e-1)), {}, _history(i))
+  curves = [collect.Curve(name, "muon", float(rng.uniform(1e-3, 1e-1)), {}, _history(i))
             for i, name in enumerate(["muon", "muon_wd", "muon_nesterov", "my run"])]
   figs = report.figures(curves, title="t", loss_unit="nats/example")
   colours = list(_lines(figs["step"].axes[0]).values())

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from matopt import cli
+from matopt.experiments import collect, metrics, optimizers, report, runner, tasks
 from matopt.experiments import config as config_lib
-from matopt.experiments import metrics, optimizers, report, runner, tasks
 
 SMALL = {
     "task": "gpt", "steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1,
@@ -143,7 +143,7 @@ def test_report_of_a_partly_finished_directory(two_seeds, tmp_path, capsys):
   for name in ("config.json", "meta.json"):
     (part / name).parent.mkdir(parents=True, exist_ok=True)
     (part / name).write_text((out / name).read_text())
-  keep = report.run_path("sgd", 0.3, 1) / "result.json"  # one seed of one optimizer
+  keep = collect.run_path("sgd", 0.3, 1) / "result.json"  # one seed of one optimizer
   (part / keep).parent.mkdir(parents=True)
   (part / keep).write_text((out / keep).read_text())
   assert cli.main(["report", str(part)]) == 0
@@ -159,7 +159,7 @@ def test_plots_draw_a_band_over_seeds():
   rng = np.random.default_rng(0)
   histories = [{"train": [[s, 0.1 * s, 3 - 0.1 * s + rng.random()] for s in range(1, 21)],
                 "val": [[s, 0.1 * s, 3 - 0.1 * s + rng.random(), 0.0] for s in (10, 20)]} for _ in range(3)]
-  one = report.Curve("adamw", "adamw", 0.01, {}, histories[0])
+  one = collect.Curve("adamw", "adamw", 0.01, {}, histories[0])
   band = one._replace(histories=tuple(histories))
   count = lambda curve: sum(len(ax.collections) for ax in report.figures([curve], title="t", loss_unit="u")["step"].axes)
   assert (count(one), count(band)) == (0, 2)  # one band per panel, none for one seed

@@ -220,7 +220,7 @@ def test_an_interrupted_grid_is_not_extended_until_it_finishes(tmp_path, monkeyp
     return point.learning_rate != 0.0001 or stop_after is None  # stop_after: lr 0.0001 is cut short
 
   monkeypatch.setattr(runner, "_ensure", ensure)
-  monkeypatch.setattr(runner.report, "finished_runs", lambda out, name, lr, seeds, steps=None, tuned=():
+  monkeypatch.setattr(runner.collect, "finished_runs", lambda out, name, lr, seeds, steps=None, tuned=():
                       {0: {"final_val_loss": -lr, "diverged": False}})
   job, bars = runner._Job(config, None, None), runner._Progress(False)
   assert not runner._tune(job, config.optimizers[0], tmp_path, bars, stop_after=2)
