@@ -78,14 +78,26 @@ def override(config: Config, *, steps: int | None = None, seed: int | None = Non
   return config
 
 
+def _without_extend(config: Any) -> Any:
+  """A config.json without its grids' ``extend``: a bound on how many runs a grid adds, not what a run is."""
+  if isinstance(config, dict):
+    kept = {k: _without_extend(v) for k, v in config.items() if k != "extend"}
+    return kept["grid"] if set(kept) == {"grid"} else kept  # extend: 0 writes the grid as a plain list
+  if isinstance(config, list):
+    return [_without_extend(v) for v in config]
+  return config
+
+
 def prepare_out_dir(out: Path, config: Config, overwrite: bool) -> None:
   """An output directory belongs to one config; finished and checkpointed
-  runs in it are reused, so a different config there is refused."""
+  runs in it are reused, so a different config there is refused. A grid's
+  ``extend`` may change: the runs it bounds stay what they were, and the
+  search re-derives the extension from them."""
   path = out / "config.json"
   want = json.loads(json.dumps(config_lib.to_dict(config)))
   if path.exists() and not overwrite:
     have = json.loads(path.read_text())
-    if have != want:
+    if _without_extend(have) != _without_extend(want):
       changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
       raise ConfigError(
           f"{out} holds runs of a different config (differs in {changed}); pass --out with a new "

@@ -228,3 +228,28 @@ def test_an_interrupted_grid_is_not_extended_until_it_finishes(tmp_path, monkeyp
   trained.clear()
   assert runner._tune(job, config.optimizers[0], tmp_path, bars, stop_after=None)
   assert trained == [0.0001, 0.0003, 0.001, 0.003]
+
+
+def test_a_changed_extend_resumes_the_same_directory(extended, tmp_path, monkeypatch):
+  import shutil
+
+  config, out, _ = extended
+  copy = tmp_path / "out"
+  shutil.copytree(out, copy)
+  spec = config.optimizers[0]
+  # One more extension allowed: only the next rate past the edge is trained.
+  more = dataclasses.replace(config, optimizers=(dataclasses.replace(spec, extend=3),))
+  (sgd,) = runner.run(more, copy, progress=False)
+  assert sorted(p.name for p in (copy / "runs" / "sgd").iterdir()) == [
+      "lr_0.0001", "lr_0.0003", "lr_0.001", "lr_0.003", "lr_0.01"]
+  assert sgd["tuning"]["extend"] == 3 and sgd["tuning"]["extended"] == [0.001, 0.003, 0.01]
+  assert json.loads((copy / "config.json").read_text())["optimizers"][0]["learning_rate"]["extend"] == 3
+  # No extension (a plain grid): nothing is trained, the choice is among the grid's own rates.
+  monkeypatch.setattr(runner.train, "train", lambda *a, **k: pytest.fail("trained again"))
+  (sgd,) = runner.run(dataclasses.replace(config, optimizers=(dataclasses.replace(spec, extend=0),)), copy,
+                      progress=False)
+  assert sgd["learning_rate"] == 0.0003 and "tuning" not in sgd
+  # Anything else about the runs is still a different config.
+  other = dataclasses.replace(config, optimizers=(dataclasses.replace(spec, learning_rates=(0.0001, 0.001)),))
+  with pytest.raises(config_lib.ConfigError, match="different config"):
+    runner.run(other, copy, progress=False)
