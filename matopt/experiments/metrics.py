@@ -307,6 +307,15 @@ def bootstrap(values: Sequence[float], *, rng: np.random.Generator, reps: int = 
   return float(lo), float(hi)
 
 
+def format_value(x: Any, digits: int = 4) -> str:
+  """A single value for a table: ``digits`` significant digits (3 past 1e5), ``—`` for none or non-finite."""
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "—"
+  if isinstance(x, float):
+    return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3g}"
+  return str(x)
+
+
 def format_summary(summary: Summary, digits: int = 2, *, missing_label: str = "not reached") -> str:
   """A :class:`Summary` for a table: ``"1.23 ± 0.04"``.
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,15 +65,6 @@ class Block(NamedTuple):
     return self.old != self.new
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
-  """A single value: ``digits`` significant digits (3 past 1e5), ``—`` for none."""
-  if x is None or (isinstance(x, float) and not math.isfinite(x)):
-    return "—"
-  if isinstance(x, float):
-    return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3g}"
-  return str(x)
-
-
 def _summary(r: Mapping[str, Any], key: str) -> metrics_lib.Summary | None:
   summary = (r.get("summaries") or {}).get(key)
   return None if summary is None else metrics_lib.Summary(**summary)
@@ -87,7 +77,7 @@ def _cell(r: Mapping[str, Any], key: str, *, decimals: int, multi: bool, digits:
   if multi and summary is not None:
     return metrics_lib.format_summary(summary, decimals, missing_label=missing_label)
   value = r.get(key)
-  return missing if value is None else _fmt(value, digits)
+  return missing if value is None else metrics_lib.format_value(value, digits)
 
 
 def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
@@ -99,17 +89,17 @@ def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
   if s is not None:
     summary = metrics_lib.SpeedupSummary(**{**s, "summary": metrics_lib.Summary(**s["summary"])})
     return metrics_lib.format_speedups(summary)
-  return _fmt(r.get(key), 3)
+  return metrics_lib.format_value(r.get(key), 3)
 
 
 def _lr_cell(r: Mapping[str, Any]) -> str:
   """The chosen learning rate, the other tuned options' values, and of how many grid points."""
-  tuned = ", ".join(f"{k.removeprefix('schedule.')}={_fmt(v) if isinstance(v, float) else v}"
+  tuned = ", ".join(f"{k.removeprefix('schedule.')}={metrics_lib.format_value(v) if isinstance(v, float) else v}"
                     for k, v in (r.get("tuned") or {}).items())
   notes = [f"best of {len(r['grid'])}"] if len(r.get("grid") or []) > 1 else []
   if (r.get("tuning") or {}).get("at_edge"):
     notes.append("at the grid's edge")
-  text = _fmt(r["learning_rate"]) + (f", {tuned}" if tuned else "")
+  text = metrics_lib.format_value(r["learning_rate"]) + (f", {tuned}" if tuned else "")
   return text + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -190,11 +180,11 @@ def _caption(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | Non
     name, steps = base["optimizer"], base["steps"]
     if targets:
       lines.append(f"Steps to {name}'s loss: where the val loss first reaches {name}'s "
-                   f"{'mean ' if multi else ''}final val loss {_fmt(base.get('target_val_loss'))}, interpolated "
+                   f"{'mean ' if multi else ''}final val loss {metrics_lib.format_value(base.get('target_val_loss'))}, interpolated "
                    f"between evaluations (not reached: not within {steps} steps).")
     if speedups:
       factors = [1, *sorted(h["steps"] / steps for h in base.get("horizons") or [])]
-      runs = (f", interpolated in log steps between {name} runs of {', '.join(f'{_fmt(f)}×' for f in factors)} "
+      runs = (f", interpolated in log steps between {name} runs of {', '.join(f'{metrics_lib.format_value(f)}×' for f in factors)} "
               "the steps" if len(factors) > 1 else "")
       lines.append(f"Data speedup: the equivalent-data speedup of Wen et al. (2025), the steps {name} needs to reach "
                    f"an optimizer's final val loss over the optimizer's {steps} steps{runs}, "

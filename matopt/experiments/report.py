@@ -23,14 +23,6 @@ from matopt.experiments import collect as collect_lib
 from matopt.experiments import metrics as metrics_lib
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
-  if x is None or (isinstance(x, float) and not math.isfinite(x)):
-    return "—"
-  if isinstance(x, float):
-    return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3g}"
-  return str(x)
-
-
 def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str, info: dict,
              loss_unit: str | None = None, metrics: Sequence[str] = (),
              baseline: Mapping[str, Any] | None = None) -> str:
@@ -91,13 +83,13 @@ def _lr_cell(r: Mapping[str, Any]) -> str:
     notes.append(f"grid extended by {len(extension['extended'])}")
   if extension and extension["at_edge"]:
     notes.append("best at the edge of the grid")
-  return _fmt(r["learning_rate"]) + (f" ({', '.join(notes)})" if notes else "")
+  return metrics_lib.format_value(r["learning_rate"]) + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _tuned_cell(r: Mapping[str, Any]) -> str:
   """The chosen values of the options tuned besides the learning rate."""
   tuned = r.get("tuned") or {}
-  return ", ".join(f"{k.removeprefix('schedule.')}={_fmt(v) if isinstance(v, float) else v}"
+  return ", ".join(f"{k.removeprefix('schedule.')}={metrics_lib.format_value(v) if isinstance(v, float) else v}"
                    for k, v in tuned.items()) or "—"
 
 
@@ -109,7 +101,7 @@ def _cell(r: Mapping[str, Any], key: str, decimals: int, multi: bool, digits: in
     label = "diverged" if key.startswith("final_") or key in ("val_perplexity", "val_bits_per_byte") else "not reached"
     return metrics_lib.format_summary(metrics_lib.Summary(**summary), decimals, missing_label=label)
   value = r.get(key)
-  return missing if value is None else _fmt(value, digits)
+  return missing if value is None else metrics_lib.format_value(value, digits)
 
 
 def _baseline_head(baseline: Mapping[str, Any] | None) -> list[str]:
