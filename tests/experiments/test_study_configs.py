@@ -45,3 +45,21 @@ def test_study_config_runs_in_a_few_steps(name, tmp_path, capsys):
   if config.get("speedup_horizons", [1]) != [1]:
     assert all("data_speedup" in r for r in records)
   assert "Wrote" in capsys.readouterr().out
+
+
+def test_quickstart_rates_are_the_recorded_speedup_study_choices():
+  """configs/quickstart.yaml takes each optimizer's point as tuned at its own 400 steps in docs/speedup/."""
+  from pathlib import Path
+
+  from matopt.experiments import runner
+
+  root = Path(__file__).resolve().parents[2]
+  quickstart, speedup = runner.load(root / "configs/quickstart.yaml"), runner.load(root / "configs/speedup.yaml")
+  assert (quickstart.steps, quickstart.model, quickstart.schedule) == (speedup.steps, speedup.model, speedup.schedule)
+  chosen = {r["optimizer"]: r for r in json.loads((root / "docs/speedup/results.json").read_text())}
+  assert [s.name for s in quickstart.optimizers] == list(chosen)
+  for spec in quickstart.optimizers:
+    record = chosen[spec.name]
+    assert spec.learning_rates == (record["learning_rate"],), spec.name
+    for option, value in record.get("tuned", {}).items():
+      assert spec.options[option] == value, (spec.name, option)
