@@ -108,8 +108,13 @@ _MARKS = (
      "|report_recreates_the_outputs_without_training_or_a_backend|report_of_a_partly_finished_directory"
      "|batches_follow_the_run_seed[digits])", "six tiny GPT runs (a module fixture) or a subprocess: 1–11 s"),
     (("slow",), "tests/experiments/test_tuning.py::test_(edge_extension_trains_past_the_edge_and_flags_the_bound"
-     "|product_grid_names_each_point_and_reports_the_choice|rerun_and_report_reuse_the_tuning_without_training)",
+     "|product_grid_names_each_point_and_reports_the_choice|rerun_and_report_reuse_the_tuning_without_training"
+     "|a_changed_extend_resumes_the_same_directory)",
      "trains 4–5 tiny GPT runs (module fixtures): 1–25 s"),
+    (("slow",), "tests/experiments/test_sizes.py::test_sizes_run_layout_resume_and_report",
+     "a sizes run of 2 widths, 2 optimizers, baseline horizons: 8 tiny GPT runs"),
+    (("slow",), "tests/experiments/test_study_configs.py::test_study_config_runs_in_a_few_steps",
+     "each study config through the CLI in 3 steps: 6–14 tiny GPT runs"),
     (("slow",), "tests/experiments/test_tasks.py::test_more_eval_batches_than_validation_images",
      "loads scikit-learn's digits: 1.7 s"),
     (("slow",), "tests/experiments/test_train.py::test_(muon_clip_gets_the_models_logits"

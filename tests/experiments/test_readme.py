@@ -83,6 +83,8 @@ def copied_readme(tmp_path: Path) -> Path:
     target = tmp_path / block.marked
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(block.results, target)
+    if (block.results.parent / "meta.json").is_file():  # the caption's loss unit
+      shutil.copy(block.results.parent / "meta.json", target.parent / "meta.json")
   shutil.copy(REPO / "README.md", tmp_path / "README.md")
   return tmp_path / "README.md"
 

@@ -96,7 +96,6 @@ def test_parabola_minimum():
     metrics.parabola_minimum([0, 0, 1], [1, 2, 3])
 
 
-@pytest.mark.slow
 def test_sizes_run_layout_resume_and_report(tmp_path, monkeypatch, capsys):
   config = _parse(sizes={"key": "model.width", "values": [8, 16], "tokens_per_param": 1.0},
                   speedup_horizons=[1, 2])

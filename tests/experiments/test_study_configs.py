@@ -26,7 +26,6 @@ STUDIES = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STUDIES))
 def test_study_config_runs_in_a_few_steps(name, tmp_path, capsys):
   out = tmp_path / name
