@@ -185,6 +185,19 @@ def _errorbar(ax: Any, xs: Sequence[float], means: Sequence[float], stds: Sequen
                 capsize=3, ms=4, lw=1.2, **kwargs)
 
 
+def _bound(record: Mapping[str, Any] | None, key: str) -> tuple[float, str] | None:
+  """``(bound, marker)`` when every seed's speedup lies beyond the measured horizons on one side."""
+  entry = (record or {}).get("summaries", {}).get(key)
+  if entry is None or entry["summary"]["n"]:
+    return None
+  total = entry["above"] + entry["below"] + entry["summary"]["missing"]
+  if entry["above"] == total:
+    return entry["above_at"], "^"
+  if entry["below"] == total:
+    return entry["below_at"], "v"
+  return None
+
+
 def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baseline: str | None) -> dict[str, Any]:
   """matplotlib Figures keyed ``loss``, ``speedup`` (when measured) and ``lr`` (when grids were tuned)."""
   import matplotlib
@@ -216,12 +229,17 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
         records = [_record(s, name) for s in sizes]
         _errorbar(ax, params, [r and r.get(key) for r in records], [r and r.get(f"{key}_std") for r in records],
                   fmt="o-", color=report.colour(name), label=name)
+        for x, record in zip(params, records):  # every seed beyond the measured horizons: the bound, hollow
+          bound = _bound(record, key)
+          if bound is not None:
+            ax.plot([x], [bound[0]], bound[1], ms=7, mfc="none", color=report.colour(name))
       ax.axhline(1.0, color=report.colour(baseline or ""), lw=1, ls="--", label=f"{baseline} (1×)")
       ax.set(xscale="log", xlabel="parameters", ylabel=f"speedup over {baseline}")
-      ax.set_title(f"{what} speedup (mean ± std over seeds)", fontsize=10)
+      ax.set_title(f"{what} speedup (mean ± std over seeds; hollow ▲/▼: beyond the horizons)", fontsize=10)
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}: speedup over {baseline} vs parameters (mean ± std over seeds; hollow triangles: "
+                 "every seed beyond the measured horizons, a bound)", fontsize=10)
     fig.tight_layout()
     figs["speedup"] = fig
 
