@@ -235,7 +235,7 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
             ax.plot([x], [bound[0]], bound[1], ms=7, mfc="none", color=report.colour(name))
       ax.axhline(1.0, color=report.colour(baseline or ""), lw=1, ls="--", label=f"{baseline} (1×)")
       ax.set(xscale="log", xlabel="parameters", ylabel=f"speedup over {baseline}")
-      ax.set_title(f"{what} speedup (mean ± std over seeds; hollow ▲/▼: beyond the horizons)", fontsize=10)
+      ax.set_title(f"{what} speedup", fontsize=10)
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
     fig.suptitle(f"{title}: speedup over {baseline} vs parameters (mean ± std over seeds; hollow triangles: "
