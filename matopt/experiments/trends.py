@@ -216,6 +216,7 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
     _errorbar(ax, params, [r and r["final_val_loss"] for r in records],
               [r and r.get("final_val_loss_std") for r in records], fmt="o-", color=report.colour(name), label=name)
   ax.set(xscale="log", xlabel="parameters", ylabel=f"final validation loss ({loss_unit})")
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks overlap
   ax.set_title(f"{title}: loss vs parameters (mean ± std over seeds)", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -235,6 +236,7 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
             ax.plot([x], [bound[0]], bound[1], ms=7, mfc="none", color=report.colour(name))
       ax.axhline(1.0, color=report.colour(baseline or ""), lw=1, ls="--", label=f"{baseline} (1×)")
       ax.set(xscale="log", xlabel="parameters", ylabel=f"speedup over {baseline}")
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
       ax.set_title(f"{what} speedup", fontsize=10)
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
