@@ -112,13 +112,10 @@ def _report(directory: str) -> int:
   return 0
 
 
-def _tables(n: int) -> str:
-  return f"{n} table" if n == 1 else f"{n} tables"
-
-
 def _readme(files: Sequence[str], *, check: bool) -> int:
   """``matopt readme [--check] [FILE ...]``: no JAX (:func:`matopt.experiments.readme.update`)."""
   from matopt.experiments import readme
+  from matopt.experiments.config import count
 
   try:
     found = [block for name in files for block in readme.update(Path(name), check=check)]
@@ -135,14 +132,14 @@ def _readme(files: Sequence[str], *, check: bool) -> int:
       print(readme.diff(block), end="")
       print(f"{block.source}:{block.line}: table from {block.marked} is stale", file=sys.stderr)
     if stale:
-      print(f"matopt: {len(stale)}/{_tables(len(found))} in {where} stale against their results.json; run "
+      print(f"matopt: {len(stale)}/{count(len(found), 'table')} in {where} stale against their results.json; run "
             "`matopt readme` to regenerate.", file=sys.stderr)
       return 1
-    print(f"Up to date: {_tables(len(found))} in {where}, each as its results.json gives it.")
+    print(f"Up to date: {count(len(found), 'table')} in {where}, each as its results.json gives it.")
     return 0
   for block in stale:
     print(f"{block.source}:{block.line}: regenerated the table from {block.marked}")
-  print(f"Regenerated {len(stale)} of {_tables(len(found))} in {where}" + ("." if stale else ": all were up to date."))
+  print(f"Regenerated {len(stale)} of {count(len(found), 'table')} in {where}" + ("." if stale else ": all were up to date."))
   return 0
 
 

@@ -195,8 +195,7 @@ def _add_tuning(record: dict[str, Any], spec: _Spec, outcome: tuning.Outcome, co
 
 
 def _speedup_summary(speedups: Sequence[metrics_lib.Speedup]) -> dict[str, Any]:
-  summary = metrics_lib.summarize_speedups(speedups)
-  return {**summary._asdict(), "summary": summary.summary._asdict()}
+  return metrics_lib.speedups_to_json(metrics_lib.summarize_speedups(speedups))
 
 
 def _add_targets(record: dict[str, Any], runs: Mapping[int, Mapping[str, Any]], target: float) -> None:

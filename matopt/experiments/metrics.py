@@ -389,6 +389,16 @@ def summarize_speedups(speedups: Sequence[Speedup], **kwargs: Any) -> SpeedupSum
   return SpeedupSummary(summary, len(above), len(below), min(above, default=None), max(below, default=None))
 
 
+def speedups_to_json(speedups: SpeedupSummary) -> dict[str, Any]:
+  """A :class:`SpeedupSummary` as plain data (its ``summary`` a mapping too), as ``results.json`` keeps it."""
+  return {**speedups._asdict(), "summary": speedups.summary._asdict()}
+
+
+def speedups_from_json(data: Mapping[str, Any]) -> SpeedupSummary:
+  """The :class:`SpeedupSummary` that :func:`speedups_to_json` wrote."""
+  return SpeedupSummary(**{**data, "summary": Summary(**data["summary"])})
+
+
 def format_speedups(speedups: SpeedupSummary, digits: int = 2) -> str:
   """A :class:`SpeedupSummary` for a table.
 

@@ -87,8 +87,7 @@ def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
     return metrics_lib.format_speedup(metrics_lib.Speedup(**runs[0][key]))
   s = (r.get("summaries") or {}).get(key)
   if s is not None:
-    summary = metrics_lib.SpeedupSummary(**{**s, "summary": metrics_lib.Summary(**s["summary"])})
-    return metrics_lib.format_speedups(summary)
+    return metrics_lib.format_speedups(metrics_lib.speedups_from_json(s))
   return metrics_lib.format_value(r.get(key), 3)
 
 

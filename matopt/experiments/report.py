@@ -61,10 +61,10 @@ def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str,
       "|" + "---|" * len(head),
   ]
   for r in rows:
-    cells = [r["optimizer"], _lr_cell(r), *([_tuned_cell(r)] if tuned else []), _cell(r, "final_train_loss", 3, multi),
-             _cell(r, "final_val_loss", 3, multi),
-             *(_cell(r, k, 3, multi) for k in extra), str(r["steps"]), _cell(r, "wall_seconds", 1, multi, 3),
-             _cell(r, "throughput", 0, multi, 3), *_baseline_cells(r, baseline, multi)]
+    cells = [r["optimizer"], _lr_cell(r), *([_tuned_cell(r)] if tuned else []), cell(r, "final_train_loss", 3, multi),
+             cell(r, "final_val_loss", 3, multi),
+             *(cell(r, k, 3, multi) for k in extra), str(r["steps"]), cell(r, "wall_seconds", 1, multi, 3),
+             cell(r, "throughput", 0, multi, 3), *_baseline_cells(r, baseline, multi)]
     if r["diverged"]:
       cells[0] += " (diverged)" if not multi else f" (diverged: {r['diverged_seeds']}/{r['n_seeds']} seeds)"
     lines.append("| " + " | ".join(cells) + " |")
@@ -93,7 +93,7 @@ def _tuned_cell(r: Mapping[str, Any]) -> str:
                    for k, v in tuned.items()) or "—"
 
 
-def _cell(r: Mapping[str, Any], key: str, decimals: int, multi: bool, digits: int = 4,
+def cell(r: Mapping[str, Any], key: str, decimals: int, multi: bool, digits: int = 4,
           missing: str = "—") -> str:
   """Mean ± std over seeds with ``decimals``, or with one seed the value to ``digits`` significant digits."""
   summary = r.get("summaries", {}).get(key)
@@ -115,14 +115,14 @@ def _baseline_head(baseline: Mapping[str, Any] | None) -> list[str]:
 def _baseline_cells(r: Mapping[str, Any], baseline: Mapping[str, Any] | None, multi: bool) -> list[str]:
   if baseline is None:
     return []
-  cells = [_cell(r, "steps_to_target", 0, multi, missing="not reached"),
-           _cell(r, "seconds_to_target", 2, multi, 3, missing="not reached")]
+  cells = [cell(r, "steps_to_target", 0, multi, missing="not reached"),
+           cell(r, "seconds_to_target", 2, multi, 3, missing="not reached")]
   if len(baseline["factors"]) > 1:
-    cells += [_speedup_cell(r, key, multi) for key in ("data_speedup", "time_speedup")]
+    cells += [speedup_cell(r, key, multi) for key in ("data_speedup", "time_speedup")]
   return cells
 
 
-def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
+def speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
   """:func:`metrics.format_speedups` over seeds, or one seed's :func:`metrics.format_speedup`."""
   if not multi:
     speedup = r["runs"][0].get(key)
@@ -130,8 +130,7 @@ def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
   s = r["summaries"].get(key)
   if s is None:
     return "—"
-  summary = metrics_lib.SpeedupSummary(**{**s, "summary": metrics_lib.Summary(**s["summary"])})
-  return metrics_lib.format_speedups(summary)
+  return metrics_lib.format_speedups(metrics_lib.speedups_from_json(s))
 
 
 def _notes(records: Sequence[dict], baseline: Mapping[str, Any] | None, multi: bool) -> list[str]:

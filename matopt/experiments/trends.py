@@ -101,20 +101,12 @@ def collect(out: str | Path) -> dict[str, Any]:
 
 
 def _cell(record: Mapping[str, Any] | None, key: str) -> str:
+  """A record's mean ± std over seeds, as results.md shows it (``—``: no record at this size)."""
   if record is None:
     return "—"
-  summaries = record.get("summaries", {})
   if key in ("data_speedup", "time_speedup"):
-    entry = summaries.get(key)
-    if entry is None:
-      return "—"
-    summary = metrics_lib.Summary(**entry["summary"])
-    rest = {k: v for k, v in entry.items() if k in metrics_lib.SpeedupSummary._fields and k != "summary"}
-    return metrics_lib.format_speedups(metrics_lib.SpeedupSummary(summary, **rest))
-  if key in summaries:
-    return metrics_lib.format_summary(metrics_lib.Summary(**summaries[key]), 3, missing_label="diverged")
-  value = record.get(key)
-  return "—" if value is None else f"{value:.4g}"
+    return report.speedup_cell(record, key, multi=True)
+  return report.cell(record, key, 3, multi=True)
 
 
 def _lr_cell(record: Mapping[str, Any] | None) -> str:
