@@ -79,4 +79,4 @@ def run(config: Config, out: str | Path, *, overwrite: bool = False, progress: b
   for size_config, info in derived:
     complete &= bool(runner.run(size_config, out / info["dir"], overwrite=overwrite, progress=progress,
                                 stop_after=stop_after))
-  return trends.render(out) if complete else []
+  return trends.render(out, rerender_sizes=False) if complete else []  # each size rendered as it finished

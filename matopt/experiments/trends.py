@@ -33,14 +33,25 @@ from matopt.experiments import report
 FILES = ("trends.json", "loss_vs_params.png", "speedup_vs_params.png", "lr_transfer.png")
 
 
-def _sizes(out: Path) -> list[dict[str, Any]]:
-  """Each size of ``out`` (meta.json), with its re-rendered records (none yet: an empty list)."""
+def _sizes(out: Path, rerender: bool) -> list[dict[str, Any]]:
+  """Each size of ``out`` (meta.json) with its records (none yet: an empty list): re-rendered
+  from its runs, or, when ``rerender`` is False, its ``results.json`` as ``matopt run`` just wrote it."""
   sizes = []
   for info in collect_lib.read_json(out / "meta.json")["sizes"]:
     directory = out / info["dir"]
-    finished = (directory / "config.json").is_file() and (directory / "meta.json").is_file()
-    sizes.append({**info, "records": report.render(directory) if finished else []})
+    if not rerender:
+      records = collect_lib.read_json(directory / "results.json")
+    elif (directory / "config.json").is_file() and (directory / "meta.json").is_file():
+      records = report.render(directory)
+    else:
+      records = []
+    sizes.append({**info, "records": records})
   return sizes
+
+
+def _baseline(sizes: Sequence[Mapping[str, Any]]) -> str | None:
+  """The baseline the sizes' records were measured against, if any."""
+  return next((r.get("baseline") for s in sizes for r in s["records"] if r.get("baseline")), None)
 
 
 def _optimizers(sizes: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -87,10 +98,14 @@ def transfer_slope(values: Sequence[float], rates: Sequence[float | None]) -> fl
   return float(np.polyfit(x, y, 1)[0])
 
 
-def collect(out: str | Path) -> dict[str, Any]:
-  """The sizes of ``out`` with their records, and each optimizer's best rates and transfer slope."""
+def collect(out: str | Path, *, rerender_sizes: bool = True) -> dict[str, Any]:
+  """The sizes of ``out`` with their records, and each optimizer's best rates and transfer slope.
+
+  ``rerender_sizes=False`` reads each size's ``results.json`` instead of
+  rebuilding it (:func:`matopt.experiments.sizes.run` has just written them).
+  """
   out = Path(out)
-  sizes = _sizes(out)
+  sizes = _sizes(out, rerender_sizes)
   numeric = all(isinstance(s["value"], (int, float)) for s in sizes)
   transfer = {}
   for name in _optimizers(sizes):
@@ -146,7 +161,7 @@ def markdown(collected: Mapping[str, Any], *, config: Mapping[str, Any], meta: M
   seeds = config.get("seeds") or [config.get("seed", 0)]
   lines += ["", f"## Final validation loss ({meta['loss_unit']}; mean ± std over {len(seeds)} seeds)", "",
             *_table(sizes, names, field, lambda r: _cell(r, "final_val_loss"))]
-  baseline = next((r.get("baseline") for s in sizes for r in s["records"] if r.get("baseline")), None)
+  baseline = _baseline(sizes)
   if any(r.get("data_speedup") is not None for s in sizes for r in s["records"]):
     others = [n for n in names if n != baseline]
     horizons = ", ".join(f"{f}×" for f in config.get("speedup_horizons", [1]))
@@ -273,8 +288,9 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
   return figs
 
 
-def render(out: str | Path) -> list[dict[str, Any]]:
-  """Re-render every size of ``out``, then write ``trends.json``, ``results.md`` and the plots.
+def render(out: str | Path, *, rerender_sizes: bool = True) -> list[dict[str, Any]]:
+  """Re-render every size of ``out`` (unless ``rerender_sizes`` is False, :func:`collect`),
+  then write ``trends.json``, ``results.md`` and the plots.
 
   Returns:
     The sizes as ``trends.json`` holds them.
@@ -283,11 +299,10 @@ def render(out: str | Path) -> list[dict[str, Any]]:
 
   out = Path(out)
   config, meta = collect_lib.read_json(out / "config.json"), collect_lib.read_json(out / "meta.json")
-  collected = collect(out)
+  collected = collect(out, rerender_sizes=rerender_sizes)
   collect_lib.write_json(out / "trends.json", collected)
   (out / "results.md").write_text(markdown(collected, config=config, meta=meta))
-  baseline = next((r.get("baseline") for s in collected["sizes"] for r in s["records"] if r.get("baseline")), None)
-  figs = figures(collected, title=config["name"], loss_unit=meta["loss_unit"], baseline=baseline)
+  figs = figures(collected, title=config["name"], loss_unit=meta["loss_unit"], baseline=_baseline(collected["sizes"]))
   for key, filename in (("loss", "loss_vs_params.png"), ("speedup", "speedup_vs_params.png"), ("lr", "lr_transfer.png")):
     path = out / filename
     if key in figs:
