@@ -16,7 +16,7 @@ results disagree. Markers inside fenced code blocks are examples, not blocks.
 
 The table is compact (optimizer, learning rate, final val loss, steps to the
 baseline's loss, equivalent-data and -time speedups, throughput) and uses
-:mod:`~matopt.experiments.metrics`' formatting, so its cells read as
+:mod:`~matopt.experiments.report`'s cells, so they read as
 ``results.md``'s do: ``mean ± std`` over seeds, bounds as ``>4``. No JAX.
 """
 
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from matopt.experiments import metrics as metrics_lib
+from matopt.experiments import report
 
 _OPEN = re.compile(r"^\s*<!--\s*matopt:table\s+(?P<path>\S+)\s*-->\s*$")
 _CLOSE = re.compile(r"^\s*<!--\s*/matopt:table\s*-->\s*$")
@@ -63,21 +64,6 @@ class Block(NamedTuple):
   @property
   def stale(self) -> bool:
     return self.old != self.new
-
-
-def _summary(r: Mapping[str, Any], key: str) -> metrics_lib.Summary | None:
-  summary = (r.get("summaries") or {}).get(key)
-  return None if summary is None else metrics_lib.Summary(**summary)
-
-
-def _cell(r: Mapping[str, Any], key: str, *, decimals: int, multi: bool, digits: int = 4,
-          missing: str = "—", missing_label: str = "not reached") -> str:
-  """Mean ± std over seeds (:func:`metrics.format_summary`), or one seed's value to ``digits`` significant digits."""
-  summary = _summary(r, key)
-  if multi and summary is not None:
-    return metrics_lib.format_summary(summary, decimals, missing_label=missing_label)
-  value = r.get(key)
-  return missing if value is None else metrics_lib.format_value(value, digits)
 
 
 def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
@@ -152,12 +138,12 @@ def table(records: Sequence[Mapping[str, Any]], *, loss_unit: str | None = None,
     optimizer = r["optimizer"]
     if r.get("diverged"):
       optimizer += f" (diverged: {r['diverged_seeds']}/{r['n_seeds']} seeds)" if multi else " (diverged)"
-    cells = [optimizer, _lr_cell(r), _cell(r, "final_val_loss", decimals=3, multi=multi, missing_label="diverged")]
+    cells = [optimizer, _lr_cell(r), report.cell(r, "final_val_loss", 3, multi)]
     if targets:
-      cells.append(_cell(r, "steps_to_target", decimals=0, multi=multi, missing="not reached"))
+      cells.append(report.cell(r, "steps_to_target", 0, multi, missing="not reached"))
     if speedups:
       cells += [_speedup_cell(r, key, multi) for key in _SPEEDUPS]
-    cells.append(_cell(r, "throughput", decimals=0, multi=multi, digits=3))
+    cells.append(report.cell(r, "throughput", 0, multi, 3))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join([*lines, "", *_caption(records, base, multi=multi, loss_unit=loss_unit, source=source,
                                            targets=targets, speedups=speedups)]) + "\n"
