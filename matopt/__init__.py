@@ -3,6 +3,9 @@
 import importlib.metadata
 
 from matopt import labels as labels
+from matopt.gauss_newton import SampledLabelGrads as SampledLabelGrads
+from matopt.gauss_newton import nnx_sampled_label_grads as nnx_sampled_label_grads
+from matopt.gauss_newton import sampled_label_grads as sampled_label_grads
 from matopt import sharding as sharding
 from matopt.linalg import dual_norm as dual_norm
 from matopt.linalg import inverse_pth_root as inverse_pth_root
@@ -47,6 +50,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 __all__ = [
     "DimensionNumbers",
     "OPTIMIZERS",
+    "SampledLabelGrads",
     "add_decayed_weights",
     "clip_by_norm",
     "dimension_numbers_by_path",
@@ -55,10 +59,12 @@ __all__ = [
     "labels",
     "lmo",
     "msign",
+    "nnx_sampled_label_grads",
     "norm",
     "normalize_by_norm",
     "partition",
     "qk_clip",
+    "sampled_label_grads",
     "scale_by_adamuon",
     "scale_by_lmo",
     "scale_by_msign",

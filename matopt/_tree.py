@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -159,3 +160,30 @@ def axis_names(x: Any) -> tuple | None:
   else:
     return None
   return tuple(names) if names else None
+
+
+def leaves_like(transform: str, name: str, updates: Any, other: Any) -> list[Any]:
+  """The leaves of ``other``, one per leaf of ``updates`` (masked placeholders kept as leaves).
+
+  ``other`` must have the structure and shapes of ``updates``; where
+  ``updates`` holds a masked placeholder (a leaf another transform of a
+  partition owns), ``other`` may hold anything. Otherwise a ValueError names
+  the first leaf that differs.
+  """
+  flat = lambda t: {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(t, is_leaf=is_masked)[0]}
+  try:
+    leaves = jax.tree_util.tree_structure(updates, is_leaf=is_masked).flatten_up_to(other)
+  except (ValueError, TypeError):
+    mine, theirs = flat(updates), flat(other)
+    missing = [p for p in mine if p not in theirs]
+    extra = [p for p in theirs if p not in mine]
+    what = (f"it has no leaf {missing[0]!r}" if missing else f"it has a leaf {extra[0]!r} the updates do not"
+            if extra else "its tree structure differs (containers of other types)")
+    raise ValueError(f"{transform}: {name} must have the gradients' tree structure; {what}. Pass the gradient"
+                     " of the same parameters (with the same containers).") from None
+  paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_masked)[0]]
+  for path, u, x in zip(paths, jax.tree_util.tree_leaves(updates, is_leaf=is_masked), leaves):
+    if not is_masked(u) and jnp.shape(x) != jnp.shape(u):
+      raise ValueError(f"{transform}: {name} leaf {path!r} has shape {jnp.shape(x)}, the gradient's is"
+                       f" {jnp.shape(u)}; pass the gradient of the same parameters.")
+  return leaves

@@ -322,12 +322,13 @@ def auto_axes_update(update_fn: Callable) -> Callable:
   ``jax.jit(..., out_shardings=...)`` there.
   """
 
-  def wrapped(updates, state, params=None):
+  def wrapped(updates, state, params=None, **extra_args):
     mesh = current_mesh()
     if mesh is None or not _is_explicit(mesh):
-      return update_fn(updates, state, params)
+      return update_fn(updates, state, params, **extra_args)
     specs = jax.tree.map(lambda x: jax.typeof(x).sharding.spec, (updates, state))
-    return jax.sharding.auto_axes(update_fn, out_sharding=specs)(updates, state, params)
+    fn = lambda u, s, p, extra: update_fn(u, s, p, **extra)
+    return jax.sharding.auto_axes(fn, out_sharding=specs)(updates, state, params, extra_args)
 
   return wrapped
 

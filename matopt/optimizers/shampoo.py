@@ -29,7 +29,7 @@ def shampoo(
     cautious_weight_decay: bool = False,
     weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     dimension_numbers: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Shampoo (:func:`matopt.scale_by_shampoo`) with decoupled weight decay.
 
   .. math::
@@ -46,6 +46,10 @@ def shampoo(
   shapes and must be listed in ``static_args`` to be injected. To give some
   roles another optimizer, partition with :func:`matopt.partition` and
   :mod:`matopt.labels`.
+
+  ``update(grads, state, params, stats_grads=...)`` takes the statistics
+  from another gradient, such as the one at labels sampled from the model
+  (:func:`matopt.sampled_label_grads`; see :func:`matopt.scale_by_shampoo`).
 
   Args:
     learning_rate: η (float or schedule).
@@ -74,7 +78,7 @@ def shampoo(
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
 
   Returns:
-    An ``optax.GradientTransformation``; state: ``ScaleByShampooState``
+    An ``optax.GradientTransformationExtraArgs``; state: ``ScaleByShampooState``
     (float32 statistics and roots per block, momentum in parameter dtype).
 
   References:

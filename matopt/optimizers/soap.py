@@ -26,7 +26,7 @@ def soap(
     start_preconditioning_step: int | None = None,
     max_precond_dim: int | None = None,
     dimension_numbers: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""SOAP (:func:`matopt.scale_by_soap`) with decoupled weight decay.
 
   .. math::
@@ -41,6 +41,10 @@ def soap(
   the reference's zero first step; see :func:`matopt.scale_by_soap`). Works
   under ``optax.inject_hyperparams`` as is; ``max_precond_dim`` fixes the
   state's shapes and must be listed in ``static_args`` to be injected.
+
+  ``update(grads, state, params, stats_grads=...)`` takes the statistics
+  from another gradient, such as the one at labels sampled from the model
+  (:func:`matopt.sampled_label_grads`; see :func:`matopt.scale_by_soap`).
 
   Args:
     learning_rate: η (float or schedule).
@@ -73,7 +77,7 @@ def soap(
     dimension_numbers: matrix views, as in :func:`matopt.scale_by_msign`.
 
   Returns:
-    An ``optax.GradientTransformation``; state: ``ScaleBySoapState``.
+    An ``optax.GradientTransformationExtraArgs``; state: ``ScaleBySoapState``.
 
   References:
     Vyas et al., 2025. SOAP: Improving and Stabilizing Shampoo using Adam.

@@ -210,7 +210,7 @@ def scale_by_shampoo(
     root_method: str = "eigh",
     max_root_error: float = 0.1,
     dimension_numbers: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Shampoo preconditioning of every matrix leaf, grafted onto a simple step.
 
   For gradient :math:`G_t` of a matrix (or block), every step:
@@ -246,6 +246,17 @@ def scale_by_shampoo(
   depend on round-off (a 1e-6 relative change of one gradient changed the
   next update by 90%). Google's distributed Shampoo likewise starts late
   (``start_preconditioning_step``) from statistics ``ε·I``.
+
+  ``update(grads, state, params, stats_grads=G_s)`` takes the statistics
+  from another gradient: :math:`L_t = \beta L_{t-1} + w\, G_s G_s^\top`
+  (likewise R) while :math:`G_t` still drives the momentum, the graft and
+  the update. With the gradient at labels sampled from the model
+  (:func:`matopt.sampled_label_grads`), L and R estimate the Gauss–Newton
+  matrix's Kronecker factors instead of the empirical Fisher's (Morwani et
+  al. 2025). ``stats_grads`` must have the gradients' tree and shapes (a
+  ValueError names the first leaf that differs; under a partition its
+  leaves where another transform owns the gradient are ignored). Without
+  it the statistics are the gradient's own.
 
   Every numeric option but ``block_size`` and ``max_precond_dim`` (which fix
   the state's shapes) may be an array, as ``optax.inject_hyperparams`` passes
@@ -339,6 +350,9 @@ def scale_by_shampoo(
     Gupta, Koren, Singer, 2018. Shampoo: Preconditioned Stochastic Tensor
     Optimization. ICML.
 
+    Morwani, Shapira, Vyas, Malach, Kakade, Janson, 2025. A New Perspective
+    on Shampoo's Preconditioner. ICLR.
+
     Anil, Gupta, Koren, Regan, Singer, 2020. Scalable Second Order
     Optimization for Deep Learning. arXiv:2002.09018
 
@@ -361,8 +375,10 @@ def scale_by_shampoo(
     treedef = kron.leaves_of(params)[1]
     return _state(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), nu, treedef, per_leaf)
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, *, stats_grads=None, **extra_args):
+    del params, extra_args
+    stats_leaves = (kron.leaves_of(updates)[0] if stats_grads is None
+                    else _tree.leaves_like("scale_by_shampoo", "stats_grads", updates, stats_grads))
     count = optax.safe_increment(state.count)  # 1-based index of this step
     use_shampoo = count >= o.start
     refresh = use_shampoo & ((count - o.start) % o.every == 0)
@@ -370,8 +386,8 @@ def scale_by_shampoo(
     leaves, treedef = kron.leaves_of(updates)
     views = views_of(updates)
     # 1. Statistics, leaf by leaf; 2. roots of all statistics at once.
-    per_leaf = [f if _tree.is_masked(g) or view is None else _accumulate(o, g, f, view)
-                for g, f, view in zip(leaves, _factors_of(state), views)]
+    per_leaf = [f if _tree.is_masked(g) or view is None else _accumulate(o, s, f, view)
+                for g, s, f, view in zip(leaves, stats_leaves, _factors_of(state), views)]
     per_leaf = sharding_lib.shard_rows(_refresh_roots(o, per_leaf, refresh))
     # 3. Directions, leaf by leaf.
     columns = zip(leaves, kron.leaves_of(mu)[0], kron.leaves_of(graft_dirs)[0], per_leaf, views)
@@ -379,4 +395,4 @@ def scale_by_shampoo(
             for g, m, a, f, view in columns]
     return jax.tree_util.tree_unflatten(treedef, outs), _state(count, mu, nu, treedef, per_leaf)
 
-  return optax.GradientTransformation(init_fn, sharding_lib.auto_axes_update(update_fn))
+  return optax.GradientTransformationExtraArgs(init_fn, sharding_lib.auto_axes_update(update_fn))

@@ -136,9 +136,10 @@ def _rotate(x: jax.Array, factors: kron.Factors, forward: bool) -> jax.Array:
   return kron.two_sided(factors.left, x, t(factors.right))
 
 
-def _adam_step(o: _Options, g: jax.Array, m: jax.Array, v: jax.Array, factors: kron.Factors,
+def _adam_step(o: _Options, g: jax.Array, s: jax.Array, m: jax.Array, v: jax.Array, factors: kron.Factors,
                view: views_lib.MatrixView | None, skip: jax.Array, k: jax.Array) -> _Step:
-  """One leaf's Adam step in its eigenbases, with the statistics of ``g``."""
+  """One leaf's Adam step in its eigenbases, with the statistics of ``s``
+  (``g`` itself, or the gradient passed as ``stats_grads``)."""
   g32 = g.astype(jnp.float32)
   if view is None:  # plain Adam on vectors and scalars
     v_new = o.b2 * v + (1.0 - o.b2) * g32 * g32
@@ -151,8 +152,9 @@ def _adam_step(o: _Options, g: jax.Array, m: jax.Array, v: jax.Array, factors: k
   n_rot = (_rotate(mm, factors, True) / (1.0 - o.b1**k)) / (jnp.sqrt(v_new / (1.0 - o.b2**k)) + o.eps)
   u = view.from_matrices(_rotate(n_rot, factors, False))
   # Statistics take this gradient after it was used (the reference's order).
+  sm = gm if s is g else view.to_matrices(s.astype(jnp.float32))
   return _Step(jnp.where(skip, 0.0, u).astype(g.dtype), jnp.where(skip, v, v_new),
-               kron.accumulate(factors, gm, o.beta, 1.0 - o.beta))
+               kron.accumulate(factors, sm, o.beta, 1.0 - o.beta))
 
 
 def _first_bases(where: list[kron.Side], stats: list[jax.Array], bases: list[jax.Array],
@@ -218,7 +220,7 @@ def scale_by_soap(
     shampoo_beta: float | None = None,
     max_precond_dim: int | None = None,
     dimension_numbers: Any = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""SOAP direction: Adam in the eigenbasis of Shampoo's L and R.
 
   For a matrix with gradient :math:`G_t`, eigenbases :math:`Q_L, Q_R` and
@@ -258,6 +260,15 @@ def scale_by_soap(
   other) keep some of that sensitivity. :math:`M` is kept in float32 (float64 for float64
   parameters), as in the reference: rounded to bfloat16 in the original
   coordinates it leaks into directions where :math:`V \approx 0`.
+
+  ``update(grads, state, params, stats_grads=G_s)`` takes L and R from
+  another gradient, :math:`L \leftarrow \beta L + (1-\beta) G_s G_s^\top`,
+  while the moments and the update use :math:`G_t`; with the gradient at
+  labels sampled from the model (:func:`matopt.sampled_label_grads`) the
+  bases are the eigenbases of the Gauss–Newton matrix's Kronecker factors
+  instead of the empirical Fisher's (Morwani et al. 2025). ``stats_grads``
+  must have the gradients' tree and shapes (a ValueError names the first
+  leaf that differs); without it the statistics are the gradient's own.
 
   Every numeric option but ``max_precond_dim`` (it fixes the state's shapes)
   may be an array, as ``optax.inject_hyperparams`` passes them.
@@ -299,6 +310,9 @@ def scale_by_soap(
   References:
     Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson, Kakade, 2025.
     SOAP: Improving and Stabilizing Shampoo using Adam. ICLR.
+
+    Morwani, Shapira, Vyas, Malach, Kakade, Janson, 2025. A New Perspective
+    on Shampoo's Preconditioner. ICLR.
   """
   o = _options(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
                start_preconditioning_step=start_preconditioning_step, shampoo_beta=shampoo_beta,
@@ -314,19 +328,23 @@ def scale_by_soap(
     mu = jax.tree.map(lambda x: jnp.zeros_like(x, _mu_dtype(x)), params)
     return _state(jnp.zeros([], jnp.int32), mu, kron.leaves_of(params)[1], nus, per_leaf)
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, *, stats_grads=None, **extra_args):
+    del params, extra_args
     count = optax.safe_increment(state.count)  # 1-based index of this call
     skip, k, branch = _schedule(o, count)
     mu = jax.tree.map(
         lambda m, g: jnp.where(skip, m, o.b1 * m + (1.0 - o.b1) * g.astype(m.dtype)).astype(m.dtype), state.mu, updates)
     leaves, treedef = kron.leaves_of(updates)
-    columns = zip(leaves, kron.leaves_of(mu)[0], kron.leaves_of(state.nu)[0], _factors_of(state), views_of(updates))
-    steps = [g if _tree.is_masked(g) else _adam_step(o, g, m, v, f, view, skip, k) for g, m, v, f, view in columns]
+    stats_leaves = (leaves if stats_grads is None
+                    else _tree.leaves_like("scale_by_soap", "stats_grads", updates, stats_grads))
+    columns = zip(leaves, stats_leaves, kron.leaves_of(mu)[0], kron.leaves_of(state.nu)[0], _factors_of(state),
+                  views_of(updates))
+    steps = [g if _tree.is_masked(g) else _adam_step(o, g, s, m, v, f, view, skip, k)
+             for g, s, m, v, f, view in columns]
     outs = [s if _tree.is_masked(s) else s.update for s in steps]
     nus = [s if _tree.is_masked(s) else s.nu for s in steps]
     per_leaf, nus = _refresh_bases([s if _tree.is_masked(s) else s.factors for s in steps], nus, branch)
     nus, per_leaf = sharding_lib.shard_rows((nus, per_leaf))
     return jax.tree_util.tree_unflatten(treedef, outs), _state(count, mu, treedef, nus, per_leaf)
 
-  return optax.GradientTransformation(init_fn, sharding_lib.auto_axes_update(update_fn))
+  return optax.GradientTransformationExtraArgs(init_fn, sharding_lib.auto_axes_update(update_fn))
