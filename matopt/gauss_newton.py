@@ -247,7 +247,11 @@ def nnx_sampled_label_grads(
     optimizer.update(model, out.grads, stats_grads=out.stats_grads)
 
   Other state the forward pass changes (batch statistics, RNG counts) is
-  written back to ``model``, as a plain call would.
+  written back to ``model``, as a plain call would. With ``fraction < 1``
+  the batch goes through the model in two parts, so a layer that
+  normalises over the batch (``nnx.BatchNorm`` in training mode) sees two
+  batches and updates its statistics twice: keep ``fraction=1`` for such
+  models.
 
   Args:
     model: an ``nnx.Module`` returning logits ``labels.shape + (classes,)``.
@@ -264,7 +268,7 @@ def nnx_sampled_label_grads(
   graphdef, params, rest = nnx.split(model, wrt, ...)
 
   def forward(p, x, rest):
-    m = nnx.merge(graphdef, p, rest)
+    m = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables inside the vjp's trace (BatchNorm mutates)
     return m(x), nnx.state(m, nnx.Not(wrt))
 
   out, rest = _sampled_label_grads(forward, params, inputs, labels, key, rest, num_samples=num_samples,
