@@ -376,9 +376,17 @@ def _optimizer_specs(raw: Any, catalogue: Mapping[str, Any]) -> tuple[OptimizerS
 
 
 def check_update_args(config: Config, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -> None:
-  """Every argument an optimizer's ``update`` needs is one the task's models can report."""
+  """Every argument an optimizer's ``update`` needs is one the task's models can
+  report, and an optimizer with sampled-label statistics (an entry's ``stats``)
+  has a task whose logits it can sample from (``inputs_and_labels``)."""
   supplied = tasks[config.task].update_args
   for i, spec in enumerate(config.optimizers):
+    if getattr(catalogue[spec.optimizer], "stats", None) and not hasattr(tasks[config.task], "inputs_and_labels"):
+      able = sorted(n for n, t in tasks.items() if hasattr(t, "inputs_and_labels"))
+      raise ConfigError(
+          f"config.optimizers[{i}]: {spec.optimizer} samples labels from the model's logits for its statistics, "
+          f"which the {config.task!r} task cannot supply (it has no inputs_and_labels); use "
+          f"{spec.optimizer.removesuffix('_gn')} there, or a task that can ({', '.join(map(repr, able)) or 'none yet'}).")
     missing = [a for a in catalogue[spec.optimizer].update_args if a not in supplied]
     if missing:
       able = sorted(n for n, t in tasks.items() if all(a in t.update_args for a in missing))

@@ -9,6 +9,12 @@ lists, mappings, arrays as nested lists) is checked against its type; one
 that is a Python object (a label function, dimension numbers, a transform)
 is refused with a message that says so and what to do instead.
 
+``shampoo_gn`` and ``soap_gn`` are ``shampoo`` and ``soap`` with
+Gauss–Newton statistics: their step takes the preconditioner's statistics
+from the gradient at labels sampled from the model
+(:func:`matopt.sampled_label_grads`, one more backward pass), set by the
+entry's ``gn_samples`` and ``gn_fraction`` (:attr:`Entry.stats`).
+
 Learning rates are scheduled by :func:`multiplier`, built from optax's
 schedule functions.
 """
@@ -141,6 +147,10 @@ class Entry:
       (the registry's ``OptimizerInfo.update_args``); the task supplies them.
     model_options: options filled from the task's ``model_options()`` when
       the config does not set them.
+    stats: options of the entry that are not the factory's but set how its
+      step samples labels for the statistics, each with the keyword of
+      :func:`matopt.sampled_label_grads` it becomes (``{"gn_samples":
+      "num_samples", ...}``); empty: the statistics come from the gradient.
   """
 
   name: str
@@ -148,6 +158,7 @@ class Entry:
   options: Mapping[str, Option]
   update_args: tuple[str, ...] = ()
   model_options: tuple[str, ...] = ()
+  stats: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def settable(self) -> dict[str, Option]:
@@ -177,6 +188,7 @@ class Entry:
       if self.options[key].type is None:
         raise ConfigError(f"{where}.{key}: {self.refusal(key)}")
     checked = {key: check_value(value, self.options[key].type, f"{where}.{key}") for key, value in raw.items()}
+    _check_sampling(checked, where)
     try:
       self.factory(1e-3, **self.kwargs(checked))  # the optimizer's own construction-time checks
     except (ValueError, TypeError) as e:
@@ -186,7 +198,33 @@ class Entry:
   def kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
     """Checked options as the factory takes them: YAML lists of array options as arrays."""
     return {k: np.asarray(v, np.float32) if isinstance(v, list) and self.options[k].array else v
-            for k, v in options.items()}
+            for k, v in options.items() if k not in self.stats}
+
+  def sampling(self, options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The keywords of :func:`matopt.sampled_label_grads` under checked
+    ``options`` (defaults where unset); None when the entry takes its
+    statistics from the gradient itself."""
+    if not self.stats:
+      return None
+    return {kw: options.get(name, self.options[name].default) for name, kw in self.stats.items()}
+
+
+# The sampling behind Gauss–Newton statistics: the options of the *_gn
+# entries, each with the keyword of matopt.sampled_label_grads it sets.
+_SAMPLING = {"gn_samples": "num_samples", "gn_fraction": "fraction"}
+_SAMPLING_OPTIONS = {"gn_samples": Option("gn_samples", int, 1, int),
+                     "gn_fraction": Option("gn_fraction", float, 1.0, float)}
+
+
+def _check_sampling(options: Mapping[str, Any], where: str) -> None:
+  """``gn_samples`` a positive int, ``gn_fraction`` in (0, 1] (types already checked)."""
+  samples, fraction = options.get("gn_samples", 1), options.get("gn_fraction", 1.0)
+  if samples < 1:
+    raise ConfigError(f"{where}.gn_samples must be a positive int (labels sampled per position for the "
+                      f"Gauss–Newton statistics), got {samples!r}.")
+  if not 0 < fraction <= 1:
+    raise ConfigError(f"{where}.gn_fraction must lie in (0, 1] (the share of each batch's examples whose "
+                      f"sampled-label gradient is taken), got {fraction!r}.")
 
 
 def _entry(name: str, factory: Callable[..., Any], **kwargs: Any) -> Entry:
@@ -200,6 +238,16 @@ CATALOGUE: dict[str, Entry] = {
     **{info.name: _entry(info.name, info.factory, update_args=info.update_args, model_options=info.model_options)
        for info in OPTIMIZERS.values()},
 }
+
+
+def _gauss_newton(entry: Entry) -> Entry:
+  """``entry`` (Shampoo, SOAP) with statistics from sampled labels: every option of
+  its factory, plus ``gn_samples`` and ``gn_fraction``."""
+  return dataclasses.replace(entry, name=f"{entry.name}_gn", options={**entry.options, **_SAMPLING_OPTIONS},
+                             stats=_SAMPLING)
+
+
+CATALOGUE.update({f"{name}_gn": _gauss_newton(CATALOGUE[name]) for name in ("shampoo", "soap")})
 
 
 def multiplier(config: Schedule, steps: int) -> optax.Schedule:

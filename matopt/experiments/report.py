@@ -182,7 +182,7 @@ COLOURS: dict[str, str] = {
     "adamw": "#000000", "adam": "#7f7f7f", "sgd": "#17becf",
     "muon": "#d62728", "muon_clip": "#ff00ff", "normuon": "#1b9e77", "adamuon": "#e6ab02",
     "scion": "#2ca02c", "unconstrained_scion": "#1f77b4",
-    "shampoo": "#9467bd", "soap": "#ff7f0e",
+    "shampoo": "#9467bd", "soap": "#ff7f0e", "shampoo_gn": "#3f007d", "soap_gn": "#ffbb78",
     "signum": "#8c564b", "nsgd": "#e377c2", "clipped_sgd": "#bcbd22",
 }
 _SPARE = ("#000080", "#808000", "#008080", "#800000", "#ff69b4", "#4b0082", "#a0522d", "#00ced1")

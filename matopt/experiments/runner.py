@@ -183,7 +183,8 @@ class _Job:
     result = train.train(
         self.task, self.build(spec, point, steps), steps=steps, seed=seed, eval_every=config.eval_every,
         checkpoint_every=config.checkpoint_every, run_dir=run_dir, on_step=bars.start(label, steps),
-        stop_after=stop_after, mesh=self.mesh, update_args=self.entry(spec).update_args)
+        stop_after=stop_after, mesh=self.mesh, update_args=self.entry(spec).update_args,
+        sampled_stats=self.entry(spec).sampling({**spec.options, **point.options()}))
     val_loss = result["final_val_loss"]
     result["metrics"] = self.task.metrics(val_loss, result["final_val_aux"]) if math.isfinite(val_loss) else {}
     return {"seed": seed, "learning_rate": lr, **result}

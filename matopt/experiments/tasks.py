@@ -77,6 +77,15 @@ class Task(Protocol):
     """Every validation batch, stacked on a leading axis."""
     ...
 
+  def inputs_and_labels(self, batch: Batch) -> tuple[Any, jax.Array]:
+    """``(inputs, labels)`` of a batch: ``model(inputs)`` gives logits of shape
+    ``labels.shape + (classes,)``, every inputs leaf with the examples on its
+    leading axis. :meth:`loss` is their mean cross-entropy, and the
+    Gauss–Newton optimizers (``shampoo_gn``, ``soap_gn``) sample labels from
+    these logits (:func:`matopt.sampled_label_grads`); a task without this
+    method cannot run those."""
+    ...
+
   def loss(self, model: nnx.Module, batch: Batch) -> tuple[jax.Array, Any]:
     """``(mean loss, aux)``; ``aux`` is a pytree of scalars averaged over the validation batches."""
     ...
@@ -187,9 +196,15 @@ class GPTTask:
     return self._val
 
   @staticmethod
-  def loss(model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
-    logits = model(batch[:, :-1]).astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+  def inputs_and_labels(batch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each byte predicts the next."""
+    return batch[:, :-1], batch[:, 1:]
+
+  @classmethod
+  def loss(cls, model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    inputs, labels = cls.inputs_and_labels(batch)
+    logits = model(inputs).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, jnp.zeros([])
 
   @staticmethod
@@ -256,8 +271,13 @@ class DigitsTask:
     return self._val
 
   @staticmethod
-  def loss(model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    x, y = batch
+  def inputs_and_labels(batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Images ``(batch, 8, 8, 1)`` and their digits."""
+    return batch
+
+  @classmethod
+  def loss(cls, model: nnx.Module, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    x, y = cls.inputs_and_labels(batch)
     logits = model(x).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == y)

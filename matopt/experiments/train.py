@@ -7,7 +7,12 @@ save) and the loop. An optimizer whose ``update`` needs more than
 ``(grads, state, params)`` names those arguments (``update_args``, e.g.
 QK-clip's ``max_logits``); the task's model reports them
 (:class:`matopt.experiments.tasks.Task`) and the step hands them over, and
-records each one's largest value per step in the history.
+records each one's largest value per step in the history. An optimizer
+with Gauss–Newton statistics (``sampled_stats``: ``shampoo_gn``,
+``soap_gn``) gets them as ``stats_grads=``, the gradient at labels sampled
+from the model (:func:`matopt.sampled_label_grads`, one more backward
+pass, counted in the step's time), with a key that is a function of the
+run's seed and the step.
 
 With ``checkpoint_every`` set, parameters and optimizer state are saved by
 orbax-checkpoint with the history so far; a run started again in the same
@@ -37,7 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from matopt import sharding
+from matopt import gauss_newton, sharding
 from matopt.experiments import parallel
 
 StepCallback = Callable[[int, float], None]
@@ -60,8 +65,9 @@ class Step:
   """A compiled-on-demand step and evaluation for one model and optimizer.
 
   Attributes:
-    train: ``train(params, opt_state, batch) -> (params, opt_state, (loss,
-      peaks))``, ``peaks`` the largest value of each update argument the
+    train: ``train(params, opt_state, batch, index) -> (params, opt_state,
+      (loss, peaks))``, ``index`` the step's number (an int32 scalar: one
+      compilation), ``peaks`` the largest value of each update argument the
       step reported (a dict keyed by argument name).
     evaluate: ``evaluate(params, batch) -> (loss, aux)`` (jitted).
     place: puts a host batch where the step expects it.
@@ -74,7 +80,8 @@ class Step:
 
 def make_step(task: Any, tx: optax.GradientTransformation, graphdef: Any, rest: Any, *,
               update_args: Sequence[str] = (), mesh: jax.sharding.Mesh | None = None,
-              state_shardings: Any = None) -> Step:
+              state_shardings: Any = None, sampled_stats: Mapping[str, Any] | None = None,
+              seed: int = 0) -> Step:
   """The training and evaluation functions of ``task``'s model under ``tx``.
 
   Args:
@@ -87,6 +94,13 @@ def make_step(task: Any, tx: optax.GradientTransformation, graphdef: Any, rest: 
     state_shardings: with a mesh, the shardings of ``(params, opt_state)``,
       pinned on the step's outputs (the ahead-of-time compiled step accepts
       exactly those, where XLA's own choice could drift).
+    sampled_stats: None, or keywords of :func:`matopt.sampled_label_grads`
+      (``num_samples``, ``fraction``): ``tx.update`` then also gets
+      ``stats_grads=``, the gradient at labels sampled from the model's
+      logits (``task.inputs_and_labels``).
+    seed: with ``sampled_stats``, the run's seed; step ``index`` samples with
+      ``fold_in(key(seed), index)``, so a resumed run draws what an
+      uninterrupted one would.
   """
 
   def loss_and_reports(p, batch):
@@ -99,9 +113,23 @@ def make_step(task: Any, tx: optax.GradientTransformation, graphdef: Any, rest: 
     sown = nnx.to_pure_dict(sown)
     return loss, (aux, {name: _named(sown, name) for name in update_args})
 
-  def train_step(p, s, batch):
-    (loss, (_, reports)), grads = jax.value_and_grad(loss_and_reports, has_aux=True)(p, batch)
-    updates, s = tx.update(grads, s, p, **reports)
+  def sampled(p, batch, index):
+    """``(loss, grads, {"stats_grads": ...})``: one forward pass, two backward passes."""
+    inputs, labels = task.inputs_and_labels(batch)
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    out = gauss_newton.sampled_label_grads(lambda p, x: nnx.merge(graphdef, p, rest)(x), p, inputs, labels, key,
+                                           **sampled_stats)
+    return out.loss, out.grads, {"stats_grads": out.stats_grads}
+
+  def train_step(p, s, batch, index):
+    if sampled_stats is None:
+      (loss, (_, reports)), grads = jax.value_and_grad(loss_and_reports, has_aux=True)(p, batch)
+      stats = {}
+    else:
+      loss, grads, stats = sampled(p, batch, index)
+      # No catalogue optimizer needs both; the sown reports then cost one more forward pass.
+      reports = loss_and_reports(p, batch)[1][1] if update_args else {}
+    updates, s = tx.update(grads, s, p, **reports, **stats)
     peaks = {name: _peak(tree) for name, tree in reports.items()}  # before this step's update acts
     return optax.apply_updates(p, updates), s, (loss, peaks)
 
@@ -192,7 +220,7 @@ class _Run:
 
 
 def _init(task: Any, tx: optax.GradientTransformation, seed: int, mesh: jax.sharding.Mesh | None,
-          update_args: Mapping[str, str]) -> tuple[Step, _Run]:
+          update_args: Mapping[str, str], sampled_stats: Mapping[str, Any] | None) -> tuple[Step, _Run]:
   """The model, optimizer state and step of a fresh run."""
   model = task.make_model(seed, report=tuple(update_args)) if update_args else task.make_model(seed)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -202,7 +230,8 @@ def _init(task: Any, tx: optax.GradientTransformation, seed: int, mesh: jax.shar
     params = parallel.place_params(params, mesh)
     opt_state = sharding.init_state(tx, params)
     shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
-  step = make_step(task, tx, graphdef, rest, update_args=tuple(update_args), mesh=mesh, state_shardings=shardings)
+  step = make_step(task, tx, graphdef, rest, update_args=tuple(update_args), mesh=mesh, state_shardings=shardings,
+                   sampled_stats=sampled_stats, seed=seed)
   history: dict[str, list] = {"train": [], "val": [], **{key: [] for key in update_args.values()}}
   return step, _Run(params, opt_state, history)
 
@@ -224,7 +253,8 @@ def _loop(task: Any, step: Step, compiled: Any, run: _Run, *, steps: int, eval_e
   while run.step < steps:
     batch = task.train_batch(run.step, seed)
     t0 = time.perf_counter()
-    run.params, run.opt_state, (loss, peaks) = compiled(run.params, run.opt_state, step.place(batch))
+    run.params, run.opt_state, (loss, peaks) = compiled(run.params, run.opt_state, step.place(batch),
+                                                        np.int32(run.step))
     loss = float(loss)  # waits for the step: per-step times are real
     run.seconds += time.perf_counter() - t0
     run.step += 1
@@ -282,6 +312,7 @@ def train(
     stop_after: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     update_args: Sequence[str] = (),
+    sampled_stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Train ``task``'s model with ``tx`` for ``steps`` steps.
 
@@ -304,6 +335,10 @@ def train(
       e.g. ``("max_logits",)`` for :func:`matopt.muon_clip`. The history then
       has, under the task's key for each (``max_logit``), ``[step, largest
       value of the step]`` and the result ``final_<key>`` (mean of the last 10).
+    sampled_stats: keywords of :func:`matopt.sampled_label_grads`
+      (``num_samples``, ``fraction``) for an optimizer that takes
+      ``stats_grads=`` (Gauss–Newton statistics; ``Entry.sampling``), or None.
+      Its key is a function of ``seed`` and the step.
 
   Returns:
     A record: ``history`` (per step: step, training seconds, train loss;
@@ -316,7 +351,7 @@ def train(
         f"train(checkpoint_every={checkpoint_every}) needs run_dir=, the directory its checkpoints go"
         " to; pass one, or checkpoint_every=0 for none.")
   reported = {name: task.update_args[name] for name in update_args}
-  step, run = _init(task, tx, seed, mesh, reported)
+  step, run = _init(task, tx, seed, mesh, reported, sampled_stats)
   ckpt = Checkpoints(Path(run_dir) / "checkpoints") if checkpoint_every else None
   if ckpt:
     run = _restore(ckpt, run)
@@ -327,7 +362,8 @@ def train(
     wall = lambda: run.wall_before + time.perf_counter() - wall_start
     # Compiled ahead of time so step times (and the time axis of the plots)
     # measure training, not compilation.
-    compiled = step.train.lower(run.params, run.opt_state, step.place(task.train_batch(run.step, seed))).compile()
+    compiled = step.train.lower(run.params, run.opt_state, step.place(task.train_batch(run.step, seed)),
+                                np.int32(run.step)).compile()
     compile_seconds = time.perf_counter() - wall_start
     save = ckpt and (lambda r: ckpt.save(r.step, {"params": r.params, "opt_state": r.opt_state},
                                          {"seconds": r.seconds, "wall_seconds": wall(), "history": r.history}))

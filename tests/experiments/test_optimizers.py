@@ -82,7 +82,10 @@ def test_every_optimizer_builds_and_steps(name):
 
 
 def test_catalogue_is_the_registry_plus_optax_baselines():
-  assert set(optimizers.CATALOGUE) == set(OPTIMIZERS) | {"adamw", "adam", "sgd"}
+  assert set(optimizers.CATALOGUE) == set(OPTIMIZERS) | {"adamw", "adam", "sgd", "shampoo_gn", "soap_gn"}
+  for name in ("shampoo", "soap"):  # the same optimizers, fed Gauss–Newton statistics
+    assert optimizers.CATALOGUE[f"{name}_gn"].factory is OPTIMIZERS[name].factory
+    assert optimizers.CATALOGUE[f"{name}_gn"].stats and not optimizers.CATALOGUE[name].stats
   for name, info in OPTIMIZERS.items():
     entry = optimizers.CATALOGUE[name]
     assert (entry.factory, entry.update_args, entry.model_options) == (info.factory, info.update_args,
