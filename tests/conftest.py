@@ -97,6 +97,14 @@ _MARKS = (
     (("mesh", "slow"), "tests/test_readme.py", "the README's snippets step an nnx model and shard on a mesh: 4.2 s"),
     (("slow",), "tests/test_labels_models.py", "transformers' Flax models; importing transformers (and torch) alone"
      " takes 4 s a worker"),
+    (("slow",), "tests/experiments/test_gauss_newton_runs.py::test_(a_soap_gn_run_learns_and_resumed_equals_uninterrupted"
+     "|the_gn_step_steps_with_the_gradient_and_takes_statistics_from_sampled_labels)",
+     "trains tiny GPT and digits models with shampoo_gn / soap_gn: 10–40 s"),
+    (("slow",), "tests/test_gauss_newton.py::test_(sampled_statistics_converge_to_gauss_newton_factors"
+     "|sequence_model_with_masked_tokens_is_unbiased|empirical_fisher_is_not_the_gauss_newton_factors)",
+     "vmaps thousands of sampled gradients: 3–9 s"),
+    (("mesh", "slow"), "tests/transforms/test_stats_grads.py::test_explicit_mesh_equals_no_mesh",
+     "Shampoo with stats_grads under a 2-device explicit mesh: 4–8 s"),
     # Slow: functions (all their cases) and cases.
     (("slow",), "tests/experiments/test_data.py::test_digits_split", "loads scikit-learn's digits: 1.6 s"),
     (("slow",), "tests/experiments/test_models.py::test_(gpt_roles_and_shapes|rope_is_a_rotation_that_depends_on_position"
