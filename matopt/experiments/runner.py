@@ -88,16 +88,27 @@ def _without_extend(config: Any) -> Any:
   return config
 
 
+def _same_runs(have: dict, want: dict) -> bool:
+  """Whether the runs ``have`` (an output directory's config.json) describes
+  are runs of ``want``: equal but for grids' ``extend`` and for optimizer
+  entries ``want`` adds (each entry's runs live in their own directory)."""
+  have, want = _without_extend(have), _without_extend(want)
+  entries = lambda c: {o["name"]: o for o in c.get("optimizers", [])}
+  rest = lambda c: {k: v for k, v in c.items() if k != "optimizers"}
+  return rest(have) == rest(want) and all(entries(want).get(n) == o for n, o in entries(have).items())
+
+
 def prepare_out_dir(out: Path, config: Config, overwrite: bool) -> None:
   """An output directory belongs to one config; finished and checkpointed
   runs in it are reused, so a different config there is refused. A grid's
   ``extend`` may change: the runs it bounds stay what they were, and the
-  search re-derives the extension from them."""
+  search re-derives the extension from them. Optimizer entries may be
+  added: the others' runs are reused as they are."""
   path = out / "config.json"
   want = json.loads(json.dumps(config_lib.to_dict(config)))
   if path.exists() and not overwrite:
     have = json.loads(path.read_text())
-    if _without_extend(have) != _without_extend(want):
+    if not _same_runs(have, want):
       changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
       raise ConfigError(
           f"{out} holds runs of a different config (differs in {changed}); pass --out with a new "

@@ -253,3 +253,11 @@ def test_a_changed_extend_resumes_the_same_directory(extended, tmp_path, monkeyp
   other = dataclasses.replace(config, optimizers=(dataclasses.replace(spec, learning_rates=(0.0001, 0.001)),))
   with pytest.raises(config_lib.ConfigError, match="different config"):
     runner.run(other, copy, progress=False)
+  # An added optimizer entry is accepted: the others' runs are reused (only
+  # the new entry would train; its training is stubbed out here, so refused).
+  added = dataclasses.replace(config, optimizers=(spec, dataclasses.replace(spec, name="sgd_again")))
+  runner.prepare_out_dir(copy, added, overwrite=False)
+  assert [o["name"] for o in json.loads((copy / "config.json").read_text())["optimizers"]] == ["sgd", "sgd_again"]
+  # ... but dropping one changes what the directory holds.
+  with pytest.raises(config_lib.ConfigError, match="different config"):
+    runner.prepare_out_dir(copy, dataclasses.replace(config, optimizers=()), overwrite=False)
