@@ -93,7 +93,12 @@ def test_committed_readme_tables_agree_with_committed_results():
   found = readme.blocks((REPO / "README.md").read_text(), source=REPO / "README.md")
   assert QUICKSTART in [b.marked for b in found]
   stale = [f"README.md:{b.line} ({b.marked})\n{readme.diff(b)}" for b in found if b.stale]
-  assert not stale, "Regenerate with `matopt readme`:\n" + "\n".join(stale)
+  # The recorded studies' pages too.
+  for page in sorted((REPO / "docs").glob("*/README.md")):
+    name = page.relative_to(REPO)
+    stale += [f"{name}:{b.line} ({b.marked})\n{readme.diff(b)}" for b in readme.blocks(page.read_text(), source=page)
+              if b.stale]
+  assert not stale, "Regenerate with `matopt readme FILE`:\n" + "\n".join(stale)
 
 
 def test_check_fails_when_results_or_table_are_edited_by_hand(copied_readme, capsys):
