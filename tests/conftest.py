@@ -100,6 +100,8 @@ _MARKS = (
     (("slow",), "tests/experiments/test_gauss_newton_runs.py::test_(a_soap_gn_run_learns_and_resumed_equals_uninterrupted"
      "|the_gn_step_steps_with_the_gradient_and_takes_statistics_from_sampled_labels)",
      "trains tiny GPT and digits models with shampoo_gn / soap_gn: 10–40 s"),
+    (("slow",), "tests/experiments/test_logs.py::test_lines_mirror_the_history_and_a_resumed_run_rewrites_from_its_checkpoint",
+     "trains a digits MLP three times, once checkpointed: 4–9 s"),
     (("slow",), "tests/test_gauss_newton.py::test_(sampled_statistics_converge_to_gauss_newton_factors"
      "|sequence_model_with_masked_tokens_is_unbiased|empirical_fisher_is_not_the_gauss_newton_factors)",
      "vmaps thousands of sampled gradients: 3–9 s"),

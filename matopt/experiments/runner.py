@@ -4,7 +4,7 @@ Layout of the output directory::
 
     DIR/config.json              the effective config (resume refuses another)
     DIR/meta.json                the task's units and metrics, the machine, legend rates
-    DIR/runs/NAME/lr_X/seed_S/   one run: checkpoints/, result.json when done
+    DIR/runs/NAME/lr_X/seed_S/   one run: checkpoints/, metrics.jsonl as it trains, result.json when done
     DIR/runs/NAME/lr_X-K_V/seed_S/  the same at a point of a grid that also tunes option K (``tune:``)
     DIR/runs/B/lr_X/seed_S/steps_N/  the baseline B trained to N steps (speedup_horizons)
     DIR/results.json             one record per optimizer (best of its grid, over seeds)

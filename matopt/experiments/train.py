@@ -43,7 +43,7 @@ import optax
 from flax import nnx
 
 from matopt import gauss_newton, sharding
-from matopt.experiments import parallel
+from matopt.experiments import logs, parallel
 
 StepCallback = Callable[[int, float], None]
 
@@ -247,7 +247,8 @@ def _restore(ckpt: Checkpoints, run: _Run) -> _Run:
 
 def _loop(task: Any, step: Step, compiled: Any, run: _Run, *, steps: int, eval_every: int,
           update_args: Mapping[str, str], save: Callable[[_Run], None] | None, checkpoint_every: int,
-          on_step: StepCallback | None, stop_after: int | None, seed: int) -> None:
+          on_step: StepCallback | None, stop_after: int | None, seed: int,
+          log: logs.MetricsLog | None = None) -> None:
   """Train ``run`` in place until ``steps``, divergence or ``stop_after``."""
   val = task.val_batches()
   while run.step < steps:
@@ -265,9 +266,13 @@ def _loop(task: Any, step: Step, compiled: Any, run: _Run, *, steps: int, eval_e
       on_step(run.step, loss)
     if not math.isfinite(loss):
       run.diverged = True
+      if log:
+        log.flush(run.history)
       return
     if (eval_every and run.step % eval_every == 0) or run.step == steps:
       run.history["val"].append([run.step, run.seconds, *_evaluate(step, run.params, val)])
+    if log:
+      log.flush(run.history)
     if save and (run.step % checkpoint_every == 0 or run.step == steps):
       save(run)
     if stop_after is not None and stop_after <= run.step < steps:
@@ -324,7 +329,8 @@ def train(
       (``task.train_batch(step, seed)``).
     eval_every: validation interval in steps (0: only at the end).
     checkpoint_every: checkpoint interval (0: none); needs ``run_dir``.
-    run_dir: where checkpoints live.
+    run_dir: where checkpoints live, and ``metrics.jsonl``, the per-step
+      metrics as JSON lines (:mod:`matopt.experiments.logs`).
     on_step: called after each step with ``(step, train_loss)``.
     stop_after: stop (after checkpointing) once this many steps are done, as
       an interrupted run would; the result is then marked incomplete.
@@ -355,6 +361,9 @@ def train(
   ckpt = Checkpoints(Path(run_dir) / "checkpoints") if checkpoint_every else None
   if ckpt:
     run = _restore(ckpt, run)
+  log = logs.MetricsLog(Path(run_dir) / logs.FILE, tuple(reported.values())) if run_dir is not None else None
+  if log:
+    log.reset(run.history)  # a resumed run's file holds what its checkpoint holds
   # matopt's transforms spread their matrix work over the mesh they trace
   # under. (jax.set_mesh takes effect when called, so it is called here.)
   with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
@@ -369,10 +378,12 @@ def train(
                                          {"seconds": r.seconds, "wall_seconds": wall(), "history": r.history}))
     try:
       _loop(task, step, compiled, run, steps=steps, eval_every=eval_every, update_args=reported, save=save,
-            checkpoint_every=checkpoint_every, on_step=on_step, stop_after=stop_after, seed=seed)
+            checkpoint_every=checkpoint_every, on_step=on_step, stop_after=stop_after, seed=seed, log=log)
     finally:
       if ckpt:
         ckpt.close()
     if not run.diverged and (not run.history["val"] or run.history["val"][-1][0] != run.step):
       run.history["val"].append([run.step, run.seconds, *_evaluate(step, run.params, task.val_batches())])
+      if log:
+        log.flush(run.history)
   return _result(task, run, steps, reported, compile_seconds, wall())
