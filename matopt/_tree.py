@@ -181,9 +181,8 @@ def leaves_like(transform: str, name: str, updates: Any, other: Any) -> list[Any
             if extra else "its tree structure differs (containers of other types)")
     raise ValueError(f"{transform}: {name} must have the gradients' tree structure; {what}. Pass the gradient"
                      " of the same parameters (with the same containers).") from None
-  paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_masked)[0]]
-  for path, u, x in zip(paths, jax.tree_util.tree_leaves(updates, is_leaf=is_masked), leaves):
+  for (path, u), x in zip(jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_masked)[0], leaves):
     if not is_masked(u) and jnp.shape(x) != jnp.shape(u):
-      raise ValueError(f"{transform}: {name} leaf {path!r} has shape {jnp.shape(x)}, the gradient's is"
+      raise ValueError(f"{transform}: {name} leaf {path_str(path)!r} has shape {jnp.shape(x)}, the gradient's is"
                        f" {jnp.shape(u)}; pass the gradient of the same parameters.")
   return leaves

@@ -377,13 +377,13 @@ def scale_by_shampoo(
 
   def update_fn(updates, state, params=None, *, stats_grads=None, **extra_args):
     del params, extra_args
-    stats_leaves = (kron.leaves_of(updates)[0] if stats_grads is None
+    leaves, treedef = kron.leaves_of(updates)
+    stats_leaves = (leaves if stats_grads is None
                     else _tree.leaves_like("scale_by_shampoo", "stats_grads", updates, stats_grads))
     count = optax.safe_increment(state.count)  # 1-based index of this step
     use_shampoo = count >= o.start
     refresh = use_shampoo & ((count - o.start) % o.every == 0)
     mu, nu, graft_dirs = _moments(o, count, state.mu, state.nu, updates)
-    leaves, treedef = kron.leaves_of(updates)
     views = views_of(updates)
     # 1. Statistics, leaf by leaf; 2. roots of all statistics at once.
     per_leaf = [f if _tree.is_masked(g) or view is None else _accumulate(o, s, f, view)
