@@ -40,11 +40,11 @@ class MetricsLog:
   def __init__(self, path: Path, peak_keys: Sequence[str] = ()):
     self.path = Path(path)
     self.peak_keys = tuple(peak_keys)
-    self.written = {"train": 0, "val": 0}
+    self.written = dict.fromkeys(("train", "val", *self.peak_keys), 0)
 
-  def _lines(self, history: Mapping[str, list], split: str, start: int) -> Iterable[str]:
+  def _lines(self, history: Mapping[str, list], split: str, start: int,
+             peaks: Mapping[str, Mapping[int, float]]) -> Iterable[str]:
     rows = history.get(split, [])[start:]
-    peaks = {key: {row[0]: row[1] for row in history.get(key, [])} for key in self.peak_keys}
     for row in rows:
       if split == "train":
         record = {"step": row[0], "seconds": row[1], "train_loss": row[2]}
@@ -55,16 +55,20 @@ class MetricsLog:
 
   def reset(self, history: Mapping[str, list]) -> None:
     """Rewrite the file from ``history`` (a fresh run's is empty)."""
-    self.written = {"train": 0, "val": 0}
+    self.written = dict.fromkeys(("train", "val", *self.peak_keys), 0)
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.path.write_text("")
     self.flush(history)
 
   def flush(self, history: Mapping[str, list]) -> None:
     """Append the rows of ``history`` not yet written, training steps before evaluations."""
+    # Only the peak rows not yet written (each step appends its own with its
+    # training row): a whole-history lookup every step would grow with the run.
+    peaks = {key: {row[0]: row[1] for row in history.get(key, [])[self.written[key]:]} for key in self.peak_keys}
     lines = []
     for split in ("train", "val"):
-      lines.extend(self._lines(history, split, self.written[split]))
+      lines.extend(self._lines(history, split, self.written[split], peaks))
+    for split in self.written:
       self.written[split] = len(history.get(split, []))
     if lines:
       with self.path.open("a") as f:
