@@ -14,13 +14,18 @@ DEFAULT_CONFIG = "configs/quickstart.yaml"
 
 
 def _config_dirs() -> list[Path]:
-  """Where config names are looked up: ./configs, then the source tree's configs/."""
-  dirs = [Path("configs"), Path(__file__).resolve().parents[1] / "configs"]
+  """Where config names are looked up: ./configs, then the configs shipped in the package.
+
+  The shipped ones are package data (``matopt/configs/*.yaml``, in the wheel), so
+  ``matopt run quickstart`` works from any directory after ``pip install``; the
+  repository's ``configs/`` is a link to them.
+  """
+  dirs = [Path("configs"), Path(__file__).resolve().parent / "configs"]
   return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [e.resolve() for e in dirs[:i]]]
 
 
 def _resolve(config: str) -> Path:
-  """A path as given, else a name under ./configs, else the source tree's configs/.
+  """A path as given, else a name under ./configs, else a config shipped with matopt.
 
   Raises:
     ConfigError: none of these is a file; the message lists the configs there
@@ -39,8 +44,11 @@ def _resolve(config: str) -> Path:
   names = sorted({p.stem for d in _config_dirs() for p in d.glob("*.yaml")})
   close = difflib.get_close_matches(Path(config).stem, names, n=1)
   guess = f"; did you mean {close[0]!r}?" if close else "."
-  listing = (f" Configs to run by name: {', '.join(names)} (in {', '.join(str(d) for d in _config_dirs())})."
-             if names else " There is no configs/ directory here or in the source tree to name one from.")
+  listing = (
+    f" Configs to run by name: {', '.join(names)} (in {', '.join(str(d) for d in _config_dirs())})."
+    if names
+    else " There is no configs/ directory here or in the installed package to name one from."
+  )
   raise ConfigError(f"config {config!r} does not exist (no such file, nor a name in configs/){guess}{listing}")
 
 
@@ -49,39 +57,60 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--version", action="version", version=f"matopt {__version__}")
   commands = parser.add_subparsers(dest="command", required=True)
   run = commands.add_parser(
-      "run", help="train a small model with several optimizers side by side",
-      description="Train the config's task with each of its optimizers; write results.json, "
-                  "results.md and loss plots into --out. Re-running with the same --out resumes.")
-  run.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
-                   help=f"YAML config, or the name of one in configs/ (default: {DEFAULT_CONFIG})")
+    "run",
+    help="train a small model with several optimizers side by side",
+    description="Train the config's task with each of its optimizers; write results.json, "
+    "results.md and loss plots into --out. Re-running with the same --out resumes.",
+  )
+  run.add_argument(
+    "config",
+    nargs="?",
+    default=DEFAULT_CONFIG,
+    help=f"YAML config, or the name of one in configs/ (default: {DEFAULT_CONFIG})",
+  )
   run.add_argument("--out", help="output directory (default: runs/<config name>)")
   run.add_argument("--steps", type=int, help="override the config's steps")
   run.add_argument("--optimizers", help="comma-separated subset of the config's optimizer names")
   run.add_argument("--seed", type=int, help="override the config's seed (and its seeds)")
-  run.add_argument("--seeds", type=int, metavar="N",
-                   help="run every optimizer with N seeds: the config's first seed (or --seed) and the "
-                        "N - 1 after it; results are mean ± std over them")
-  run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any key of the config by its dotted path, e.g. "
-                        "--set optimizers.0.learning_rate=0.02 or --set schedule.decay=cosine "
-                        "(an optimizer entry may be named: optimizers.muon.momentum=0.9); "
-                        "VALUE is read as YAML; repeatable")
+  run.add_argument(
+    "--seeds",
+    type=int,
+    metavar="N",
+    help="run every optimizer with N seeds: the config's first seed (or --seed) and the "
+    "N - 1 after it; results are mean ± std over them",
+  )
+  run.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override any key of the config by its dotted path, e.g. "
+    "--set optimizers.0.learning_rate=0.02 or --set schedule.decay=cosine "
+    "(an optimizer entry may be named: optimizers.muon.momentum=0.9); "
+    "VALUE is read as YAML; repeatable",
+  )
   run.add_argument("--overwrite", action="store_true", help="discard earlier runs in --out")
   run.add_argument("--quiet", action="store_true", help="no progress bars")
   report = commands.add_parser(
-      "report", help="re-render results.json, results.md and plots of a run directory",
-      description="Rebuild results.json, results.md and the loss plots of a `matopt run` output directory "
-                  "from the runs that finished there (all or some), without training; print the table.")
+    "report",
+    help="re-render results.json, results.md and plots of a run directory",
+    description="Rebuild results.json, results.md and the loss plots of a `matopt run` output directory "
+    "from the runs that finished there (all or some), without training; print the table.",
+  )
   report.add_argument("dir", help="the output directory of `matopt run` (holding config.json)")
   readme = commands.add_parser(
-      "readme", help="regenerate the result tables of Markdown files from their results.json",
-      description="Replace each block between `<!-- matopt:table PATH -->` and `<!-- /matopt:table -->` "
-                  "(PATH: a results.json of `matopt run`, relative to the Markdown file) with the table "
-                  "made from it. With --check, write nothing and exit 1 if a table differs from its results.")
-  readme.add_argument("files", nargs="*", default=["README.md"], metavar="FILE",
-                      help="Markdown files (default: README.md)")
-  readme.add_argument("--check", action="store_true",
-                      help="only compare: list the stale tables and exit 1 if there are any")
+    "readme",
+    help="regenerate the result tables of Markdown files from their results.json",
+    description="Replace each block between `<!-- matopt:table PATH -->` and `<!-- /matopt:table -->` "
+    "(PATH: a results.json of `matopt run`, relative to the Markdown file) with the table "
+    "made from it. With --check, write nothing and exit 1 if a table differs from its results.",
+  )
+  readme.add_argument(
+    "files", nargs="*", default=["README.md"], metavar="FILE", help="Markdown files (default: README.md)"
+  )
+  readme.add_argument(
+    "--check", action="store_true", help="only compare: list the stale tables and exit 1 if there are any"
+  )
   return parser
 
 
@@ -92,8 +121,11 @@ def _report(directory: str) -> int:
   out = Path(directory)
   missing = [name for name in ("config.json", "meta.json") if not (out / name).is_file()]
   if missing:
-    print(f"matopt: error: {out} has no {' or '.join(missing)}: not the output directory of a `matopt run` "
-          "(of this version); pass the --out directory of one.", file=sys.stderr)
+    print(
+      f"matopt: error: {out} has no {' or '.join(missing)}: not the output directory of a `matopt run` "
+      "(of this version); pass the --out directory of one.",
+      file=sys.stderr,
+    )
     return 2
   config = json.loads((out / "config.json").read_text())
   if config.get("sizes"):
@@ -101,14 +133,16 @@ def _report(directory: str) -> int:
 
     sizes = trends.render(out)
     print((out / "results.md").read_text())
-    print(f"Wrote {out / 'trends.json'} ({len(sizes)} sizes; each re-rendered in {out / 'sizes'}), "
-          "results.md and plots.")
+    print(
+      f"Wrote {out / 'trends.json'} ({len(sizes)} sizes; each re-rendered in {out / 'sizes'}), results.md and plots."
+    )
     return 0
   records = report.render(out)
   total = len(config["optimizers"])
   print((out / "results.md").read_text())
-  print(f"Wrote {out / 'results.json'} ({len(records)} of {total} optimizers with finished runs), "
-        "results.md and plots.")
+  print(
+    f"Wrote {out / 'results.json'} ({len(records)} of {total} optimizers with finished runs), results.md and plots."
+  )
   return 0
 
 
@@ -132,19 +166,32 @@ def _readme(files: Sequence[str], *, check: bool) -> int:
       print(readme.diff(block), end="")
       print(f"{block.source}:{block.line}: table from {block.marked} is stale", file=sys.stderr)
     if stale:
-      print(f"matopt: {len(stale)}/{count(len(found), 'table')} in {where} stale against their results.json; run "
-            "`matopt readme` to regenerate.", file=sys.stderr)
+      print(
+        f"matopt: {len(stale)}/{count(len(found), 'table')} in {where} stale against their results.json; run "
+        "`matopt readme` to regenerate.",
+        file=sys.stderr,
+      )
       return 1
     print(f"Up to date: {count(len(found), 'table')} in {where}, each as its results.json gives it.")
     return 0
   for block in stale:
     print(f"{block.source}:{block.line}: regenerated the table from {block.marked}")
-  print(f"Regenerated {len(stale)} of {count(len(found), 'table')} in {where}" + ("." if stale else ": all were up to date."))
+  print(
+    f"Regenerated {len(stale)} of {count(len(found), 'table')} in {where}"
+    + ("." if stale else ": all were up to date.")
+  )
   return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  try:  # a core install (`pip install matopt`) has the optimizers, not the runner
+    from matopt import experiments
+
+    experiments.require()
+  except ImportError as e:
+    print(f"matopt: error: {e}", file=sys.stderr)
+    return 2
   if args.command == "report":
     return _report(args.dir)
   if args.command == "readme":
@@ -155,16 +202,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   try:
     config = runner.override(
-        runner.load(_resolve(args.config), overrides=args.set), steps=args.steps, seed=args.seed,
-        seeds=args.seeds, optimizers=args.optimizers.split(",") if args.optimizers else None)
+      runner.load(_resolve(args.config), overrides=args.set),
+      steps=args.steps,
+      seed=args.seed,
+      seeds=args.seeds,
+      optimizers=args.optimizers.split(",") if args.optimizers else None,
+    )
     out = Path(args.out or Path("runs") / config.name)
     records = runner.run(config, out, overwrite=args.overwrite, progress=not args.quiet)
   except ConfigError as e:
     print(f"matopt: error: {e}", file=sys.stderr)
     return 2
   print((out / "results.md").read_text())
-  written = (f"{out / 'trends.json'} ({count(len(records), 'size')}, each in {out / 'sizes'})"
-             if config.sizes is not None else f"{out / 'results.json'} ({count(len(records), 'optimizer')})")
+  written = (
+    f"{out / 'trends.json'} ({count(len(records), 'size')}, each in {out / 'sizes'})"
+    if config.sizes is not None
+    else f"{out / 'results.json'} ({count(len(records), 'optimizer')})"
+  )
   print(f"Wrote {written}, results.md and plots.")
   return 0
 

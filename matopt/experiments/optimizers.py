@@ -30,7 +30,6 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-import chex
 import jax
 import numpy as np
 import optax
@@ -40,9 +39,9 @@ from matopt.optimizers.registry import OPTIMIZERS
 
 # Where YAML has another way, for Python-object options a user is likely to look for.
 _INSTEAD = {
-    "adaptive": "for an adaptive second moment name normuon or adamuon as 'optimizer:' (muon with one set)",
-    "labels": "the roles come from matopt.labels.by_role on the model's parameter paths",
-    "dimension_numbers": "the tasks' kernels are viewed as matrices by matopt's defaults",
+  "adaptive": "for an adaptive second moment name normuon or adamuon as 'optimizer:' (muon with one set)",
+  "labels": "the roles come from matopt.labels.by_role on the model's parameter paths",
+  "dimension_numbers": "the tasks' kernels are viewed as matrices by matopt's defaults",
 }
 
 
@@ -114,13 +113,15 @@ def yaml_type(tp: Any, default: Any = None) -> Any:
 
 
 def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
-  """``typing.get_type_hints(factory)``. optax's ``Params`` names chex's
-  recursive ``ArrayTree``, which no factory's module defines."""
+  """``typing.get_type_hints(factory)``. optax's ``Params`` is a recursive
+  union that names ``'ArrayTree'``, which no factory's module defines; ``optax.Params``
+  is that union (so chex, which optax no longer requires, is not needed)."""
   try:
-    return typing.get_type_hints(factory, localns={"ArrayTree": chex.ArrayTree})
+    return typing.get_type_hints(factory, localns={"ArrayTree": optax.Params})
   except NameError as e:
-    raise TypeError(f"{factory.__qualname__}'s annotations name something its module does not define ({e});"
-                    " import it there.") from e
+    raise TypeError(
+      f"{factory.__qualname__}'s annotations name something its module does not define ({e}); import it there."
+    ) from e
 
 
 def options_of(factory: Callable[..., Any]) -> dict[str, Option]:
@@ -175,9 +176,11 @@ class Entry:
     o = self.options[option]
     python = f"{self.factory.__module__.split('.')[0]}.{self.factory.__name__}"
     other = f"{_INSTEAD[option]}; or " if option in _INSTEAD else ""
-    return (f"{option} takes {type_name(o.annotation)}, a Python object that YAML cannot express "
-            f"(its default {o.default!r} is used); {other}build the optimizer in Python: "
-            f"{python}(learning_rate, {option}=...).")
+    return (
+      f"{option} takes {type_name(o.annotation)}, a Python object that YAML cannot express "
+      f"(its default {o.default!r} is used); {other}build the optimizer in Python: "
+      f"{python}(learning_rate, {option}=...)."
+    )
 
   def check_options(self, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The options of a config entry, checked against their types and by the factory itself."""
@@ -197,8 +200,11 @@ class Entry:
 
   def kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
     """Checked options as the factory takes them: YAML lists of array options as arrays."""
-    return {k: np.asarray(v, np.float32) if isinstance(v, list) and self.options[k].array else v
-            for k, v in options.items() if k not in self.stats}
+    return {
+      k: np.asarray(v, np.float32) if isinstance(v, list) and self.options[k].array else v
+      for k, v in options.items()
+      if k not in self.stats
+    }
 
   def sampling(self, options: Mapping[str, Any]) -> dict[str, Any] | None:
     """The keywords of :func:`matopt.sampled_label_grads` under checked
@@ -212,19 +218,25 @@ class Entry:
 # The sampling behind Gauss–Newton statistics: the options of the *_gn
 # entries, each with the keyword of matopt.sampled_label_grads it sets.
 _SAMPLING = {"gn_samples": "num_samples", "gn_fraction": "fraction"}
-_SAMPLING_OPTIONS = {"gn_samples": Option("gn_samples", int, 1, int),
-                     "gn_fraction": Option("gn_fraction", float, 1.0, float)}
+_SAMPLING_OPTIONS = {
+  "gn_samples": Option("gn_samples", int, 1, int),
+  "gn_fraction": Option("gn_fraction", float, 1.0, float),
+}
 
 
 def _check_sampling(options: Mapping[str, Any], where: str) -> None:
   """``gn_samples`` a positive int, ``gn_fraction`` in (0, 1] (types already checked)."""
   samples, fraction = options.get("gn_samples", 1), options.get("gn_fraction", 1.0)
   if samples < 1:
-    raise ConfigError(f"{where}.gn_samples must be a positive int (labels sampled per position for the "
-                      f"Gauss–Newton statistics), got {samples!r}.")
+    raise ConfigError(
+      f"{where}.gn_samples must be a positive int (labels sampled per position for the "
+      f"Gauss–Newton statistics), got {samples!r}."
+    )
   if not 0 < fraction <= 1:
-    raise ConfigError(f"{where}.gn_fraction must lie in (0, 1] (the share of each batch's examples whose "
-                      f"sampled-label gradient is taken), got {fraction!r}.")
+    raise ConfigError(
+      f"{where}.gn_fraction must lie in (0, 1] (the share of each batch's examples whose "
+      f"sampled-label gradient is taken), got {fraction!r}."
+    )
 
 
 def _entry(name: str, factory: Callable[..., Any], **kwargs: Any) -> Entry:
@@ -234,17 +246,20 @@ def _entry(name: str, factory: Callable[..., Any], **kwargs: Any) -> Entry:
 _BASELINES = {"adamw": optax.adamw, "adam": optax.adam, "sgd": optax.sgd}
 
 CATALOGUE: dict[str, Entry] = {
-    **{name: _entry(name, factory) for name, factory in _BASELINES.items()},
-    **{info.name: _entry(info.name, info.factory, update_args=info.update_args, model_options=info.model_options)
-       for info in OPTIMIZERS.values()},
+  **{name: _entry(name, factory) for name, factory in _BASELINES.items()},
+  **{
+    info.name: _entry(info.name, info.factory, update_args=info.update_args, model_options=info.model_options)
+    for info in OPTIMIZERS.values()
+  },
 }
 
 
 def _gauss_newton(entry: Entry) -> Entry:
   """``entry`` (Shampoo, SOAP) with statistics from sampled labels: every option of
   its factory, plus ``gn_samples`` and ``gn_fraction``."""
-  return dataclasses.replace(entry, name=f"{entry.name}_gn", options={**entry.options, **_SAMPLING_OPTIONS},
-                             stats=_SAMPLING)
+  return dataclasses.replace(
+    entry, name=f"{entry.name}_gn", options={**entry.options, **_SAMPLING_OPTIONS}, stats=_SAMPLING
+  )
 
 
 CATALOGUE.update({f"{name}_gn": _gauss_newton(CATALOGUE[name]) for name in ("shampoo", "soap")})
@@ -261,9 +276,9 @@ def multiplier(config: Schedule, steps: int) -> optax.Schedule:
   warmup, final = config.warmup_steps, config.final_fraction
   span = max(steps - warmup, 1)
   decay = {
-      "constant": lambda: optax.constant_schedule(1.0),
-      "linear": lambda: optax.linear_schedule(1.0, final, span),
-      "cosine": lambda: optax.cosine_decay_schedule(1.0, span, alpha=final),
+    "constant": lambda: optax.constant_schedule(1.0),
+    "linear": lambda: optax.linear_schedule(1.0, final, span),
+    "cosine": lambda: optax.cosine_decay_schedule(1.0, span, alpha=final),
   }[config.decay]()
   if not warmup:
     return decay
@@ -271,13 +286,13 @@ def multiplier(config: Schedule, steps: int) -> optax.Schedule:
 
 
 def build(
-    name: str,
-    learning_rate: float,
-    options: Mapping[str, Any],
-    *,
-    schedule: Schedule,
-    steps: int,
-    model_options: Mapping[str, Any] | None = None,
+  name: str,
+  learning_rate: float,
+  options: Mapping[str, Any],
+  *,
+  schedule: Schedule,
+  steps: int,
+  model_options: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformation:
   """The optimizer ``name`` with every learning rate it takes scheduled.
 

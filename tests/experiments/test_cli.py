@@ -26,8 +26,9 @@ def test_version_comes_from_the_package_metadata(capsys):
   assert matopt.__version__ == version
 
 
-@pytest.mark.parametrize("typo, closest", [("quickstrat", "quickstart"), ("configs/digit.yaml", "digits"),
-                                           ("gpt-mesh", "gpt_mesh")])
+@pytest.mark.parametrize(
+  "typo, closest", [("quickstrat", "quickstart"), ("configs/digit.yaml", "digits"), ("gpt-mesh", "gpt_mesh")]
+)
 def test_a_config_name_with_a_typo_lists_the_shipped_configs(tmp_path, monkeypatch, capsys, typo, closest):
   assert {"quickstart", "digits", "gpt_mesh"} <= set(SHIPPED)
   monkeypatch.chdir(tmp_path)  # no ./configs here: the source tree's are the shipped ones
@@ -55,8 +56,11 @@ def test_configs_in_the_working_directory_are_listed_too(tmp_path, monkeypatch, 
 
 def test_counts_of_one_are_singular(tmp_path, monkeypatch, capsys):
   path = tmp_path / "one.yaml"
-  path.write_text(yaml.safe_dump({"task": "gpt", "steps": 2, "batch_size": 4,
-                                  "optimizers": [{"name": "muon", "learning_rate": 0.02}]}))
+  path.write_text(
+    yaml.safe_dump(
+      {"task": "gpt", "steps": 2, "batch_size": 4, "optimizers": [{"name": "muon", "learning_rate": 0.02}]}
+    )
+  )
 
   def fake_run(config, out, **kwargs):  # the training itself is test_runner's business
     out.mkdir(parents=True)
@@ -68,8 +72,13 @@ def test_counts_of_one_are_singular(tmp_path, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert "(1 optimizer)," in out and "optimizers" not in out
   # A mesh of one device where JAX sees 8 (tests/conftest.py).
-  raw = {"task": "gpt", "steps": 2, "batch_size": 4, "mesh": {"shape": [1], "axes": ["data"]},
-         "optimizers": [{"name": "muon", "learning_rate": 0.02}]}
+  raw = {
+    "task": "gpt",
+    "steps": 2,
+    "batch_size": 4,
+    "mesh": {"shape": [1], "axes": ["data"]},
+    "optimizers": [{"name": "muon", "learning_rate": 0.02}],
+  }
   with pytest.raises(config_lib.ConfigError, match=r"holds 1 device, but JAX sees 8"):
     runner.load(_yaml(tmp_path, raw))
   with pytest.raises(config_lib.ConfigError, match=r"width 63 must split into 1 head of even size"):
@@ -100,3 +109,29 @@ def test_progress_bar_says_its_loss_is_the_last_steps():
   text = console.file.getvalue()
   assert f"loss (last step) {losses[-1]:.4f}" in text, text
   assert "5/5" in text
+
+
+def test_shipped_configs_are_package_data_found_by_name_anywhere(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no ./configs: only the installed package's
+  found = cli._resolve("quickstart")
+  assert found == Path(matopt.__file__).resolve().parent / "configs" / "quickstart.yaml"
+  assert sorted(p.stem for p in found.parent.glob("*.yaml")) == SHIPPED
+
+
+def test_the_runner_without_its_extra_names_what_to_install(monkeypatch, capsys):
+  import importlib.util
+
+  import matopt.experiments
+
+  real = importlib.util.find_spec
+
+  def find_spec(name, *args):
+    if name == "orbax.checkpoint":
+      raise ModuleNotFoundError("No module named 'orbax'")
+    return None if name == "rich" else real(name, *args)
+
+  monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+  with pytest.raises(ImportError, match=r"needs orbax-checkpoint, rich, .*pip install \"matopt\[experiments\]\""):
+    matopt.experiments.require()
+  assert cli.main(["run", "quickstart", "--steps", "1"]) == 2
+  assert 'pip install "matopt[experiments]"' in capsys.readouterr().err
