@@ -71,19 +71,25 @@ def gradient_runners(graphdef, params, rest, batch, fractions: list[float]) -> d
   plain = jax.jit(jax.value_and_grad(lambda p, b: GPTTask.loss(nnx.merge(graphdef, p, rest), b)[0]))
   runners = {"grads: value_and_grad (mean CE)": lambda n: [plain(params, batch) for _ in range(n)][-1]}
   for f in fractions:
-    fn = jax.jit(lambda p, x, y, i, f=f: matopt.sampled_label_grads(
-        logits_fn, p, x, y, jax.random.fold_in(jax.random.key(0), i), fraction=f))
-    runners[f"grads: sampled_label_grads{_label(f)}"] = (
-        lambda n, fn=fn: [fn(params, inputs, labels, jnp.int32(i)) for i in range(n)][-1])
+    fn = jax.jit(
+      lambda p, x, y, i, f=f: matopt.sampled_label_grads(
+        logits_fn, p, x, y, jax.random.fold_in(jax.random.key(0), i), fraction=f
+      )
+    )
+    runners[f"grads: sampled_label_grads{_label(f)}"] = lambda n, fn=fn: [
+      fn(params, inputs, labels, jnp.int32(i)) for i in range(n)
+    ][-1]
   return runners
 
 
 def step_runners(graphdef, params, rest, batch, fractions: list[float]) -> dict[str, Callable]:
   """Name -> ``run(n)`` that makes ``n`` training steps (carrying parameters,
   state and step index from call to call) and returns the last outputs."""
-  optimizers = {"adamw": optax.adamw(1e-3),
-                "shampoo": matopt.shampoo(1e-3, precondition_every=PRECONDITION_EVERY),
-                "soap": matopt.soap(3e-3, precondition_every=PRECONDITION_EVERY)}
+  optimizers = {
+    "adamw": optax.adamw(1e-3),
+    "shampoo": matopt.shampoo(1e-3, precondition_every=PRECONDITION_EVERY),
+    "soap": matopt.soap(3e-3, precondition_every=PRECONDITION_EVERY),
+  }
   variants = [("adamw", "adamw", None)]
   for name in ("shampoo", "soap"):
     variants.append((name, name, None))
@@ -113,28 +119,51 @@ def main() -> None:
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--seq-len", type=int, default=64)
   parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--steps", type=int, default=PRECONDITION_EVERY,
-                      help=f"consecutive calls per timing; a multiple of {PRECONDITION_EVERY}")
+  parser.add_argument(
+    "--steps",
+    type=int,
+    default=PRECONDITION_EVERY,
+    help=f"consecutive calls per timing; a multiple of {PRECONDITION_EVERY}",
+  )
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--fractions", type=_fractions, default=[1.0, 0.25],
-                      help="sampled_label_grads fractions of the gradient rows, comma-separated (default 1,0.25)")
-  parser.add_argument("--step-fractions", type=_fractions, default=[1.0],
-                      help="fractions of the shampoo_gn / soap_gn step rows, comma-separated (default 1)")
+  parser.add_argument(
+    "--fractions",
+    type=_fractions,
+    default=[1.0, 0.25],
+    help="sampled_label_grads fractions of the gradient rows, comma-separated (default 1,0.25)",
+  )
+  parser.add_argument(
+    "--step-fractions",
+    type=_fractions,
+    default=[1.0],
+    help="fractions of the shampoo_gn / soap_gn step rows, comma-separated (default 1)",
+  )
   args = parser.parse_args()
   if args.steps < 1 or args.steps % PRECONDITION_EVERY:
-    parser.error(f"--steps must be a positive multiple of {PRECONDITION_EVERY} (one refresh per timing), got {args.steps}")
+    parser.error(
+      f"--steps must be a positive multiple of {PRECONDITION_EVERY} (one refresh per timing), got {args.steps}"
+    )
   if args.repeats < 1:
     parser.error(f"--repeats must be positive, got {args.repeats}")
 
-  model = models.GPT(vocab=256, width=args.width, layers=args.layers, heads=args.heads, seq_len=args.seq_len,
-                     positions="rope", rngs=nnx.Rngs(0))
+  model = models.GPT(
+    vocab=256,
+    width=args.width,
+    layers=args.layers,
+    heads=args.heads,
+    seq_len=args.seq_len,
+    positions="rope",
+    rngs=nnx.Rngs(0),
+  )
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   # Random bytes: the cost does not depend on the text, and no corpus is read.
   batch = jax.random.randint(jax.random.key(1), (args.batch, args.seq_len + 1), 0, 256, dtype=jnp.int32)
   n_params = sum(p.size for p in jax.tree.leaves(params))
 
-  runners = {**gradient_runners(graphdef, params, rest, batch, args.fractions),
-             **step_runners(graphdef, params, rest, batch, args.step_fractions)}
+  runners = {
+    **gradient_runners(graphdef, params, rest, batch, args.fractions),
+    **step_runners(graphdef, params, rest, batch, args.step_fractions),
+  }
   # Excluded from the timings: the first call (compilation) and the rest of the
   # first `--steps` calls, which hold the first roots and SOAP's first bases
   # (a full eigh, where later refreshes take a power step and a QR).
@@ -161,11 +190,13 @@ def main() -> None:
     return None
 
   device = jax.devices()[0]
-  print(f"{datetime.date.today()} · {device.platform}:{device.device_kind} · "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs · jax {jax.__version__} · "
-        f"GPT {args.layers} layers, width {args.width}, {args.heads} heads, seq_len {args.seq_len}, "
-        f"batch {args.batch}: {n_params / 1e6:.3f}M float32 parameters · {args.steps} consecutive calls "
-        f"per timing, best of {args.repeats}\n")
+  print(
+    f"{datetime.date.today()} · {device.platform}:{device.device_kind} · "
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs · jax {jax.__version__} · "
+    f"GPT {args.layers} layers, width {args.width}, {args.heads} heads, seq_len {args.seq_len}, "
+    f"batch {args.batch}: {n_params / 1e6:.3f}M float32 parameters · {args.steps} consecutive calls "
+    f"per timing, best of {args.repeats}\n"
+  )
   print("| what | ms / call (best) | ms / call (mean) | / without GN | / AdamW step |")
   print("|---|---|---|---|---|")
   adamw = best["step: adamw"]

@@ -71,26 +71,34 @@ def main() -> None:
   ours = jax.jit(lambda x: matopt.msign(x, coeffs=JORDAN))
   gram = jax.jit(lambda x: matopt.msign(x, coeffs=JORDAN, method="gram"))
   auto = jax.jit(lambda x: matopt.msign(x, coeffs=JORDAN, method="auto"))  # scale_by_msign's default
+
   # optax's function takes one matrix; vmap it over stacks.
   def theirs_fn(x):
     f = lambda m: optax_muon.orthogonalize_via_newton_schulz(m, JORDAN, ns_steps=5)
     for _ in range(x.ndim - 2):
       f = jax.vmap(f)
     return f(x)
+
   theirs = jax.jit(theirs_fn)
   device = jax.devices()[0]
-  print(f"{datetime.date.today()} · {device.platform}:{device.device_kind} · {platform.processor() or platform.machine()}"
-        f" · jax {jax.__version__} · matmul rate {rate / 1e9:.1f} GFLOP/s (1024² float32)\n")
-  print("| shape | matopt ms | FLOP rate / matmul rate | matopt / optax time | gram / plain time "
-        "| auto / optax time | err matopt | err optax | err gram |")
+  print(
+    f"{datetime.date.today()} · {device.platform}:{device.device_kind} · {platform.processor() or platform.machine()}"
+    f" · jax {jax.__version__} · matmul rate {rate / 1e9:.1f} GFLOP/s (1024² float32)\n"
+  )
+  print(
+    "| shape | matopt ms | FLOP rate / matmul rate | matopt / optax time | gram / plain time "
+    "| auto / optax time | err matopt | err optax | err gram |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   for shape in SHAPES:
     x = jax.random.normal(jax.random.key(1), shape)
     t_ours, t_theirs, t_gram, t_auto = (_time(f, x, args.repeats) for f in (ours, theirs, gram, auto))
     frac = ns_flops(shape) / t_ours / rate
     errs = [_rel_err(f(x), x) for f in (ours, theirs, gram)]
-    print(f"| {'×'.join(map(str, shape))} | {t_ours * 1e3:.1f} | {frac:.2f} | {t_ours / t_theirs:.2f} | "
-          f"{t_gram / t_ours:.2f} | {t_auto / t_theirs:.2f} | {errs[0]:.3f} | {errs[1]:.3f} | {errs[2]:.3f} |")
+    print(
+      f"| {'×'.join(map(str, shape))} | {t_ours * 1e3:.1f} | {frac:.2f} | {t_ours / t_theirs:.2f} | "
+      f"{t_gram / t_ours:.2f} | {t_auto / t_theirs:.2f} | {errs[0]:.3f} | {errs[1]:.3f} | {errs[2]:.3f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -32,28 +32,29 @@ def transformer_params(layers: int, width: int, vocab: int) -> dict:
   params = {"embed": {"embedding": normal((vocab, width))}, "head": {"kernel": normal((width, vocab))}}
   for i in range(layers):
     params[f"block{i}"] = {
-        "qkv": {"kernel": normal((width, 3 * width))},
-        "proj": {"kernel": normal((width, width))},
-        "fc": {"kernel": normal((width, 4 * width))},
-        "out": {"kernel": normal((4 * width, width))},
-        "norm1": {"scale": jnp.ones(width)},
-        "norm2": {"scale": jnp.ones(width)},
+      "qkv": {"kernel": normal((width, 3 * width))},
+      "proj": {"kernel": normal((width, width))},
+      "fc": {"kernel": normal((width, 4 * width))},
+      "out": {"kernel": normal((4 * width, width))},
+      "norm1": {"scale": jnp.ones(width)},
+      "norm2": {"scale": jnp.ones(width)},
     }
   return params
 
 
 def optimizers(every: int) -> dict[str, optax.GradientTransformation]:
   return {
-      "adamw": optax.adamw(1e-3),
-      "muon": matopt.muon(0.02),
-      "optax.contrib.muon": optax.contrib.muon(0.02),
-      # The same work as optax.contrib.muon's default: every 2-D leaf
-      # (embedding and head included) orthogonalised, vectors to Adam.
-      "muon (every 2-D leaf)": matopt.muon(0.02, labels=lambda p: jax.tree.map(
-          lambda x: "hidden" if x.ndim == 2 else "vector", p)),
-      "scion": matopt.scion(2**-12),
-      "shampoo": matopt.shampoo(1e-3, precondition_every=every),
-      "soap": matopt.soap(3e-3, precondition_every=every),
+    "adamw": optax.adamw(1e-3),
+    "muon": matopt.muon(0.02),
+    "optax.contrib.muon": optax.contrib.muon(0.02),
+    # The same work as optax.contrib.muon's default: every 2-D leaf
+    # (embedding and head included) orthogonalised, vectors to Adam.
+    "muon (every 2-D leaf)": matopt.muon(
+      0.02, labels=lambda p: jax.tree.map(lambda x: "hidden" if x.ndim == 2 else "vector", p)
+    ),
+    "scion": matopt.scion(2**-12),
+    "shampoo": matopt.shampoo(1e-3, precondition_every=every),
+    "soap": matopt.soap(3e-3, precondition_every=every),
   }
 
 
@@ -82,17 +83,21 @@ def main() -> None:
     rows.append((name, seconds, state_bytes / n_params))
   adamw = rows[0][1]
   device = jax.devices()[0]
-  print(f"{datetime.date.today()} · {device.platform}:{device.device_kind} · {platform.processor() or platform.machine()}"
-        f" · jax {jax.__version__} · {args.layers} layers, width {args.width}, vocab {args.vocab}: "
-        f"{n_params / 1e6:.2f}M float32 parameters, mean of {args.steps} steps\n")
+  print(
+    f"{datetime.date.today()} · {device.platform}:{device.device_kind} · {platform.processor() or platform.machine()}"
+    f" · jax {jax.__version__} · {args.layers} layers, width {args.width}, vocab {args.vocab}: "
+    f"{n_params / 1e6:.2f}M float32 parameters, mean of {args.steps} steps\n"
+  )
   print("| optimizer | ms / step | time / AdamW | state bytes / parameter |")
   print("|---|---|---|---|")
   for name, seconds, per_param in rows:
     print(f"| {name} | {seconds * 1e3:.1f} | {seconds / adamw:.2f} | {per_param:.1f} |")
   time_of = lambda n: next(r[1] for r in rows if r[0] == n)
   theirs = time_of("optax.contrib.muon")
-  print(f"\nmuon / optax.contrib.muon time: {time_of('muon') / theirs:.2f}; the same work "
-        f"(every 2-D leaf): {time_of('muon (every 2-D leaf)') / theirs:.2f}")
+  print(
+    f"\nmuon / optax.contrib.muon time: {time_of('muon') / theirs:.2f}; the same work "
+    f"(every 2-D leaf): {time_of('muon (every 2-D leaf)') / theirs:.2f}"
+  )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class Attention(nnx.Module):
     self.out = nnx.LinearGeneral((heads, self.d_head), d, axis=(-2, -1), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    q, k, v = self.query(x), self.key(x), self.value(x)          # (batch, t, heads, d_head)
+    q, k, v = self.query(x), self.key(x), self.value(x)  # (batch, t, heads, d_head)
     logits = jnp.einsum("bthk,bshk->bhts", q, k) / jnp.sqrt(self.d_head)
     weights = jax.nn.softmax(logits, axis=-1)
     # Per head, the largest logit over batch and positions (what QK-clip needs).

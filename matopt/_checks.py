@@ -23,13 +23,13 @@ import numpy as np
 
 
 def check_range(
-    name: str,
-    value: object,
-    lo: float,
-    hi: float,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
+  name: str,
+  value: object,
+  lo: float,
+  hi: float,
+  *,
+  lo_open: bool = False,
+  hi_open: bool = False,
 ) -> None:
   """Raises a ValueError if a concrete ``value`` is NaN or lies outside the interval."""
   if not isinstance(value, numbers.Real) or isinstance(value, bool):
@@ -84,8 +84,8 @@ def check_learning_rate(name: str, value: object) -> None:
     raise ValueError(f"{name} must be finite, got {value!r}.")
   if isinstance(value, numbers.Real) and value < 0:
     raise ValueError(
-        f"{name} must be >= 0, got {value!r}: the optimizers already step against the"
-        " gradient. To ascend an objective, negate it (or its gradients) instead."
+      f"{name} must be >= 0, got {value!r}: the optimizers already step against the"
+      " gradient. To ascend an objective, negate it (or its gradients) instead."
     )
 
 
@@ -111,7 +111,7 @@ def _inject_frame(depth: int = 12) -> Any:
   only for inject_hyperparams wrapping a matopt factory (or a
   ``functools.partial`` of one).
   """
-  frame = sys._getframe(1)  # noqa: SLF001 (see the comment above)
+  frame = sys._getframe(1)
   for _ in range(depth):
     frame = frame.f_back
     if frame is None:
@@ -137,8 +137,10 @@ def injected_arguments() -> tuple[frozenset[str], frozenset[str]]:
   if frame is None:
     return frozenset(), frozenset()
   scheduled, numeric = frame.f_locals.get("sched_hps"), frame.f_locals.get("numeric_hps")
-  return (frozenset(scheduled) if isinstance(scheduled, dict) else frozenset(),
-          frozenset(numeric) if isinstance(numeric, dict) else frozenset())
+  return (
+    frozenset(scheduled) if isinstance(scheduled, dict) else frozenset(),
+    frozenset(numeric) if isinstance(numeric, dict) else frozenset(),
+  )
 
 
 def _factory_name(default: str) -> str:
@@ -151,9 +153,9 @@ def _factory_name(default: str) -> str:
 def _static_args_hint(factory: str, name: str) -> str:
   factory = _factory_name(factory)
   return (
-      f" Under optax.inject_hyperparams, which calls every callable argument as a schedule of"
-      f" the step and passes every number on as an array, name it in static_args:"
-      f" optax.inject_hyperparams(matopt.{factory}, static_args=({name!r},))."
+    f" Under optax.inject_hyperparams, which calls every callable argument as a schedule of"
+    f" the step and passes every number on as an array, name it in static_args:"
+    f" optax.inject_hyperparams(matopt.{factory}, static_args=({name!r},))."
   )
 
 
@@ -171,23 +173,23 @@ def check_not_injected(factory: str, names: Iterable[str], *, numbers_too: bool 
   for name in names:
     if name in scheduled or (numbers_too and name in numeric):
       kind = "a callable" if name in scheduled else "a number"
-      raise ValueError(f"{factory}: {name} was given to optax.inject_hyperparams as {kind},"
-                       f" but it is not a hyperparameter to inject." + _static_args_hint(factory, name))
+      raise ValueError(
+        f"{factory}: {name} was given to optax.inject_hyperparams as {kind},"
+        f" but it is not a hyperparameter to inject." + _static_args_hint(factory, name)
+      )
 
 
 def check_static_int(factory: str, name: str, value: object) -> None:
   """Raises a ValueError naming ``static_args`` if an int-valued (shape) option arrived as an array."""
   if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, np.integer):
     raise ValueError(
-        f"{factory}: {name} fixes shapes or loop counts and must be a Python int (or None),"
-        f" got the array {value!r}." + _static_args_hint(factory, name)
+      f"{factory}: {name} fixes shapes or loop counts and must be a Python int (or None),"
+      f" got the array {value!r}." + _static_args_hint(factory, name)
     )
 
 
 def _is_bool(x: Any) -> bool:
-  return isinstance(x, (bool, np.bool_)) or (
-      isinstance(x, (jax.Array, np.ndarray)) and x.dtype == bool and x.ndim == 0
-  )
+  return isinstance(x, (bool, np.bool_)) or (isinstance(x, (jax.Array, np.ndarray)) and x.dtype == bool and x.ndim == 0)
 
 
 def check_labels(factory: str, labels: object) -> None:
@@ -203,8 +205,8 @@ def check_labels(factory: str, labels: object) -> None:
   bare = len(leaves) == 1 and leaves[0] is labels
   if bare or not all(isinstance(leaf, str) for leaf in leaves):
     raise ValueError(
-        f"{factory}: labels must be a label function (such as matopt.labels.by_role) or a"
-        f" pytree of role strings with the params' structure, got {labels!r}." + _static_args_hint(factory, "labels")
+      f"{factory}: labels must be a label function (such as matopt.labels.by_role) or a"
+      f" pytree of role strings with the params' structure, got {labels!r}." + _static_args_hint(factory, "labels")
     )
 
 
@@ -220,8 +222,8 @@ def check_mask(factory: str, name: str, mask: object) -> None:
   bare = len(leaves) == 1 and leaves[0] is mask
   if bare or not all(_is_bool(leaf) for leaf in leaves):
     raise ValueError(
-        f"{factory}: {name} must be a callable of the params or a pytree of bools with the"
-        f" params' structure (True: decay the leaf), got {mask!r}." + _static_args_hint(factory, name)
+      f"{factory}: {name} must be a callable of the params or a pytree of bools with the"
+      f" params' structure (True: decay the leaf), got {mask!r}." + _static_args_hint(factory, name)
     )
 
 
@@ -237,9 +239,10 @@ def static_size(name: str, value: object, default: int) -> int:
     return default
   if isinstance(value, (jax.Array, np.ndarray, np.generic)):
     raise ValueError(
-        f"{name} fixes the shapes of the optimizer state and cannot be an array, got {value!r}."
-        f" Under optax.inject_hyperparams list it in static_args=({name!r},), or leave it None"
-        f" (default {default}).")
+      f"{name} fixes the shapes of the optimizer state and cannot be an array, got {value!r}."
+      f" Under optax.inject_hyperparams list it in static_args=({name!r},), or leave it None"
+      f" (default {default})."
+    )
   if not is_positive_int(value):
     raise ValueError(f"{name} must be an int >= 1 or None (default {default}), got {value!r}.")
   return value

@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 R = TypeVar("R")
 
 
-def add(registry: dict[str, Any], record: R, *, record_type: type, caller: str, what: str,
-        replace: bool) -> R:
+def add(registry: dict[str, Any], record: R, *, record_type: type, caller: str, what: str, replace: bool) -> R:
   """Adds ``record`` under ``record.name``; refuses another type, and a taken
   name unless ``replace`` (so two libraries cannot silently shadow each other)."""
   if not isinstance(record, record_type):

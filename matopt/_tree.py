@@ -39,10 +39,10 @@ def path_str(path: tuple) -> str:
 
 
 def resolve_per_leaf(
-    spec: Any,
-    params: Any,
-    *,
-    is_spec: Callable[[Any], bool],
+  spec: Any,
+  params: Any,
+  *,
+  is_spec: Callable[[Any], bool],
 ) -> Any:
   """Broadcasts a per-leaf option against ``params``.
 
@@ -131,20 +131,17 @@ def is_vector_leaf(path: tuple, shape: tuple[int, ...]) -> bool:
   leaf = names[-1].lower()
   if leaf in VECTOR_NAMES:
     return True
-  if len(names) > 1 and leaf not in ("kernel", "embedding") and any(
-      w in NORM_WORDS for w in words(names[-2])):
+  if len(names) > 1 and leaf not in ("kernel", "embedding") and any(w in NORM_WORDS for w in words(names[-2])):
     return True
   # A declared token such as ViT's cls_token (1, 1, d) is a vector; a kernel
   # stays a matrix whatever its sizes (a 1x1 conv from one channel is (1, c)).
-  return (len(shape) >= 3 and leaf not in ("kernel", "weight", "embedding")
-          and sum(n > 1 for n in shape) <= 1)
+  return len(shape) >= 3 and leaf not in ("kernel", "weight", "embedding") and sum(n > 1 for n in shape) <= 1
 
 
 def is_boxed(x: Any) -> bool:
   """True for a leaf wrapped with axis metadata: an ``nnx.Variable`` (what
   ``nnx.Optimizer`` gives ``tx.init``) or a linen ``nn.Partitioned`` box."""
-  return (hasattr(x, "get_metadata") and hasattr(x, "get_value")) or (
-      hasattr(x, "names") and hasattr(x, "unbox"))
+  return (hasattr(x, "get_metadata") and hasattr(x, "get_value")) or (hasattr(x, "names") and hasattr(x, "unbox"))
 
 
 def axis_names(x: Any) -> tuple | None:
@@ -177,12 +174,21 @@ def leaves_like(transform: str, name: str, updates: Any, other: Any) -> list[Any
     mine, theirs = flat(updates), flat(other)
     missing = [p for p in mine if p not in theirs]
     extra = [p for p in theirs if p not in mine]
-    what = (f"it has no leaf {missing[0]!r}" if missing else f"it has a leaf {extra[0]!r} the updates do not"
-            if extra else "its tree structure differs (containers of other types)")
-    raise ValueError(f"{transform}: {name} must have the gradients' tree structure; {what}. Pass the gradient"
-                     " of the same parameters (with the same containers).") from None
+    what = (
+      f"it has no leaf {missing[0]!r}"
+      if missing
+      else f"it has a leaf {extra[0]!r} the updates do not"
+      if extra
+      else "its tree structure differs (containers of other types)"
+    )
+    raise ValueError(
+      f"{transform}: {name} must have the gradients' tree structure; {what}. Pass the gradient"
+      " of the same parameters (with the same containers)."
+    ) from None
   for (path, u), x in zip(jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_masked)[0], leaves):
     if not is_masked(u) and jnp.shape(x) != jnp.shape(u):
-      raise ValueError(f"{transform}: {name} leaf {path_str(path)!r} has shape {jnp.shape(x)}, the gradient's is"
-                       f" {jnp.shape(u)}; pass the gradient of the same parameters.")
+      raise ValueError(
+        f"{transform}: {name} leaf {path_str(path)!r} has shape {jnp.shape(x)}, the gradient's is"
+        f" {jnp.shape(u)}; pass the gradient of the same parameters."
+      )
   return leaves

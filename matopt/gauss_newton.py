@@ -77,15 +77,15 @@ def _take(tree: Any, index: jax.Array) -> Any:
 
 
 def sampled_label_grads(
-    logits_fn: Callable[[Any, Any], jax.Array],
-    params: Any,
-    inputs: Any,
-    labels: ArrayLike,
-    key: ArrayLike,
-    *,
-    num_samples: int = 1,
-    fraction: float = 1.0,
-    where: ArrayLike | None = None,
+  logits_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  inputs: Any,
+  labels: ArrayLike,
+  key: ArrayLike,
+  *,
+  num_samples: int = 1,
+  fraction: float = 1.0,
+  where: ArrayLike | None = None,
 ) -> SampledLabelGrads:
   r"""Loss and gradient at the true labels, and the gradient at labels sampled from the model.
 
@@ -166,13 +166,23 @@ def sampled_label_grads(
     Method. JMLR 21(146), §9 (the empirical Fisher).
   """
   forward = lambda p, x, carry: (logits_fn(p, x), carry)
-  return _sampled_label_grads(forward, params, inputs, labels, key, None, num_samples=num_samples,
-                              fraction=fraction, where=where)[0]
+  return _sampled_label_grads(
+    forward, params, inputs, labels, key, None, num_samples=num_samples, fraction=fraction, where=where
+  )[0]
 
 
-def _sampled_label_grads(forward: Callable[[Any, Any, Any], tuple[jax.Array, Any]], params: Any, inputs: Any,
-                         labels: ArrayLike, key: ArrayLike, carry: Any, *, num_samples: int, fraction: float,
-                         where: ArrayLike | None) -> tuple[SampledLabelGrads, Any]:
+def _sampled_label_grads(
+  forward: Callable[[Any, Any, Any], tuple[jax.Array, Any]],
+  params: Any,
+  inputs: Any,
+  labels: ArrayLike,
+  key: ArrayLike,
+  carry: Any,
+  *,
+  num_samples: int,
+  fraction: float,
+  where: ArrayLike | None,
+) -> tuple[SampledLabelGrads, Any]:
   """:func:`sampled_label_grads` with ``forward(params, inputs, carry) -> (logits, carry)``,
   a state (nnx's non-parameter variables) threaded through the forward calls."""
   _checks.check_positive_int("num_samples", num_samples)
@@ -184,8 +194,9 @@ def _sampled_label_grads(forward: Callable[[Any, Any, Any], tuple[jax.Array, Any
   for path, leaf in jax.tree_util.tree_flatten_with_path(inputs)[0]:
     if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != batch:
       raise ValueError(
-          f"sampled_label_grads: inputs{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; every input"
-          f" leaf needs the examples on its leading axis, {batch} like labels {labels.shape}.")
+        f"sampled_label_grads: inputs{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; every input"
+        f" leaf needs the examples on its leading axis, {batch} like labels {labels.shape}."
+      )
   weights = jnp.ones(labels.shape, jnp.float32) if where is None else jnp.asarray(where).astype(jnp.float32)
   if weights.shape != labels.shape:
     raise ValueError(f"sampled_label_grads: where has shape {weights.shape}; it must match labels {labels.shape}.")
@@ -207,8 +218,10 @@ def _sampled_label_grads(forward: Callable[[Any, Any, Any], tuple[jax.Array, Any
   for c, (x, y, w) in enumerate(chunks):
     logits, vjp, carry = jax.vjp(lambda p, x=x, carry=carry: forward(p, x, carry), params, has_aux=True)
     if logits.shape[:-1] != y.shape:
-      raise ValueError(f"sampled_label_grads: the model gave logits {logits.shape}; they must be labels' shape"
-                       f" {y.shape} plus a class axis.")
+      raise ValueError(
+        f"sampled_label_grads: the model gave logits {logits.shape}; they must be labels' shape"
+        f" {y.shape} plus a class axis."
+      )
     probs, nll = _probabilities_and_loss(logits, y, w)
     loss = loss + nll / safe(total)
     onehot = jax.nn.one_hot(y, logits.shape[-1], dtype=jnp.float32)
@@ -226,15 +239,15 @@ def _sampled_label_grads(forward: Callable[[Any, Any, Any], tuple[jax.Array, Any
 
 
 def nnx_sampled_label_grads(
-    model: Any,
-    inputs: Any,
-    labels: ArrayLike,
-    key: ArrayLike,
-    *,
-    num_samples: int = 1,
-    fraction: float = 1.0,
-    where: ArrayLike | None = None,
-    wrt: Any = None,
+  model: Any,
+  inputs: Any,
+  labels: ArrayLike,
+  key: ArrayLike,
+  *,
+  num_samples: int = 1,
+  fraction: float = 1.0,
+  where: ArrayLike | None = None,
+  wrt: Any = None,
 ) -> SampledLabelGrads:
   """:func:`sampled_label_grads` for a ``flax.nnx`` model called as ``model(inputs)``.
 
@@ -271,7 +284,8 @@ def nnx_sampled_label_grads(
     m = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables inside the vjp's trace (BatchNorm mutates)
     return m(x), nnx.state(m, nnx.Not(wrt))
 
-  out, rest = _sampled_label_grads(forward, params, inputs, labels, key, rest, num_samples=num_samples,
-                                   fraction=fraction, where=where)
+  out, rest = _sampled_label_grads(
+    forward, params, inputs, labels, key, rest, num_samples=num_samples, fraction=fraction, where=where
+  )
   nnx.update(model, rest)
   return out

@@ -47,9 +47,7 @@ def _check_overrides(overrides: Mapping[str, str] | None) -> list[tuple[re.Patte
   compiled = []
   for pattern, role in (overrides or {}).items():
     if role not in ROLES:
-      raise ValueError(
-          f"Override {pattern!r} -> {role!r}: unknown role; valid roles are {ROLES}."
-      )
+      raise ValueError(f"Override {pattern!r} -> {role!r}: unknown role; valid roles are {ROLES}.")
     try:
       compiled.append((re.compile(pattern), role))
     except re.error as e:
@@ -70,8 +68,11 @@ def _role_from_names(names: tuple[str, ...]) -> str:
   # whose enclosing module is called an embedding outright (ViT's
   # ``patch_embeddings/projection``). Only the owner may use the short words
   # (``tok``, ``token``): MLP-Mixer's ``token_mixing/Dense_0`` is hidden.
-  if (names[-1] == "embedding" or any(_matches(n, EMBEDDING_NAMES) for n in names[owner:])
-      or (owner > 0 and _matches(names[owner - 1], EMBEDDING_WORDS))):
+  if (
+    names[-1] == "embedding"
+    or any(_matches(n, EMBEDDING_NAMES) for n in names[owner:])
+    or (owner > 0 and _matches(names[owner - 1], EMBEDDING_WORDS))
+  ):
     return "embedding"
   if any(_matches(n, HEAD_NAMES) for n in names[owner:]):
     return "head"
@@ -83,7 +84,7 @@ def _role_from_names(names: tuple[str, ...]) -> str:
 def _enclosing_role_module(names: tuple[str, ...]) -> str | None:
   """A head module above the owner (RoBERTa's ``classifier/out_proj``): the
   leaf may be the output layer or a hidden layer of a head MLP."""
-  for name in names[:max(_tree.owner_index(names), 0)]:
+  for name in names[: max(_tree.owner_index(names), 0)]:
     if _matches(name, HEAD_NAMES):
       return name
   return None
@@ -167,12 +168,12 @@ def by_role(params: optax.Params, *, overrides: Mapping[str, str] | None = None)
   roles = _tree.map_with_path(label, params)
   for module, paths in ambiguous.items():
     warnings.warn(
-        f"by_role: {paths} sit inside the head module {module!r}, but their own"
-        " modules are not named as heads, so they are labelled 'hidden'. If one"
-        " of them is the output layer, say so, e.g."
-        f" functools.partial(matopt.labels.by_role, overrides={{r'{re.escape(paths[-1])}$': 'head'}})"
-        " (and map the others to 'hidden' to silence this warning).",
-        stacklevel=2,
+      f"by_role: {paths} sit inside the head module {module!r}, but their own"
+      " modules are not named as heads, so they are labelled 'hidden'. If one"
+      " of them is the output layer, say so, e.g."
+      f" functools.partial(matopt.labels.by_role, overrides={{r'{re.escape(paths[-1])}$': 'head'}})"
+      " (and map the others to 'hidden' to silence this warning).",
+      stacklevel=2,
     )
   return roles
 

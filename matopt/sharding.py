@@ -75,6 +75,7 @@ def init_state(tx, params):
   meshes = [x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(getattr(x, "sharding", None), NamedSharding)]
   if not meshes:
     return state
+
   def place(x):
     sharding = getattr(x, "sharding", None)
     on_mesh = isinstance(sharding, NamedSharding) and sharding.mesh == meshes[0]
@@ -100,11 +101,11 @@ def _distribute(stack: jax.Array, mesh: jax.sharding.AbstractMesh) -> jax.Array:
 
 
 def map_grouped(
-    fn: Callable[[jax.Array, Hashable], jax.Array],
-    matrices: Sequence[jax.Array],
-    keys: Sequence[Hashable] | None = None,
-    *,
-    max_matrix_bytes: int = MAX_MATRIX_BYTES,
+  fn: Callable[[jax.Array, Hashable], jax.Array],
+  matrices: Sequence[jax.Array],
+  keys: Sequence[Hashable] | None = None,
+  *,
+  max_matrix_bytes: int = MAX_MATRIX_BYTES,
 ) -> list[jax.Array]:
   """``[fn(x, key) for x, key in zip(matrices, keys)]``, grouped and distributed.
 
@@ -120,17 +121,18 @@ def map_grouped(
   Returns:
     The outputs, in the order of ``matrices``.
   """
-  outs = map_stacked(lambda stacks, key: (fn(stacks[0], key),), [(x,) for x in matrices], keys,
-                     max_matrix_bytes=max_matrix_bytes)
+  outs = map_stacked(
+    lambda stacks, key: (fn(stacks[0], key),), [(x,) for x in matrices], keys, max_matrix_bytes=max_matrix_bytes
+  )
   return [out[0] for out in outs]
 
 
 def map_stacked(
-    fn: Callable[[tuple[jax.Array, ...], Hashable], tuple[jax.Array, ...]],
-    operands: Sequence[tuple[jax.Array, ...]],
-    keys: Sequence[Hashable] | None = None,
-    *,
-    max_matrix_bytes: int = MAX_MATRIX_BYTES,
+  fn: Callable[[tuple[jax.Array, ...], Hashable], tuple[jax.Array, ...]],
+  operands: Sequence[tuple[jax.Array, ...]],
+  keys: Sequence[Hashable] | None = None,
+  *,
+  max_matrix_bytes: int = MAX_MATRIX_BYTES,
 ) -> list[tuple[jax.Array, ...]]:
   """:func:`map_grouped` for work with several operands and outputs per matrix.
 
@@ -181,8 +183,10 @@ def map_stacked(
         targets = [_explicit_sharding(operands[i][0]) for i in members]
         specs = {tuple(t.spec)[1:] if t is not None else (None,) * len(shape) for t in targets}
         inner = specs.pop() if len(specs) == 1 else (None,) * len(shape)
-        results = tuple(jax.sharding.reshard(r, PartitionSpec(None, *inner) if r.shape[1:] == shape
-                                             else PartitionSpec()) for r in results)
+        results = tuple(
+          jax.sharding.reshard(r, PartitionSpec(None, *inner) if r.shape[1:] == shape else PartitionSpec())
+          for r in results
+        )
       results = tuple(r[:count] for r in results)
     elif explicit:
       results = _auto_axes(fn, key, stacks)
@@ -191,7 +195,7 @@ def map_stacked(
     start = 0
     for i in members:
       size = operands[i][0].shape[0]
-      pieces = tuple(r[start:start + size] for r in results)
+      pieces = tuple(r[start : start + size] for r in results)
       start += size
       if mesh is not None:
         pieces = tuple(_like(p, operands[i][0]) if p.shape == operands[i][0].shape else p for p in pieces)
@@ -245,8 +249,9 @@ def _local(fn, key, mesh):
   into and out of the stack layout.
   """
   spec = PartitionSpec(mesh.axis_names)
-  return jax.shard_map(lambda *stacks: tuple(fn(stacks, key)), mesh=mesh, in_specs=spec,
-                       out_specs=spec, check_vma=False)
+  return jax.shard_map(
+    lambda *stacks: tuple(fn(stacks, key)), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False
+  )
 
 
 def _stack(parts: list[jax.Array]) -> jax.Array:

@@ -22,6 +22,6 @@ def test_qk_clip_nnx_bounds_the_logits():
   clipped = example.train(100, tau, clip=True)
   plain = example.train(100, tau, clip=False)
   assert np.all(np.isfinite(clipped)) and np.all(np.isfinite(plain))
-  assert max(plain) > 1.5 * tau          # without the clip the logits grow past τ
-  assert max(clipped) < 1.25 * tau       # with it they stay near τ (clipped one step late)
-  assert max(clipped[:10]) < tau         # and the run starts below τ, so the clip acted
+  assert max(plain) > 1.5 * tau  # without the clip the logits grow past τ
+  assert max(clipped) < 1.25 * tau  # with it they stay near τ (clipped one step late)
+  assert max(clipped[:10]) < tau  # and the run starts below τ, so the clip acted

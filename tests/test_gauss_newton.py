@@ -43,6 +43,7 @@ def _mean_loss(logits_fn, x, y, where=None):
     if where is None:
       return ce.mean()
     return jnp.sum(where * ce) / jnp.sum(where)
+
   return loss
 
 
@@ -90,8 +91,9 @@ def _assert_converges(stats, want_l, want_r, tol):
     chunk_err = float(np.mean([_rel(c[i], want) for c in chunks]))
     assert err < tol, f"{name}: relative error {err:.4f} over {K} keys, want < {tol}"
     assert err < 0.5 * chunk_err, (
-        f"{name}: error {err:.4f} over {K} keys is not below half the mean error {chunk_err:.4f} of"
-        f" {K // CHUNKS}-key means (1/sqrt(K) predicts a quarter)")
+      f"{name}: error {err:.4f} over {K} keys is not below half the mean error {chunk_err:.4f} of"
+      f" {K // CHUNKS}-key means (1/sqrt(K) predicts a quarter)"
+    )
 
 
 # Measured with these seeds (d=5, c=4, N=64): 1.0–1.4% for L and 0.5–1.3% for R
@@ -111,16 +113,18 @@ def test_empirical_fisher_is_not_the_gauss_newton_factors():
   # The true-label batch gradient scaled like stats_grads (√N G): N G Gᵀ.
   batch = (N * g @ g.T, N * g.T @ g)
   # The per-example empirical Fisher (1/N) Σ_x G_{x,y} G_{x,y}ᵀ.
-  per_example = jax.vmap(lambda xi, yi: jax.grad(
-      lambda w: optax.softmax_cross_entropy_with_integer_labels(xi @ w, yi))(w))(x, y)
+  per_example = jax.vmap(
+    lambda xi, yi: jax.grad(lambda w: optax.softmax_cross_entropy_with_integer_labels(xi @ w, yi))(w)
+  )(x, y)
   fisher = _factor_estimates(per_example)
   for what, (got_l, got_r) in (("N G Gᵀ", batch), ("per-example empirical Fisher", fisher)):
     err_l, err_r = _rel(got_l, want_l), _rel(got_r, want_r)
     # Measured: batch 19.2 (L) and 15.1 (R); per example 1.78 and 1.73. The
     # sampled estimate is within 0.03 of them with K=16384 keys.
     assert err_l > 1.0 and err_r > 1.0, (
-        f"{what}: relative distance to the Gauss–Newton factors is {err_l:.2f} (L), {err_r:.2f} (R);"
-        " expected > 1 (measured 19/15 for N G Gᵀ, 1.8/1.7 per example): y_x in place of ŷ should matter")
+      f"{what}: relative distance to the Gauss–Newton factors is {err_l:.2f} (L), {err_r:.2f} (R);"
+      " expected > 1 (measured 19/15 for N G Gᵀ, 1.8/1.7 per example): y_x in place of ŷ should matter"
+    )
 
 
 def test_loss_grads_and_logits_equal_plain_autodiff():
@@ -128,7 +132,9 @@ def test_loss_grads_and_logits_equal_plain_autodiff():
   key = jax.random.key(0)
   mask = jnp.asarray(np.random.default_rng(4).random(N) < 0.6, jnp.float32)
   for kw, where in (({}, None), ({"fraction": 0.25}, mask)):
-    out = jax.jit(lambda w, where, kw=kw: matopt.sampled_label_grads(_linear, w, x, y, key, where=where, **kw))(w, where)
+    out = jax.jit(lambda w, where, kw=kw: matopt.sampled_label_grads(_linear, w, x, y, key, where=where, **kw))(
+      w, where
+    )
     loss, grads = jax.jit(jax.value_and_grad(_mean_loss(_linear, x, y, where)))(w)
     np.testing.assert_allclose(out.loss, loss, rtol=1e-6, err_msg=str(kw))
     np.testing.assert_allclose(out.grads, grads, rtol=1e-5, atol=1e-7, err_msg=str(kw))
@@ -197,7 +203,9 @@ def test_nnx_batch_stats_updated_like_a_plain_call():
   np.testing.assert_allclose(var, plain.bn.var.get_value(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case, match", [
+@pytest.mark.parametrize(
+  "case, match",
+  [
     ("num_samples0", "num_samples"),
     ("fraction0", "fraction"),
     ("fraction1.5", "fraction"),
@@ -205,7 +213,8 @@ def test_nnx_batch_stats_updated_like_a_plain_call():
     ("inputs_axis", r"inputs\['b'\]"),
     ("where_shape", "where has shape"),
     ("logits_shape", "logits"),
-])
+  ],
+)
 def test_bad_inputs_raise(case, match):
   x, w, y = _problem(0, n=8)
   fn = lambda w, xs: xs["a"] @ w

@@ -66,15 +66,17 @@ def test_overrides_win_and_are_checked():
 def test_words_not_substrings():
   # "output" marks a head but "out_proj" (attention output) is hidden;
   # "tokenizer" is not "tok".
-  params = {"attn": {"out_proj": jnp.ones((4, 4))}, "tokenizer_mix": jnp.ones((4, 4)),
-            "output": jnp.ones((4, 4))}
-  assert labels.by_role(params) == {"attn": {"out_proj": "hidden"}, "tokenizer_mix": "hidden",
-                                    "output": "head"}
+  params = {"attn": {"out_proj": jnp.ones((4, 4))}, "tokenizer_mix": jnp.ones((4, 4)), "output": jnp.ones((4, 4))}
+  assert labels.by_role(params) == {"attn": {"out_proj": "hidden"}, "tokenizer_mix": "hidden", "output": "head"}
 
 
 def test_recipes():
-  assert labels.scion_recipe("language") == {"embedding": "colnorm", "hidden": "spectral",
-                                             "head": "sign", "vector": "colnorm"}
+  assert labels.scion_recipe("language") == {
+    "embedding": "colnorm",
+    "hidden": "spectral",
+    "head": "sign",
+    "vector": "colnorm",
+  }
   assert labels.scion_recipe("image")["embedding"] == "spectral"
   with pytest.raises(ValueError, match=r"Unknown Scion recipe 'audio'; valid recipes are"):
     labels.scion_recipe("audio")
@@ -94,10 +96,12 @@ def test_mixer_token_mixing_layers_are_hidden():
   # MLP-Mixer (Tolstikhin et al. 2021): the token-mixing MLP's Dense layers
   # live under ``token_mixing``; a short embedding word on an ancestor must
   # not make them embeddings, while an owner named ``tok`` still is one.
-  params = {"MixerBlock_0": {"token_mixing": {"Dense_0": {"kernel": jnp.ones((16, 32)), "bias": jnp.ones(32)}}},
-            "stem": {"kernel": jnp.ones((4, 4, 3, 8))},
-            "tok": {"embedding": jnp.ones((10, 8))},
-            "patch_embeddings": {"projection": {"kernel": jnp.ones((2, 2, 3, 8))}}}
+  params = {
+    "MixerBlock_0": {"token_mixing": {"Dense_0": {"kernel": jnp.ones((16, 32)), "bias": jnp.ones(32)}}},
+    "stem": {"kernel": jnp.ones((4, 4, 3, 8))},
+    "tok": {"embedding": jnp.ones((10, 8))},
+    "patch_embeddings": {"projection": {"kernel": jnp.ones((2, 2, 3, 8))}},
+  }
   labels = matopt.labels.by_role(params)
   assert labels["MixerBlock_0"]["token_mixing"]["Dense_0"] == {"kernel": "hidden", "bias": "vector"}
   assert labels["tok"]["embedding"] == "embedding"

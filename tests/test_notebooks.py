@@ -26,10 +26,10 @@ def test_notebook_executes(path):
   # substitutes sys.executable for a bare "python"), not to another install.
   nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.prefix)"))
   client = nbclient.NotebookClient(
-      nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
+    nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
   )
   client.execute()  # a failing cell (an assert in the notebook) raises CellExecutionError
   kernel_prefix = "".join(o.get("text", "") for o in nb.cells[0].outputs).strip()
   assert kernel_prefix == sys.prefix, (
-      f"the python3 kernel ran in {kernel_prefix!r}, not in this environment {sys.prefix!r}"
+    f"the python3 kernel ran in {kernel_prefix!r}, not in this environment {sys.prefix!r}"
   )

@@ -18,8 +18,11 @@ import pytest
 import matopt
 
 # A public factory is a registered optimizer or one of matopt.transforms'.
-TRANSFORMS = tuple(n for n in matopt.transforms.__all__
-                   if "optax.GradientTransformation" in str(inspect.signature(getattr(matopt.transforms, n)).return_annotation))
+TRANSFORMS = tuple(
+  n
+  for n in matopt.transforms.__all__
+  if "optax.GradientTransformation" in str(inspect.signature(getattr(matopt.transforms, n)).return_annotation)
+)
 FACTORIES = tuple(sorted((*matopt.OPTIMIZERS, *TRANSFORMS)))
 REQUIRED = {"learning_rate": 1e-3, "max_norm": 1.0, "norm": "spectral", "transforms": {"hidden": optax.identity()}}
 # Free-form names (attention submodules are whatever the model calls them):
@@ -53,8 +56,12 @@ def _cases():
 
 def test_every_factory_is_public_and_checked():
   public = {n for n in matopt.__all__ if callable(getattr(matopt, n))}
-  factories = {n for n in public if "optax.GradientTransformation" in str(inspect.signature(getattr(matopt, n)).return_annotation)}
-  assert factories == set(FACTORIES), "register new optimizers in matopt.OPTIMIZERS; export transforms from matopt.transforms"
+  factories = {
+    n for n in public if "optax.GradientTransformation" in str(inspect.signature(getattr(matopt, n)).return_annotation)
+  }
+  assert factories == set(FACTORIES), (
+    "register new optimizers in matopt.OPTIMIZERS; export transforms from matopt.transforms"
+  )
 
 
 @pytest.mark.parametrize("name, option, annotation, value", list(_cases()))

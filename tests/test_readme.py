@@ -13,7 +13,7 @@ def test_readme_snippets_run():
   assert len(blocks) >= 4
   namespace: dict = {}
   for block in blocks:
-    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    exec(compile(block, str(README), "exec"), namespace)
   # The snippets build a working nnx optimizer and take a real step with it.
   model, optimizer = namespace["model"], namespace["optimizer"]
   x = jnp.ones((4, 8))

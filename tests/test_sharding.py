@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import matopt
 from matopt import sharding
@@ -41,6 +42,7 @@ def _put(tree, mesh):
   def place(x):
     spec = P("data", "model") if x.ndim == 2 else P(None, "data", "model") if x.ndim == 3 else P("data")
     return jax.device_put(x, NamedSharding(mesh, spec))
+
   return jax.tree.map(place, tree)
 
 
@@ -61,10 +63,14 @@ def test_map_grouped_matches_per_matrix_and_keeps_order():
   assert sorted(calls, key=str) == sorted([((3, 8, 8), "a"), ((1, 4, 8), "a"), ((1, 8, 8), "b")], key=str)
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda: matopt.scale_by_msign(coeffs="polar_express"),
     lambda: matopt.scale_by_lmo({"layer": "spectral", "other": "colnorm"}["layer"]),
-], ids=["msign", "lmo"])
+  ],
+  ids=["msign", "lmo"],
+)
 @pytest.mark.parametrize("axis_type", AXIS_TYPES, ids=["auto", "explicit"])
 def test_sharded_equals_single_device_and_flops_fall(make, axis_type):
   params = _params()
@@ -97,12 +103,16 @@ def test_without_a_mesh_nothing_is_constrained():
   assert "sharding" not in text
 
 
-@pytest.mark.parametrize("factory", [
+@pytest.mark.parametrize(
+  "factory",
+  [
     lambda: matopt.muon(0.02),
     lambda: matopt.scion(0.01, radii={"hidden": 1.0, "head": 8.0, "embedding": 1.0, "vector": 1.0}),
     lambda: matopt.normuon(0.02),
     lambda: matopt.adamuon(0.02),
-], ids=["muon", "scion", "normuon", "adamuon"])
+  ],
+  ids=["muon", "scion", "normuon", "adamuon"],
+)
 @pytest.mark.parametrize("axis_type", AXIS_TYPES, ids=["auto", "explicit"])
 def test_optimizer_state_sharding_is_stable_and_compiles_once(factory, axis_type):
   mesh = _mesh(axis_type)
@@ -157,10 +167,11 @@ def test_small_groups_and_big_matrices_fall_back():
 # rank-deficient, and SOAP's Adam ratio m/√v in their null space is round-
 # off over round-off, different for any change of summation order.
 PRECONDITIONED = {
-    "shampoo_newton": lambda: matopt.scale_by_shampoo(precondition_every=1, root_method="newton", graft="none",
-                                                      max_precond_dim=64),
-    "shampoo_eigh": lambda: matopt.scale_by_shampoo(precondition_every=1, max_precond_dim=64),
-    "soap": lambda: matopt.scale_by_soap(precondition_every=1, max_precond_dim=64),
+  "shampoo_newton": lambda: matopt.scale_by_shampoo(
+    precondition_every=1, root_method="newton", graft="none", max_precond_dim=64
+  ),
+  "shampoo_eigh": lambda: matopt.scale_by_shampoo(precondition_every=1, max_precond_dim=64),
+  "soap": lambda: matopt.scale_by_soap(precondition_every=1, max_precond_dim=64),
 }
 PER_DEVICE_EIGHS = ["f32[32,32]", "f32[64,64]", "f32[64,64]"]  # one matrix per call
 
@@ -271,9 +282,12 @@ def test_extreme_and_zero_gradients_stay_finite_on_a_mesh(name):
   # device count (here 4 wide matrices padded to 8) is all-zero matrices, and
   # sharded reductions order sums differently. Zero, 1e-30 and 1e30 gradients
   # must give finite updates there too.
-  factory = {"muon": lambda: matopt.muon(0.02), "normuon": lambda: matopt.normuon(0.02),
-             "shampoo": lambda: matopt.shampoo(1e-3, precondition_every=1),
-             "soap": lambda: matopt.soap(3e-3, precondition_every=1)}[name]
+  factory = {
+    "muon": lambda: matopt.muon(0.02),
+    "normuon": lambda: matopt.normuon(0.02),
+    "shampoo": lambda: matopt.shampoo(1e-3, precondition_every=1),
+    "soap": lambda: matopt.soap(3e-3, precondition_every=1),
+  }[name]
   mesh = _mesh()
   params = _put(_params(), mesh)
   tx = factory()

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import matopt
 from matopt import sharding
@@ -47,8 +48,9 @@ def test_small_gradient_change_gives_small_update_change(name, which):
   grads = _gradients(22)  # roots / bases at steps 10 and 20
   rng = np.random.default_rng(1)
   perturbed = list(grads)
-  perturbed[which] = {k: g * (1.0 + 1e-6 * jnp.asarray(rng.standard_normal(g.shape), jnp.float32))
-                      for k, g in grads[which].items()}
+  perturbed[which] = {
+    k: g * (1.0 + 1e-6 * jnp.asarray(rng.standard_normal(g.shape), jnp.float32)) for k, g in grads[which].items()
+  }
   base, moved = _updates(TRANSFORMS[name](), grads), _updates(TRANSFORMS[name](), perturbed)
   for t, (a, b) in enumerate(zip(base, moved), start=1):
     for k in a:
@@ -59,8 +61,10 @@ def test_small_gradient_change_gives_small_update_change(name, which):
 def _mlp(seed):
   keys = jax.random.split(jax.random.key(seed), 3)
   sizes = {"Dense_0": (32, 64), "Dense_1": (64, 64), "head": (64, 8)}
-  return {name: {"kernel": jax.random.normal(k, s) / np.sqrt(s[0]), "bias": jnp.zeros(s[1])}
-          for k, (name, s) in zip(keys, sizes.items())}
+  return {
+    name: {"kernel": jax.random.normal(k, s) / np.sqrt(s[0]), "bias": jnp.zeros(s[1])}
+    for k, (name, s) in zip(keys, sizes.items())
+  }
 
 
 def _loss(params, x, y):
@@ -99,8 +103,9 @@ def _train(tx, steps, place=None, mesh=None):
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-@pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit],
-                         ids=["auto", "explicit"])
+@pytest.mark.parametrize(
+  "axis_type", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit], ids=["auto", "explicit"]
+)
 def test_mesh_run_equals_one_device(name, axis_type):
   steps = 24  # two root / basis computations (steps 10 and 20)
   want_params, want = _train(OPTIMIZERS[name](), steps)

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import matopt
 from matopt import sharding
@@ -29,14 +30,21 @@ def _transformer(seed):
   """A 2-layer GPT-like tree: per layer 4 square attention matrices, one wide
   and one tall MLP matrix (groups of 2), biases and norm scales."""
   normal = _normal(seed)
-  params = {"wte": {"embedding": normal(40, D)}, "lm_head": {"kernel": normal(D, 40)},
-            "ln_f": {"scale": 1.0 + normal(D)}}
+  params = {
+    "wte": {"embedding": normal(40, D)},
+    "lm_head": {"kernel": normal(D, 40)},
+    "ln_f": {"scale": 1.0 + normal(D)},
+  }
   for i in range(2):
     params[f"h_{i}"] = {
-        "attn": {"query": {"kernel": normal(D, D), "bias": normal(D)}, "key": {"kernel": normal(D, D)},
-                 "value": {"kernel": normal(D, D)}, "c_proj": {"kernel": normal(D, D)}},
-        "ln": {"scale": 1.0 + normal(D)},
-        "mlp": {"c_fc": {"kernel": normal(D, 40), "bias": normal(40)}, "c_proj": {"kernel": normal(40, D)}},
+      "attn": {
+        "query": {"kernel": normal(D, D), "bias": normal(D)},
+        "key": {"kernel": normal(D, D)},
+        "value": {"kernel": normal(D, D)},
+        "c_proj": {"kernel": normal(D, D)},
+      },
+      "ln": {"scale": 1.0 + normal(D)},
+      "mlp": {"c_fc": {"kernel": normal(D, 40), "bias": normal(40)}, "c_proj": {"kernel": normal(40, D)}},
     }
   return params
 
@@ -48,8 +56,7 @@ def _odd(seed):
   normal = _normal(seed)
   params = {f"sq_{i}": {"kernel": normal(12, 12)} for i in range(3)}
   params |= {f"wide_{i}": {"kernel": normal(8, 24), "bias": normal(24)} for i in range(5)}
-  params |= {"tall": {"kernel": normal(48, 8)}, "odd": {"kernel": normal(6, 10)},
-             "fat": {"kernel": normal(8, 48)}}
+  params |= {"tall": {"kernel": normal(48, 8)}, "odd": {"kernel": normal(6, 10)}, "fat": {"kernel": normal(8, 48)}}
   return params
 
 
@@ -59,34 +66,34 @@ TREES = {"transformer": _transformer, "odd": _odd}
 MAX_LOGITS = {f"h_{i}": {"attn": jnp.array([4.0, 0.5])} for i in range(2)}
 
 OPTIMIZERS = {
-    "muon": lambda: matopt.muon(0.02),
-    "muon_clip": lambda: matopt.muon_clip(0.02, tau=1.0, head_dim=8),
-    "normuon": lambda: matopt.normuon(0.02),
-    "adamuon": lambda: matopt.adamuon(0.02),
-    "scion": lambda: matopt.scion(0.01),
-    "unconstrained_scion": lambda: matopt.unconstrained_scion(0.01),
-    # Preconditioned every step, with a ridge, and SOAP's bases only for the
-    # sides whose statistics have full rank from the first step (≤ 16 here):
-    # in the first steps, roots of rank-deficient statistics amplify rounding
-    # (any change of summation order) in their null space, and SOAP's Adam is
-    # run in a basis that rounding chooses there (issue 14, item 13; the
-    # defaults' mesh tolerance: tests/test_sharding_preconditioners.py).
-    "shampoo": lambda: matopt.shampoo(1e-3, precondition_every=1, eps=1e-4),
-    "soap": lambda: matopt.soap(3e-3, precondition_every=1, max_precond_dim=16),
-    "signum": lambda: matopt.signum(1e-3),
-    "nsgd": lambda: matopt.nsgd(1e-3),
-    "clipped_sgd": lambda: matopt.clipped_sgd(1e-3),
+  "muon": lambda: matopt.muon(0.02),
+  "muon_clip": lambda: matopt.muon_clip(0.02, tau=1.0, head_dim=8),
+  "normuon": lambda: matopt.normuon(0.02),
+  "adamuon": lambda: matopt.adamuon(0.02),
+  "scion": lambda: matopt.scion(0.01),
+  "unconstrained_scion": lambda: matopt.unconstrained_scion(0.01),
+  # Preconditioned every step, with a ridge, and SOAP's bases only for the
+  # sides whose statistics have full rank from the first step (≤ 16 here):
+  # in the first steps, roots of rank-deficient statistics amplify rounding
+  # (any change of summation order) in their null space, and SOAP's Adam is
+  # run in a basis that rounding chooses there (issue 14, item 13; the
+  # defaults' mesh tolerance: tests/test_sharding_preconditioners.py).
+  "shampoo": lambda: matopt.shampoo(1e-3, precondition_every=1, eps=1e-4),
+  "soap": lambda: matopt.soap(3e-3, precondition_every=1, max_precond_dim=16),
+  "signum": lambda: matopt.signum(1e-3),
+  "nsgd": lambda: matopt.nsgd(1e-3),
+  "clipped_sgd": lambda: matopt.clipped_sgd(1e-3),
 }
 
 # (mesh shape, axis type, placement): the README's 2-D mesh with
 # jax.make_mesh's default (Explicit) axes and with Auto axes, a 1-D mesh, and
 # parameters replicated over the mesh.
 MESHES = {
-    "4x2-explicit": ((4, 2), AxisType.Explicit, "sharded"),
-    "4x2-auto": ((4, 2), AxisType.Auto, "sharded"),
-    "8-explicit": ((8,), AxisType.Explicit, "sharded"),
-    "4x2-explicit-replicated": ((4, 2), AxisType.Explicit, "replicated"),
-    "8-auto-replicated": ((8,), AxisType.Auto, "replicated"),
+  "4x2-explicit": ((4, 2), AxisType.Explicit, "sharded"),
+  "4x2-auto": ((4, 2), AxisType.Auto, "sharded"),
+  "8-explicit": ((8,), AxisType.Explicit, "sharded"),
+  "4x2-explicit-replicated": ((4, 2), AxisType.Explicit, "replicated"),
+  "8-auto-replicated": ((8,), AxisType.Auto, "replicated"),
 }
 README_MESH = "4x2-explicit"
 
@@ -154,7 +161,7 @@ def _single_device(tree, name):
 @pytest.mark.parametrize("mesh_kind, tree, name", CASES, ids=["-".join(c) for c in CASES])
 def test_recipe_equals_one_device_and_keeps_shardings(mesh_kind, tree, name):
   shape, axis_type, placement = MESHES[mesh_kind]
-  mesh = jax.make_mesh(shape, ("data", "model")[:len(shape)], axis_types=(axis_type,) * len(shape))
+  mesh = jax.make_mesh(shape, ("data", "model")[: len(shape)], axis_types=(axis_type,) * len(shape))
   put = lambda t: jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, _spec(x, mesh, placement))), t)
   params = put(TREES[tree](0))
   grads = [put(TREES[tree](s)) for s in (1, 2)]

@@ -35,13 +35,13 @@ def machine() -> dict[str, str]:
 
   device = jax.devices()[0]
   return {
-      "platform": platform.platform(),
-      "processor": platform.processor() or platform.machine(),
-      "cpus": str(os.cpu_count()),
-      "device": f"{device.platform}:{getattr(device, 'device_kind', '?')} x{jax.device_count()}",
-      "jax": jax.__version__,
-      "python": platform.python_version(),
-      "date": datetime.date.today().isoformat(),
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpus": str(os.cpu_count()),
+    "device": f"{device.platform}:{getattr(device, 'device_kind', '?')} x{jax.device_count()}",
+    "jax": jax.__version__,
+    "python": platform.python_version(),
+    "date": datetime.date.today().isoformat(),
   }
 
 
@@ -61,8 +61,7 @@ def write_json(path: Path, data: Any) -> None:
   path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
 
 
-def run_path(name: str, lr: float, seed: int, steps: int | None = None,
-             tuned: Sequence[tuple[str, Any]] = ()) -> Path:
+def run_path(name: str, lr: float, seed: int, steps: int | None = None, tuned: Sequence[tuple[str, Any]] = ()) -> Path:
   """A run's directory, relative to the output directory: ``runs/NAME/lr_X/seed_S``,
   and ``runs/NAME/lr_X/seed_S/steps_N`` for a baseline run trained to another
   horizon of ``N`` steps. Other tuned options name the point after the
@@ -91,9 +90,15 @@ class _Spec(NamedTuple):
 
 
 def _specs(config: Mapping[str, Any]) -> list[_Spec]:
-  return [_Spec(e["name"], e["optimizer"], tuning.of_entry(e),
-                {k: v for k, v in e.items() if k not in ("name", "optimizer", "learning_rate", "tune")})
-          for e in config["optimizers"]]
+  return [
+    _Spec(
+      e["name"],
+      e["optimizer"],
+      tuning.of_entry(e),
+      {k: v for k, v in e.items() if k not in ("name", "optimizer", "learning_rate", "tune")},
+    )
+    for e in config["optimizers"]
+  ]
 
 
 def seeds_of(config: Mapping[str, Any]) -> list[int]:
@@ -107,8 +112,9 @@ def baseline_of(config: Mapping[str, Any]) -> str | None:
   return config.get("baseline") or ("adamw" if "adamw" in names else None)
 
 
-def finished_runs(out: Path, name: str, lr: float, seeds: Sequence[int], steps: int | None = None,
-                  tuned: Sequence[tuple[str, Any]] = ()) -> dict[int, dict]:
+def finished_runs(
+  out: Path, name: str, lr: float, seeds: Sequence[int], steps: int | None = None, tuned: Sequence[tuple[str, Any]] = ()
+) -> dict[int, dict]:
   """Seed → result of each run of ``(name, lr, tuned)`` that finished (has its result.json)."""
   found = {}
   for seed in seeds:
@@ -124,8 +130,20 @@ _NOT_SUMMED = ("seed", "result", "steps", "diverged")
 def _per_seed(result: Mapping[str, Any], seed: int, path: Path) -> dict[str, Any]:
   """One seed's row in a record: its final numbers, metrics, and where its curves are."""
   row = {"seed": seed, "result": (path / "result.json").as_posix()}
-  row.update({k: result.get(k) for k in ("final_train_loss", "final_val_loss", "steps", "wall_seconds",
-                                          "train_seconds", "compile_seconds", "diverged")})
+  row.update(
+    {
+      k: result.get(k)
+      for k in (
+        "final_train_loss",
+        "final_val_loss",
+        "steps",
+        "wall_seconds",
+        "train_seconds",
+        "compile_seconds",
+        "diverged",
+      )
+    }
+  )
   row["throughput"] = result.get("units_per_second")
   row.update(result.get("metrics") or {})
   # What the optimizer's update arguments peaked at (final_max_logit for QK-clip).
@@ -154,12 +172,18 @@ def _grid_point(at: tuning.Point, runs: Mapping[int, Mapping[str, Any]]) -> dict
 def _record(spec: _Spec, outcome: tuning.Outcome, config: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
   """One optimizer's record: its best point's numbers as mean and std over seeds."""
   best, lr = outcome.best, outcome.best.learning_rate
-  rows = [_per_seed(r, seed, run_path(spec.name, lr, seed, tuned=best.tuned))
-          for seed, r in sorted(outcome.runs[best].items())]
+  rows = [
+    _per_seed(r, seed, run_path(spec.name, lr, seed, tuned=best.tuned))
+    for seed, r in sorted(outcome.runs[best].items())
+  ]
   keys = list(dict.fromkeys(k for row in rows for k in row if k not in _NOT_SUMMED))
   summaries = {k: metrics_lib.summarize([row.get(k) for row in rows]) for k in keys}
   record: dict[str, Any] = {"optimizer": spec.name, "factory": spec.factory, "learning_rate": lr}
-  shown = ["final_train_loss", "final_val_loss", *(k for k in meta["metric_names"] if k in summaries and summaries[k].n)]
+  shown = [
+    "final_train_loss",
+    "final_val_loss",
+    *(k for k in meta["metric_names"] if k in summaries and summaries[k].n),
+  ]
   for key in shown:
     _put(record, key, summaries[key])
   record["steps"] = max(row["steps"] for row in rows)
@@ -184,14 +208,22 @@ def _add_tuning(record: dict[str, Any], spec: _Spec, outcome: tuning.Outcome, co
   schedule = dict(config["schedule"])
   if best.warmup_steps() is not None:
     schedule["warmup_steps"] = best.warmup_steps()
-  record["hyperparameters"] = {"learning_rate": best.learning_rate, **spec.options, **best.options(),
-                               "schedule": schedule}
+  record["hyperparameters"] = {
+    "learning_rate": best.learning_rate,
+    **spec.options,
+    **best.options(),
+    "schedule": schedule,
+  }
   if spec.grid.tune:
     record["tuned"] = dict(best.tuned)
   record["grid"] = [_grid_point(point, runs) for point, runs in outcome.runs.items()]
   if spec.grid.extend:
-    record["tuning"] = {"learning_rates": tuning.line(outcome.runs, best), "extend": spec.grid.extend,
-                        "extended": list(outcome.extended), "at_edge": outcome.at_edge}
+    record["tuning"] = {
+      "learning_rates": tuning.line(outcome.runs, best),
+      "extend": spec.grid.extend,
+      "extended": list(outcome.extended),
+      "at_edge": outcome.at_edge,
+    }
 
 
 def _speedup_summary(speedups: Sequence[metrics_lib.Speedup]) -> dict[str, Any]:
@@ -208,8 +240,9 @@ def _add_targets(record: dict[str, Any], runs: Mapping[int, Mapping[str, Any]], 
     _put(record, key, metrics_lib.summarize([row[key] for row in record["runs"]]))
 
 
-def _baseline_finals(horizons: Mapping[int, Mapping[int, Mapping[str, Any]]],
-                     seed: int) -> tuple[dict[int, float | None], dict[float, float | None]]:
+def _baseline_finals(
+  horizons: Mapping[int, Mapping[int, Mapping[str, Any]]], seed: int
+) -> tuple[dict[int, float | None], dict[float, float | None]]:
   """The baseline's final validation loss by steps and by training seconds, for one seed."""
   by_steps, by_seconds = {}, {}
   for steps, runs in horizons.items():
@@ -247,17 +280,24 @@ def _horizon_entry(out: Path, name: str, point: tuning.Point, seeds: Sequence[in
   runs = finished_runs(out, name, lr, seeds, steps, point.tuned)
   entry: dict[str, Any] = {"steps": steps}
   for key in ("final_val_loss", "train_seconds"):
-    summary = metrics_lib.summarize([None if key == "final_val_loss" and r["diverged"] else r[key]
-                                     for r in runs.values()])
+    summary = metrics_lib.summarize(
+      [None if key == "final_val_loss" and r["diverged"] else r[key] for r in runs.values()]
+    )
     _put(entry, key, summary)
-  entry["runs"] = [{"seed": seed, "result": (run_path(name, lr, seed, steps, point.tuned) / "result.json").as_posix(),
-                    **{k: r[k] for k in ("final_val_loss", "train_seconds", "diverged")}}
-                   for seed, r in sorted(runs.items())]
+  entry["runs"] = [
+    {
+      "seed": seed,
+      "result": (run_path(name, lr, seed, steps, point.tuned) / "result.json").as_posix(),
+      **{k: r[k] for k in ("final_val_loss", "train_seconds", "diverged")},
+    }
+    for seed, r in sorted(runs.items())
+  ]
   return entry
 
 
-def _add_baseline(records: list[dict], chosen: Mapping[str, Mapping[int, dict]], config: Mapping[str, Any],
-                  out: Path) -> dict[str, Any] | None:
+def _add_baseline(
+  records: list[dict], chosen: Mapping[str, Mapping[int, dict]], config: Mapping[str, Any], out: Path
+) -> dict[str, Any] | None:
   """Metrics against the baseline in every record; what the table says of the baseline, or None."""
   name = baseline_of(config)
   base = next((r for r in records if r["optimizer"] == name), None)
@@ -270,8 +310,13 @@ def _add_baseline(records: list[dict], chosen: Mapping[str, Mapping[int, dict]],
     point = tuning.Point(base["learning_rate"], tuple(base.get("tuned", {}).items()))
     entries = [_horizon_entry(out, name, point, seeds_of(config), f * steps) for f in factors if f != 1]
     base["horizons"] = entries
-    horizons.update({f * steps: finished_runs(out, name, point.learning_rate, seeds_of(config), f * steps,
-                                              point.tuned) for f in factors if f != 1})
+    horizons.update(
+      {
+        f * steps: finished_runs(out, name, point.learning_rate, seeds_of(config), f * steps, point.tuned)
+        for f in factors
+        if f != 1
+      }
+    )
   for record in records:
     record["baseline"] = name
     record["target_val_loss"] = target
@@ -343,6 +388,7 @@ def collect(out: str | Path) -> Collected:
     records.append(_record(spec, outcome, config, meta))
     histories = [r["history"] for _, r in sorted(chosen[spec.name].items())]
     rates = meta["optimizers"].get(spec.name, {}).get("rates", {})
-    curves.append(Curve(spec.name, spec.factory, outcome.best.learning_rate, rates, _mean_history(histories),
-                        tuple(histories)))
+    curves.append(
+      Curve(spec.name, spec.factory, outcome.best.learning_rate, rates, _mean_history(histories), tuple(histories))
+    )
   return Collected(records, curves, _add_baseline(records, chosen, config, out))

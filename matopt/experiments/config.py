@@ -33,10 +33,13 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.VERBOSE),
-    list("-+0123456789."),
+  "tag:yaml.org,2002:float",
+  re.compile(
+    r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.VERBOSE,
+  ),
+  list("-+0123456789."),
 )
 
 Decay = Literal["constant", "linear", "cosine"]
@@ -173,8 +176,13 @@ def matches(value: Any, tp: Any) -> bool:
   if tp is Any:
     return True
   if tp in (type(None), bool, int, float, str):
-    scalar = {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
-              int: isinstance(value, int), float: isinstance(value, (int, float))}
+    scalar = {
+      type(None): value is None,
+      bool: isinstance(value, bool),
+      str: isinstance(value, str),
+      int: isinstance(value, int),
+      float: isinstance(value, (int, float)),
+    }
     return scalar[tp] and (tp is bool or not isinstance(value, bool))
   if getattr(tp, "__name__", "") == "ndarray":
     return isinstance(value, (list, tuple)) and _is_array(value)
@@ -184,8 +192,11 @@ def matches(value: Any, tp: Any) -> bool:
   if origin in (typing.Union, types.UnionType):
     return any(matches(value, a) for a in args)
   if origin in (tuple, list, Sequence) or tp in (tuple, list):
-    return isinstance(value, (list, tuple)) and all(matches(v, args[0]) for v in value) if args else isinstance(
-        value, (list, tuple))
+    return (
+      isinstance(value, (list, tuple)) and all(matches(v, args[0]) for v in value)
+      if args
+      else isinstance(value, (list, tuple))
+    )
   if origin in (dict, Mapping) or tp in (dict, Mapping):
     key, item = args or (Any, Any)
     return isinstance(value, Mapping) and all(matches(k, key) and matches(v, item) for k, v in value.items())
@@ -214,8 +225,9 @@ def check_fields(cls: type, raw: Any, where: str, *, skip: tuple[str, ...] = ())
   unknown = sorted(set(raw) - set(fields))
   if unknown:
     raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}.")
-  required = [n for n, f in fields.items()
-              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  required = [
+    n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+  ]
   missing = [n for n in required if n not in raw and n not in skip]
   if missing:
     raise ConfigError(f"{where}: missing required key(s) {missing}.")
@@ -248,8 +260,9 @@ def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
   shape, axes = tuple(fields["shape"]), tuple(fields["axes"])
   if not shape or len(shape) != len(axes):
     raise ConfigError(
-        f"config.mesh: shape {list(shape)} and axes {list(axes)} must be non-empty lists of the same "
-        "length (one name per mesh axis), e.g. {shape: [4, 2], axes: [data, model]}.")
+      f"config.mesh: shape {list(shape)} and axes {list(axes)} must be non-empty lists of the same "
+      "length (one name per mesh axis), e.g. {shape: [4, 2], axes: [data, model]}."
+    )
   for i, size in enumerate(shape):
     check_positive(f"config.mesh.shape[{i}]", size)
   if len(set(axes)) != len(axes) or not all(axes):
@@ -259,13 +272,15 @@ def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
   devices = jax.device_count()
   if math.prod(shape) != devices:
     raise ConfigError(
-        f"config.mesh.shape {list(shape)} holds {count(math.prod(shape), 'device')}, but JAX sees {devices} "
-        f"({jax.default_backend()}); use a shape whose product is {devices}, remove config.mesh, or on "
-        f"CPU start with XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(shape)}.")
+      f"config.mesh.shape {list(shape)} holds {count(math.prod(shape), 'device')}, but JAX sees {devices} "
+      f"({jax.default_backend()}); use a shape whose product is {devices}, remove config.mesh, or on "
+      f"CPU start with XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(shape)}."
+    )
   if batch_size % shape[0]:
     raise ConfigError(
-        f"config.batch_size {batch_size} must be a multiple of config.mesh.shape[0] = {shape[0]} "
-        f"(the batch is split over the first mesh axis {axes[0]!r}).")
+      f"config.batch_size {batch_size} must be a multiple of config.mesh.shape[0] = {shape[0]} "
+      f"(the batch is split over the first mesh axis {axes[0]!r})."
+    )
   return MeshSpec(shape, axes)
 
 
@@ -278,8 +293,11 @@ def _sizes(raw: Any, model: Mapping[str, Any], data: Mapping[str, Any], task: An
   if not key.startswith("model.") or "." in key.removeprefix("model.") or key == "model.":
     raise ConfigError(f"config.sizes.key must name one key of config.model, e.g. model.width; got {key!r}.")
   values = tuple(fields["values"])
-  if not values or len(set(map(repr, values))) != len(values) or not all(
-      isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values):
+  if (
+    not values
+    or len(set(map(repr, values))) != len(values)
+    or not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values)
+  ):
     raise ConfigError(f"config.sizes.values must be a non-empty list of distinct numbers or names, got {values!r}.")
   tokens = fields.get("tokens_per_param")
   if tokens is not None and not tokens > 0:
@@ -303,8 +321,9 @@ def _optimizer_spec(raw: Any, where: str, catalogue: Mapping[str, Any]) -> Optim
   optimizer = raw.pop("optimizer", name)
   if optimizer not in catalogue:
     raise ConfigError(
-        f"{where}: unknown optimizer {optimizer!r}; valid optimizers are {sorted(catalogue)} "
-        "(set 'optimizer:' when 'name:' is only a label).")
+      f"{where}: unknown optimizer {optimizer!r}; valid optimizers are {sorted(catalogue)} "
+      "(set 'optimizer:' when 'name:' is only a label)."
+    )
   grid, extend, factor = _learning_rate(raw.pop("learning_rate", None), f"{where}.learning_rate")
   tune = raw.pop("tune", None)
   options = catalogue[optimizer].check_options(raw, where)
@@ -320,8 +339,9 @@ def _learning_rate(lr: Any, where: str) -> tuple[tuple[float, ...], int, float |
   grid = grid if isinstance(grid, (list, tuple)) else [grid]
   if unknown or not grid or not all(matches(v, float) and v > 0 for v in grid):
     raise ConfigError(
-        f"{where} must be a positive number or a non-empty list of them (a grid), or "
-        f"{{grid: [...], extend: N, factor: F}} to extend the grid past its edges; got {lr!r}.")
+      f"{where} must be a positive number or a non-empty list of them (a grid), or "
+      f"{{grid: [...], extend: N, factor: F}} to extend the grid past its edges; got {lr!r}."
+    )
   grid = tuple(float(v) for v in grid)
   extend = check_value(spec.get("extend", 0), int, f"{where}.extend")
   check_positive(f"{where}.extend", extend, zero_ok=True)
@@ -330,8 +350,9 @@ def _learning_rate(lr: Any, where: str) -> tuple[tuple[float, ...], int, float |
     raise ConfigError(f"{where}.factor must be a number > 1 (the ratio of neighbouring rates), got {factor!r}.")
   if extend and factor is None and not tuning.is_geometric(grid):
     raise ConfigError(
-        f"{where}: extend needs a geometric grid of 2 or more rates (one ratio between neighbours), "
-        f"got {list(grid)}; give factor: F to extend by F.")
+      f"{where}: extend needs a geometric grid of 2 or more rates (one ratio between neighbours), "
+      f"got {list(grid)}; give factor: F to extend by F."
+    )
   return grid, extend, None if factor is None else float(factor)
 
 
@@ -359,8 +380,9 @@ def _tuned_value(value: Any, key: str, options: Mapping[str, Any], entry: Any, w
     check_positive(where, check_value(value, int, where), zero_ok=True)
     return value
   if key not in entry.options:
-    raise ConfigError(f"{where}: unknown option {key!r}; tunable are {tuning.WARMUP!r} and the options "
-                      f"{sorted(entry.settable)}.")
+    raise ConfigError(
+      f"{where}: unknown option {key!r}; tunable are {tuning.WARMUP!r} and the options {sorted(entry.settable)}."
+    )
   return entry.check_options({**options, key: value}, where)[key]
 
 
@@ -384,16 +406,18 @@ def check_update_args(config: Config, catalogue: Mapping[str, Any], tasks: Mappi
     if getattr(catalogue[spec.optimizer], "stats", None) and not hasattr(tasks[config.task], "inputs_and_labels"):
       able = sorted(n for n, t in tasks.items() if hasattr(t, "inputs_and_labels"))
       raise ConfigError(
-          f"config.optimizers[{i}]: {spec.optimizer} samples labels from the model's logits for its statistics, "
-          f"which the {config.task!r} task cannot supply (it has no inputs_and_labels); use "
-          f"{spec.optimizer.removesuffix('_gn')} there, or a task that can ({', '.join(map(repr, able)) or 'none yet'}).")
+        f"config.optimizers[{i}]: {spec.optimizer} samples labels from the model's logits for its statistics, "
+        f"which the {config.task!r} task cannot supply (it has no inputs_and_labels); use "
+        f"{spec.optimizer.removesuffix('_gn')} there, or a task that can ({', '.join(map(repr, able)) or 'none yet'})."
+      )
     missing = [a for a in catalogue[spec.optimizer].update_args if a not in supplied]
     if missing:
       able = sorted(n for n, t in tasks.items() if all(a in t.update_args for a in missing))
       raise ConfigError(
-          f"config.optimizers[{i}]: {spec.optimizer}'s update needs {', '.join(missing)}, which the "
-          f"{config.task!r} task's models cannot report (they report {sorted(supplied) or 'nothing'}); "
-          f"use {spec.optimizer} with a task that can ({', '.join(map(repr, able)) or 'none yet'}).")
+        f"config.optimizers[{i}]: {spec.optimizer}'s update needs {', '.join(missing)}, which the "
+        f"{config.task!r} task's models cannot report (they report {sorted(supplied) or 'nothing'}); "
+        f"use {spec.optimizer} with a task that can ({', '.join(map(repr, able)) or 'none yet'})."
+      )
 
 
 def check_seeds_and_baseline(config: Config, *, seed_given: bool = True) -> None:
@@ -406,19 +430,22 @@ def check_seeds_and_baseline(config: Config, *, seed_given: bool = True) -> None
       raise ConfigError(f"config.seeds must be a non-empty list of distinct non-negative ints, got {list(seeds)}.")
     if seed_given and config.seed != seeds[0]:
       raise ConfigError(
-          f"config.seed {config.seed} and config.seeds {list(seeds)} disagree: seeds replaces seed; remove "
-          f"seed, or start seeds with it (seeds: [{config.seed}, ...]).")
+        f"config.seed {config.seed} and config.seeds {list(seeds)} disagree: seeds replaces seed; remove "
+        f"seed, or start seeds with it (seeds: [{config.seed}, ...])."
+      )
   names = [s.name for s in config.optimizers]
   if config.baseline is not None and config.baseline not in names:
     raise ConfigError(f"config.baseline: no optimizer entry named {config.baseline!r}; its entries are {names}.")
   horizons = config.speedup_horizons
   if 1 not in horizons or len(set(horizons)) != len(horizons) or any(h < 1 for h in horizons):
     raise ConfigError(
-        f"config.speedup_horizons must be distinct positive multiples of steps including 1, e.g. [1, 2, 4]; "
-        f"got {list(horizons)}.")
+      f"config.speedup_horizons must be distinct positive multiples of steps including 1, e.g. [1, 2, 4]; "
+      f"got {list(horizons)}."
+    )
   if len(horizons) > 1 and config.baseline_name is None:
-    raise ConfigError("config.speedup_horizons: there is no baseline to train longer (set config.baseline "
-                      f"to one of {names}).")
+    raise ConfigError(
+      f"config.speedup_horizons: there is no baseline to train longer (set config.baseline to one of {names})."
+    )
 
 
 def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -> Config:
@@ -461,18 +488,23 @@ def _step_into(node: Any, key: str, where: str) -> tuple[Any, Any]:
     if key.lstrip("-").isdigit():
       index = int(key)
       if not -len(node) <= index < len(node):
-        raise ConfigError(f"--set {where}: index {index} is out of range; {where.rsplit('.', 1)[0]} has "
-                          f"{count(len(node), 'entry', 'entries')}.")
+        raise ConfigError(
+          f"--set {where}: index {index} is out of range; {where.rsplit('.', 1)[0]} has "
+          f"{count(len(node), 'entry', 'entries')}."
+        )
       return node, index
     names = [e.get("name") if isinstance(e, Mapping) else None for e in node]
     if key not in names:
-      raise ConfigError(f"--set {where}: no entry named {key!r}; give an index (0 to {len(node) - 1}) "
-                        f"or one of the names {[n for n in names if n]}.")
+      raise ConfigError(
+        f"--set {where}: no entry named {key!r}; give an index (0 to {len(node) - 1}) "
+        f"or one of the names {[n for n in names if n]}."
+      )
     return node, names.index(key)
   if isinstance(node, dict):
     return node, key
-  raise ConfigError(f"--set {where}: {where.rsplit('.', 1)[0]} is {type(node).__name__} {node!r}, "
-                    "which has no keys to set.")
+  raise ConfigError(
+    f"--set {where}: {where.rsplit('.', 1)[0]} is {type(node).__name__} {node!r}, which has no keys to set."
+  )
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> dict[str, Any]:
@@ -486,8 +518,10 @@ def apply_override(raw: dict[str, Any], assignment: str) -> dict[str, Any]:
   """
   path, sep, text = assignment.partition("=")
   if not sep or not path or any(not part for part in path.split(".")):
-    raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted KEY, e.g. "
-                      "optimizers.0.learning_rate=0.02 or schedule.decay=cosine.")
+    raise ConfigError(
+      f"--set {assignment!r}: expected KEY=VALUE with a dotted KEY, e.g. "
+      "optimizers.0.learning_rate=0.02 or schedule.decay=cosine."
+    )
   try:
     value = yaml.load(text, Loader=_Loader)
   except yaml.YAMLError as e:
@@ -529,8 +563,13 @@ def to_dict(config: Config) -> dict[str, Any]:
   existed still belongs to the same config.
   """
   out = dataclasses.asdict(config)
-  for key, default in (("mesh", None), ("seeds", None), ("baseline", None), ("speedup_horizons", (1,)),
-                       ("sizes", None)):
+  for key, default in (
+    ("mesh", None),
+    ("seeds", None),
+    ("baseline", None),
+    ("speedup_horizons", (1,)),
+    ("sizes", None),
+  ):
     if getattr(config, key) == default:
       del out[key]
   out["optimizers"] = [entry_dict(s) for s in config.optimizers]

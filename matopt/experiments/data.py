@@ -19,8 +19,9 @@ def stdlib_files(root: str | Path | None = None) -> list[Path]:
   files = sorted(root.glob("*.py"))
   if not files:
     raise FileNotFoundError(
-        f"No .py sources under {root}: this Python ships its standard library without "
-        "sources; install the python3 source package or use the 'digits' task.")
+      f"No .py sources under {root}: this Python ships its standard library without "
+      "sources; install the python3 source package or use the 'digits' task."
+    )
   return files
 
 
@@ -61,7 +62,9 @@ def random_starts(seed: int, stream: int, step: int, count: int, corpus_len: int
   return rng.integers(0, corpus_len - length, size=count)
 
 
-def digits(*, val_percent: int, split_seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def digits(
+  *, val_percent: int, split_seed: int = 0
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """scikit-learn's bundled 8×8 digits (1797 images), scaled to [0, 1].
 
   Returns:

@@ -42,8 +42,9 @@ class MetricsLog:
     self.peak_keys = tuple(peak_keys)
     self.written = dict.fromkeys(("train", "val", *self.peak_keys), 0)
 
-  def _lines(self, history: Mapping[str, list], split: str, start: int,
-             peaks: Mapping[str, Mapping[int, float]]) -> Iterable[str]:
+  def _lines(
+    self, history: Mapping[str, list], split: str, start: int, peaks: Mapping[str, Mapping[int, float]]
+  ) -> Iterable[str]:
     rows = history.get(split, [])[start:]
     for row in rows:
       if split == "train":
@@ -64,7 +65,7 @@ class MetricsLog:
     """Append the rows of ``history`` not yet written, training steps before evaluations."""
     # Only the peak rows not yet written (each step appends its own with its
     # training row): a whole-history lookup every step would grow with the run.
-    peaks = {key: {row[0]: row[1] for row in history.get(key, [])[self.written[key]:]} for key in self.peak_keys}
+    peaks = {key: {row[0]: row[1] for row in history.get(key, [])[self.written[key] :]} for key in self.peak_keys}
     lines = []
     for split in ("train", "val"):
       lines.extend(self._lines(history, split, self.written[split], peaks))

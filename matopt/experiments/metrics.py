@@ -91,8 +91,9 @@ def _curve(xs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
-def steps_to_target(history: Mapping[str, Sequence[Sequence[Any]]], target: float, *,
-                    time: bool = False) -> float | None:
+def steps_to_target(
+  history: Mapping[str, Sequence[Sequence[Any]]], target: float, *, time: bool = False
+) -> float | None:
   """The step (or training second) at which a run's validation loss first reaches ``target``.
 
   :func:`first_reach` over ``history["val"]``: the validation loss against
@@ -241,8 +242,9 @@ class Summary(NamedTuple):
   missing: int = 0
 
 
-def summarize(values: Sequence[float | None], *, rng: np.random.Generator | None = None, reps: int = 2000,
-              level: float = 0.95) -> Summary:
+def summarize(
+  values: Sequence[float | None], *, rng: np.random.Generator | None = None, reps: int = 2000, level: float = 0.95
+) -> Summary:
   r"""Mean ± std of a metric over seeds, counting the values it cannot average.
 
   .. math::
@@ -271,8 +273,9 @@ def summarize(values: Sequence[float | None], *, rng: np.random.Generator | None
   return Summary(float(np.mean(finite)), std, len(finite), lo, hi, missing)
 
 
-def bootstrap(values: Sequence[float], *, rng: np.random.Generator, reps: int = 2000,
-              level: float = 0.95) -> tuple[float, float]:
+def bootstrap(
+  values: Sequence[float], *, rng: np.random.Generator, reps: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
   r"""Percentile bootstrap interval of the mean (Efron 1979).
 
   Draws ``reps`` resamples of the values with replacement and returns the
@@ -469,7 +472,7 @@ def parabola_minimum(xs: ArrayLike, ys: ArrayLike) -> float | None:
   i = int(np.argmin(np.where(finite, y, np.inf)))
   if i == 0 or i == len(x) - 1 or not (finite[i - 1] and finite[i + 1]):
     return float(x[i])
-  (x0, x1, x2), (y0, y1, y2) = x[i - 1:i + 2], y[i - 1:i + 2]
+  (x0, x1, x2), (y0, y1, y2) = x[i - 1 : i + 2], y[i - 1 : i + 2]
   den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
   if den == 0:
     return float(x1)

@@ -21,7 +21,7 @@ def rope(x: jax.Array, base: float = 10000.0) -> jax.Array:
   freqs = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2))
   angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]
   cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
-  x1, x2 = x[..., : d // 2], x[..., d // 2:]
+  x1, x2 = x[..., : d // 2], x[..., d // 2 :]
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
@@ -71,15 +71,26 @@ class GPT(nnx.Module):
   blocks, untied head. Input ``(batch, time)`` int32, output logits.
   ``report_logits``: every attention sows its per-head largest logit."""
 
-  def __init__(self, *, vocab: int, width: int, layers: int, heads: int, seq_len: int,
-               positions: str, rngs: nnx.Rngs, report_logits: bool = False):
+  def __init__(
+    self,
+    *,
+    vocab: int,
+    width: int,
+    layers: int,
+    heads: int,
+    seq_len: int,
+    positions: str,
+    rngs: nnx.Rngs,
+    report_logits: bool = False,
+  ):
     if width % heads or (width // heads) % 2:
       raise ValueError(f"width {width} must split into {count(heads, 'head')} of even size.")
     self.embed = nnx.Embed(vocab, width, rngs=rngs)
     use_rope = positions == "rope"
     self.pos_embed = None if use_rope else nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq_len, width)))
-    self.blocks = nnx.List([Block(width, heads, use_rope=use_rope, rngs=rngs, report_logits=report_logits)
-                            for _ in range(layers)])
+    self.blocks = nnx.List(
+      [Block(width, heads, use_rope=use_rope, rngs=rngs, report_logits=report_logits) for _ in range(layers)]
+    )
     self.norm = nnx.RMSNorm(width, rngs=rngs)
     # Zero head (as modded-nanogpt): the first loss is exactly log(vocab).
     self.head = nnx.Linear(width, vocab, use_bias=False, kernel_init=nnx.initializers.zeros, rngs=rngs)

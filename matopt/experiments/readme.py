@@ -79,8 +79,10 @@ def _speedup_cell(r: Mapping[str, Any], key: str, multi: bool) -> str:
 
 def _lr_cell(r: Mapping[str, Any]) -> str:
   """The chosen learning rate, the other tuned options' values, and of how many grid points."""
-  tuned = ", ".join(f"{k.removeprefix('schedule.')}={metrics_lib.format_value(v) if isinstance(v, float) else v}"
-                    for k, v in (r.get("tuned") or {}).items())
+  tuned = ", ".join(
+    f"{k.removeprefix('schedule.')}={metrics_lib.format_value(v) if isinstance(v, float) else v}"
+    for k, v in (r.get("tuned") or {}).items()
+  )
   notes = [f"best of {len(r['grid'])}"] if len(r.get("grid") or []) > 1 else []
   if (r.get("tuning") or {}).get("at_edge"):
     notes.append("at the grid's edge")
@@ -131,8 +133,14 @@ def table(records: Sequence[Mapping[str, Any]], *, loss_unit: str | None = None,
   targets = name is not None and _has(records, "steps_to_target")
   speedups = name is not None and any(_has(records, key) for key in _SPEEDUPS)
   unit = next((r["throughput_unit"] for r in records if r.get("throughput_unit")), "throughput")
-  head = ["optimizer", "learning rate", "final val loss", *([f"steps to {name}'s loss"] if targets else []),
-          *(["data speedup", "time speedup"] if speedups else []), unit]
+  head = [
+    "optimizer",
+    "learning rate",
+    "final val loss",
+    *([f"steps to {name}'s loss"] if targets else []),
+    *(["data speedup", "time speedup"] if speedups else []),
+    unit,
+  ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in _sorted(records):
     optimizer = r["optimizer"]
@@ -145,36 +153,62 @@ def table(records: Sequence[Mapping[str, Any]], *, loss_unit: str | None = None,
       cells += [_speedup_cell(r, key, multi) for key in _SPEEDUPS]
     cells.append(report.cell(r, "throughput", 0, multi, 3))
     lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join([*lines, "", *_caption(records, base, multi=multi, loss_unit=loss_unit, source=source,
-                                           targets=targets, speedups=speedups)]) + "\n"
+  return (
+    "\n".join(
+      [
+        *lines,
+        "",
+        *_caption(records, base, multi=multi, loss_unit=loss_unit, source=source, targets=targets, speedups=speedups),
+      ]
+    )
+    + "\n"
+  )
 
 
-def _caption(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None, *, multi: bool,
-             loss_unit: str | None, source: str | None, targets: bool, speedups: bool) -> list[str]:
+def _caption(
+  records: Sequence[Mapping[str, Any]],
+  base: Mapping[str, Any] | None,
+  *,
+  multi: bool,
+  loss_unit: str | None,
+  source: str | None,
+  targets: bool,
+  speedups: bool,
+) -> list[str]:
   """What the table's cells mean: the sort, the seeds, the baseline and its speedups, the units."""
   seeds = sorted({s for r in records for s in r.get("seeds") or []})
   losses = f" (in {loss_unit})" if loss_unit else ""
   origin = f" from `{source}`" if source else ""
   lines = [f"Sorted by {'mean ' if multi else ''}final val loss{losses}; generated{origin} by `matopt readme`."]
   if multi:
-    lines.append(f"Each cell is the mean ± sample std over {len(seeds)} seeds ({', '.join(map(str, seeds))}; "
-                 f"n={len(seeds)} unless noted).")
+    lines.append(
+      f"Each cell is the mean ± sample std over {len(seeds)} seeds ({', '.join(map(str, seeds))}; "
+      f"n={len(seeds)} unless noted)."
+    )
   else:
     lines.append(f"One seed{f' ({seeds[0]})' if len(seeds) == 1 else ''} per optimizer: single values, no spread.")
   if base is not None and (targets or speedups):
     name, steps = base["optimizer"], base["steps"]
     if targets:
-      lines.append(f"Steps to {name}'s loss: where the val loss first reaches {name}'s "
-                   f"{'mean ' if multi else ''}final val loss {metrics_lib.format_value(base.get('target_val_loss'))}, interpolated "
-                   f"between evaluations (not reached: not within {steps} steps).")
+      lines.append(
+        f"Steps to {name}'s loss: where the val loss first reaches {name}'s "
+        f"{'mean ' if multi else ''}final val loss {metrics_lib.format_value(base.get('target_val_loss'))}, interpolated "
+        f"between evaluations (not reached: not within {steps} steps)."
+      )
     if speedups:
       factors = [1, *sorted(h["steps"] / steps for h in base.get("horizons") or [])]
-      runs = (f", interpolated in log steps between {name} runs of {', '.join(f'{metrics_lib.format_value(f)}×' for f in factors)} "
-              "the steps" if len(factors) > 1 else "")
-      lines.append(f"Data speedup: the equivalent-data speedup of Wen et al. (2025), the steps {name} needs to reach "
-                   f"an optimizer's final val loss over the optimizer's {steps} steps{runs}, "
-                   f"{'seed by seed' if multi else 'one seed'}; > and < are bounds outside the measured range. "
-                   "Time speedup: the same in training seconds.")
+      runs = (
+        f", interpolated in log steps between {name} runs of {', '.join(f'{metrics_lib.format_value(f)}×' for f in factors)} "
+        "the steps"
+        if len(factors) > 1
+        else ""
+      )
+      lines.append(
+        f"Data speedup: the equivalent-data speedup of Wen et al. (2025), the steps {name} needs to reach "
+        f"an optimizer's final val loss over the optimizer's {steps} steps{runs}, "
+        f"{'seed by seed' if multi else 'one seed'}; > and < are bounds outside the measured range. "
+        "Time speedup: the same in training seconds."
+      )
   if any(r.get("throughput") is not None for r in records):
     unit = next((r["throughput_unit"] for r in records if r.get("throughput_unit")), None)
     lines.append(f"Throughput{f' ({unit})' if unit else ''} counts training steps only, not compilation or evaluation.")
@@ -225,24 +259,28 @@ def blocks(text: str, *, source: Path) -> list[Block]:
       continue
     if (match := _OPEN.match(line)) is not None:
       if open_at is not None:
-        raise ReadmeError(f"{source}:{open_at[0] + 1}: `<!-- matopt:table {open_at[1]} -->` has no "
-                          f"`<!-- /matopt:table -->` before the next table marker on line {i + 1}")
+        raise ReadmeError(
+          f"{source}:{open_at[0] + 1}: `<!-- matopt:table {open_at[1]} -->` has no "
+          f"`<!-- /matopt:table -->` before the next table marker on line {i + 1}"
+        )
       open_at = (i, match["path"])
     elif _CLOSE.match(line):
       if open_at is None:
-        raise ReadmeError(f"{source}:{i + 1}: `<!-- /matopt:table -->` without a "
-                          "`<!-- matopt:table PATH -->` before it")
+        raise ReadmeError(
+          f"{source}:{i + 1}: `<!-- /matopt:table -->` without a `<!-- matopt:table PATH -->` before it"
+        )
       start, marked = open_at
       results = source.parent / marked
       try:
         new = _block_text(results, marked)
       except ReadmeError as e:
         raise ReadmeError(f"{source}:{start + 1}: {e}") from e
-      found.append(Block(source, start + 1, results, marked, "".join(lines[start + 1:i]), new))
+      found.append(Block(source, start + 1, results, marked, "".join(lines[start + 1 : i]), new))
       open_at = None
   if open_at is not None:
-    raise ReadmeError(f"{source}:{open_at[0] + 1}: `<!-- matopt:table {open_at[1]} -->` has no "
-                      "`<!-- /matopt:table -->` after it")
+    raise ReadmeError(
+      f"{source}:{open_at[0] + 1}: `<!-- matopt:table {open_at[1]} -->` has no `<!-- /matopt:table -->` after it"
+    )
   return found
 
 
@@ -265,8 +303,14 @@ def regenerate(text: str, *, source: Path) -> tuple[str, list[Block]]:
 def diff(block: Block) -> str:
   """A unified diff from the block's text to its regenerated text."""
   where = f"{block.source}:{block.line}"
-  return "".join(difflib.unified_diff(block.old.splitlines(keepends=True), block.new.splitlines(keepends=True),
-                                      fromfile=f"{where} (committed)", tofile=f"{where} (from {block.marked})"))
+  return "".join(
+    difflib.unified_diff(
+      block.old.splitlines(keepends=True),
+      block.new.splitlines(keepends=True),
+      fromfile=f"{where} (committed)",
+      tofile=f"{where} (from {block.marked})",
+    )
+  )
 
 
 def update(path: Path, *, check: bool = False) -> list[Block]:

@@ -23,9 +23,17 @@ from matopt.experiments import collect as collect_lib
 from matopt.experiments import metrics as metrics_lib
 
 
-def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str, info: dict,
-             loss_unit: str | None = None, metrics: Sequence[str] = (),
-             baseline: Mapping[str, Any] | None = None) -> str:
+def markdown(
+  records: Sequence[dict],
+  *,
+  config_name: str,
+  task: str,
+  unit: str,
+  info: dict,
+  loss_unit: str | None = None,
+  metrics: Sequence[str] = (),
+  baseline: Mapping[str, Any] | None = None,
+) -> str:
   """The comparison table, best validation loss first.
 
   With several seeds a cell is mean ± std over them (:func:`metrics.format_summary`);
@@ -47,30 +55,54 @@ def markdown(records: Sequence[dict], *, config_name: str, task: str, unit: str,
   multi = any(r.get("n_seeds", 1) > 1 for r in records)
   # The progress bar shows the last step's loss; the table the mean of the last 10 (train.train).
   tuned = any("tuned" in r for r in records)
-  head = ["optimizer", "learning rate", *(["tuned"] if tuned else []), "train loss (mean of last 10 steps)",
-          "final val loss", *extra,
-          "steps", "wall s", f"{unit}/s", *_baseline_head(baseline)]
+  head = [
+    "optimizer",
+    "learning rate",
+    *(["tuned"] if tuned else []),
+    "train loss (mean of last 10 steps)",
+    "final val loss",
+    *extra,
+    "steps",
+    "wall s",
+    f"{unit}/s",
+    *_baseline_head(baseline),
+  ]
   rows = sorted(records, key=lambda r: (r["final_val_loss"] is None, r["final_val_loss"] or 0.0))
   lines = [
-      f"# Results: {config_name} ({task})",
-      "",
-      (f"{info['date']} · {info['device']} · {info['processor']} ({info['cpus']} CPUs) · "
-       f"jax {info['jax']} · Python {info['python']}"),
-      "",
-      "| " + " | ".join(head) + " |",
-      "|" + "---|" * len(head),
+    f"# Results: {config_name} ({task})",
+    "",
+    (
+      f"{info['date']} · {info['device']} · {info['processor']} ({info['cpus']} CPUs) · "
+      f"jax {info['jax']} · Python {info['python']}"
+    ),
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
   ]
   for r in rows:
-    cells = [r["optimizer"], _lr_cell(r), *([_tuned_cell(r)] if tuned else []), cell(r, "final_train_loss", 3, multi),
-             cell(r, "final_val_loss", 3, multi),
-             *(cell(r, k, 3, multi) for k in extra), str(r["steps"]), cell(r, "wall_seconds", 1, multi, 3),
-             cell(r, "throughput", 0, multi, 3), *_baseline_cells(r, baseline, multi)]
+    cells = [
+      r["optimizer"],
+      _lr_cell(r),
+      *([_tuned_cell(r)] if tuned else []),
+      cell(r, "final_train_loss", 3, multi),
+      cell(r, "final_val_loss", 3, multi),
+      *(cell(r, k, 3, multi) for k in extra),
+      str(r["steps"]),
+      cell(r, "wall_seconds", 1, multi, 3),
+      cell(r, "throughput", 0, multi, 3),
+      *_baseline_cells(r, baseline, multi),
+    ]
     if r["diverged"]:
       cells[0] += " (diverged)" if not multi else f" (diverged: {r['diverged_seeds']}/{r['n_seeds']} seeds)"
     lines.append("| " + " | ".join(cells) + " |")
   losses = f"Losses are in {loss_unit}. " if loss_unit else ""
-  lines += ["", (f"{losses}Wall seconds include compilation and evaluation; throughput counts training "
-                 "steps only. Learning-rate grids: see results.json.")]
+  lines += [
+    "",
+    (
+      f"{losses}Wall seconds include compilation and evaluation; throughput counts training "
+      "steps only. Learning-rate grids: see results.json."
+    ),
+  ]
   lines += _notes(records, baseline, multi)
   return "\n".join(lines) + "\n"
 
@@ -89,12 +121,16 @@ def _lr_cell(r: Mapping[str, Any]) -> str:
 def _tuned_cell(r: Mapping[str, Any]) -> str:
   """The chosen values of the options tuned besides the learning rate."""
   tuned = r.get("tuned") or {}
-  return ", ".join(f"{k.removeprefix('schedule.')}={metrics_lib.format_value(v) if isinstance(v, float) else v}"
-                   for k, v in tuned.items()) or "—"
+  return (
+    ", ".join(
+      f"{k.removeprefix('schedule.')}={metrics_lib.format_value(v) if isinstance(v, float) else v}"
+      for k, v in tuned.items()
+    )
+    or "—"
+  )
 
 
-def cell(r: Mapping[str, Any], key: str, decimals: int, multi: bool, digits: int = 4,
-          missing: str = "—") -> str:
+def cell(r: Mapping[str, Any], key: str, decimals: int, multi: bool, digits: int = 4, missing: str = "—") -> str:
   """Mean ± std over seeds with ``decimals``, or with one seed the value to ``digits`` significant digits."""
   summary = r.get("summaries", {}).get(key)
   if multi and summary is not None:
@@ -115,8 +151,10 @@ def _baseline_head(baseline: Mapping[str, Any] | None) -> list[str]:
 def _baseline_cells(r: Mapping[str, Any], baseline: Mapping[str, Any] | None, multi: bool) -> list[str]:
   if baseline is None:
     return []
-  cells = [cell(r, "steps_to_target", 0, multi, missing="not reached"),
-           cell(r, "seconds_to_target", 2, multi, 3, missing="not reached")]
+  cells = [
+    cell(r, "steps_to_target", 0, multi, missing="not reached"),
+    cell(r, "seconds_to_target", 2, multi, 3, missing="not reached"),
+  ]
   if len(baseline["factors"]) > 1:
     cells += [speedup_cell(r, key, multi) for key in ("data_speedup", "time_speedup")]
   return cells
@@ -138,28 +176,38 @@ def _notes(records: Sequence[dict], baseline: Mapping[str, Any] | None, multi: b
   notes = []
   edge = [r["optimizer"] for r in records if (r.get("tuning") or {}).get("at_edge")]
   if edge:
-    notes.append(f"Best at the edge of the grid ({', '.join(edge)}): the best learning rate is still the smallest "
-                 "or largest tried after extending the grid as far as its extend allows; the optimum may lie "
-                 "beyond (raise extend).")
+    notes.append(
+      f"Best at the edge of the grid ({', '.join(edge)}): the best learning rate is still the smallest "
+      "or largest tried after extending the grid as far as its extend allows; the optimum may lie "
+      "beyond (raise extend)."
+    )
   if any((r.get("tuning") or {}).get("extended") for r in records):
-    notes.append("Grid extended: learning rates added one ratio past the edge where the best lay, at the best "
-                 "point's other values, until the best lay inside or extend ran out (see results.json's tuning).")
+    notes.append(
+      "Grid extended: learning rates added one ratio past the edge where the best lay, at the best "
+      "point's other values, until the best lay inside or extend ran out (see results.json's tuning)."
+    )
   if multi:
     seeds = sorted({s for r in records for s in r["seeds"]})
-    notes.append(f"Each cell is the mean ± sample std over seeds {seeds} (n={len(seeds)} unless noted); "
-                 "each optimizer's learning rate is its grid's best by mean final val loss; plot bands "
-                 "span the lowest to the highest seed.")
+    notes.append(
+      f"Each cell is the mean ± sample std over seeds {seeds} (n={len(seeds)} unless noted); "
+      "each optimizer's learning rate is its grid's best by mean final val loss; plot bands "
+      "span the lowest to the highest seed."
+    )
   if baseline is not None:
     name, steps = baseline["name"], baseline["steps"]
-    notes.append(f"Steps and train s to {name}'s loss: where the val loss first reaches {name}'s mean final "
-                 f"val loss {baseline['target']:.4g}, interpolated linearly between evaluations "
-                 f"(not reached: not within {steps} steps).")
+    notes.append(
+      f"Steps and train s to {name}'s loss: where the val loss first reaches {name}'s mean final "
+      f"val loss {baseline['target']:.4g}, interpolated linearly between evaluations "
+      f"(not reached: not within {steps} steps)."
+    )
     if len(baseline["factors"]) > 1:
       factors = ", ".join(f"{f}×" for f in baseline["factors"])
-      notes.append(f"Data speedup: the steps {name} needs to reach an optimizer's final val loss, over the "
-                   f"optimizer's {steps}, seed by seed, from {name} trained to {factors} the steps (each run's "
-                   "schedule stretched to its own length; interpolated in log steps, > and < are bounds "
-                   "outside the measured range; Wen et al. 2025). Time speedup: the same in training seconds.")
+      notes.append(
+        f"Data speedup: the steps {name} needs to reach an optimizer's final val loss, over the "
+        f"optimizer's {steps}, seed by seed, from {name} trained to {factors} the steps (each run's "
+        "schedule stretched to its own length; interpolated in log steps, > and < are bounds "
+        "outside the measured range; Wen et al. 2025). Time speedup: the same in training seconds."
+      )
   return ["", *notes] if notes else []
 
 
@@ -179,11 +227,22 @@ def _smooth(y: np.ndarray, span: int) -> np.ndarray:
 # unconstrained Scion blue, Scion green, SOAP orange, Shampoo purple; every
 # pair differs by CIELAB ΔE > 25 (tests/experiments/test_report_plots.py).
 COLOURS: dict[str, str] = {
-    "adamw": "#000000", "adam": "#7f7f7f", "sgd": "#17becf",
-    "muon": "#d62728", "muon_clip": "#ff00ff", "normuon": "#1b9e77", "adamuon": "#e6ab02",
-    "scion": "#2ca02c", "unconstrained_scion": "#1f77b4",
-    "shampoo": "#9467bd", "soap": "#ff7f0e", "shampoo_gn": "#3f007d", "soap_gn": "#ffbb78",
-    "signum": "#8c564b", "nsgd": "#e377c2", "clipped_sgd": "#bcbd22",
+  "adamw": "#000000",
+  "adam": "#7f7f7f",
+  "sgd": "#17becf",
+  "muon": "#d62728",
+  "muon_clip": "#ff00ff",
+  "normuon": "#1b9e77",
+  "adamuon": "#e6ab02",
+  "scion": "#2ca02c",
+  "unconstrained_scion": "#1f77b4",
+  "shampoo": "#9467bd",
+  "soap": "#ff7f0e",
+  "shampoo_gn": "#3f007d",
+  "soap_gn": "#ffbb78",
+  "signum": "#8c564b",
+  "nsgd": "#e377c2",
+  "clipped_sgd": "#bcbd22",
 }
 _SPARE = ("#000080", "#808000", "#008080", "#800000", "#ff69b4", "#4b0082", "#a0522d", "#00ced1")
 
@@ -260,8 +319,9 @@ def figures(curves: Sequence[collect_lib.Curve], *, title: str, loss_unit: str) 
         left.plot(train[:, index], smooth, color=colour_, lw=1.2, label=name)
         tops.append(smooth[len(smooth) // 10])
         bottoms.append(smooth.min())
-      val = np.asarray([v[:3] for v in history["val"] if v[2] is not None and math.isfinite(v[2])],
-                       dtype=float).reshape(-1, 3)
+      val = np.asarray(
+        [v[:3] for v in history["val"] if v[2] is not None and math.isfinite(v[2])], dtype=float
+      ).reshape(-1, 3)
       if len(val):
         right.plot(val[:, index], val[:, 2], "o-", color=colour_, ms=3, lw=1.2, label=name)
       if len(curve.histories) > 1:
@@ -306,9 +366,17 @@ def render(out: str | Path) -> list[dict]:
   config, meta = collect_lib.read_json(out / "config.json"), collect_lib.read_json(out / "meta.json")
   collected = collect_lib.collect(out)
   collect_lib.write_json(out / "results.json", collected.records)
-  (out / "results.md").write_text(markdown(
-      collected.records, config_name=config["name"], task=config["task"], unit=meta["unit"],
-      loss_unit=meta["loss_unit"], info=meta["machine"], metrics=meta["metric_names"],
-      baseline=collected.baseline))
+  (out / "results.md").write_text(
+    markdown(
+      collected.records,
+      config_name=config["name"],
+      task=config["task"],
+      unit=meta["unit"],
+      loss_unit=meta["loss_unit"],
+      info=meta["machine"],
+      metrics=meta["metric_names"],
+      baseline=collected.baseline,
+    )
+  )
   plots(collected.curves, out, title=f"{config['name']}: {config['task']}", loss_unit=meta["loss_unit"])
   return collect_lib.read_json(out / "results.json")

@@ -47,8 +47,14 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
   return config_lib.load(path, overrides=overrides, catalogue=optimizers_lib.CATALOGUE, tasks=tasks.TASKS)
 
 
-def override(config: Config, *, steps: int | None = None, seed: int | None = None,
-             seeds: int | None = None, optimizers: Sequence[str] | None = None) -> Config:
+def override(
+  config: Config,
+  *,
+  steps: int | None = None,
+  seed: int | None = None,
+  seeds: int | None = None,
+  optimizers: Sequence[str] | None = None,
+) -> Config:
   """The config with command-line overrides applied (checked like the file).
 
   ``seeds`` (``--seeds N``) runs the seeds ``seed, seed + 1, ..., seed + N - 1``
@@ -111,13 +117,23 @@ def prepare_out_dir(out: Path, config: Config, overwrite: bool) -> None:
     if not _same_runs(have, want):
       changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
       raise ConfigError(
-          f"{out} holds runs of a different config (differs in {changed}); pass --out with a new "
-          "directory, or --overwrite to discard them.")
+        f"{out} holds runs of a different config (differs in {changed}); pass --out with a new "
+        "directory, or --overwrite to discard them."
+      )
   if overwrite and out.exists():
     import shutil
 
-    for child in ("runs", "sizes", "config.json", "meta.json", "results.json", "results.md", "loss_vs_step.png",
-                  "loss_vs_time.png", *trends.FILES):
+    for child in (
+      "runs",
+      "sizes",
+      "config.json",
+      "meta.json",
+      "results.json",
+      "results.md",
+      "loss_vs_step.png",
+      "loss_vs_time.png",
+      *trends.FILES,
+    ):
       target = out / child
       if target.is_dir():
         shutil.rmtree(target)
@@ -145,8 +161,13 @@ class _Progress:
         TimeElapsedColumn,
       )
 
-      self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss (last step) {task.fields[loss]:.4f}"), TimeElapsedColumn())
+      self.bar = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss (last step) {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+      )
 
   def __enter__(self):
     if self.enabled:
@@ -180,29 +201,59 @@ class _Job:
     schedule = self.config.schedule
     if point.warmup_steps() is not None:
       schedule = dataclasses.replace(schedule, warmup_steps=point.warmup_steps())
-    return optimizers_lib.build(spec.optimizer, point.learning_rate, {**spec.options, **point.options()},
-                                schedule=schedule, steps=steps or self.config.steps,
-                                model_options=self.task.model_options())
+    return optimizers_lib.build(
+      spec.optimizer,
+      point.learning_rate,
+      {**spec.options, **point.options()},
+      schedule=schedule,
+      steps=steps or self.config.steps,
+      model_options=self.task.model_options(),
+    )
 
-  def train(self, spec: config_lib.OptimizerSpec, point: tuning.Point, seed: int, run_dir: Path, bars: _Progress,
-            stop_after: int | None, steps: int | None = None) -> dict[str, Any]:
+  def train(
+    self,
+    spec: config_lib.OptimizerSpec,
+    point: tuning.Point,
+    seed: int,
+    run_dir: Path,
+    bars: _Progress,
+    stop_after: int | None,
+    steps: int | None = None,
+  ) -> dict[str, Any]:
     config, steps, lr = self.config, steps or self.config.steps, point.learning_rate
     label = spec.name + (f" lr={lr:g}" if len(spec.learning_rates) > 1 or spec.extend else "")
     label += "".join(f" {k.removeprefix('schedule.')}={v}" for k, v in point.tuned)
     label += f" seed={seed}" if len(config.run_seeds) > 1 else ""
     label += f" {steps} steps" if steps != config.steps else ""
     result = train.train(
-        self.task, self.build(spec, point, steps), steps=steps, seed=seed, eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every, run_dir=run_dir, on_step=bars.start(label, steps),
-        stop_after=stop_after, mesh=self.mesh, update_args=self.entry(spec).update_args,
-        sampled_stats=self.entry(spec).sampling({**spec.options, **point.options()}))
+      self.task,
+      self.build(spec, point, steps),
+      steps=steps,
+      seed=seed,
+      eval_every=config.eval_every,
+      checkpoint_every=config.checkpoint_every,
+      run_dir=run_dir,
+      on_step=bars.start(label, steps),
+      stop_after=stop_after,
+      mesh=self.mesh,
+      update_args=self.entry(spec).update_args,
+      sampled_stats=self.entry(spec).sampling({**spec.options, **point.options()}),
+    )
     val_loss = result["final_val_loss"]
     result["metrics"] = self.task.metrics(val_loss, result["final_val_aux"]) if math.isfinite(val_loss) else {}
     return {"seed": seed, "learning_rate": lr, **result}
 
 
-def _ensure(job: _Job, spec: config_lib.OptimizerSpec, point: tuning.Point, seed: int, out: Path, bars: _Progress,
-            stop_after: int | None, steps: int | None = None) -> bool:
+def _ensure(
+  job: _Job,
+  spec: config_lib.OptimizerSpec,
+  point: tuning.Point,
+  seed: int,
+  out: Path,
+  bars: _Progress,
+  stop_after: int | None,
+  steps: int | None = None,
+) -> bool:
   """Train one run unless its result.json exists; whether it is finished now."""
   run_dir = out / collect.run_path(spec.name, point.learning_rate, seed, steps, point.tuned)
   done = run_dir / "result.json"
@@ -244,19 +295,23 @@ def _tune(job: _Job, spec: config_lib.OptimizerSpec, out: Path, bars: _Progress,
     finished = [_ensure(job, spec, point, seed, out, bars, stop_after) for seed in job.config.run_seeds]
     done = all(finished)  # every seed trained (or resumed) first, as without a grid
     complete &= done
-    return collect.finished_runs(out, spec.name, point.learning_rate, job.config.run_seeds, tuned=point.tuned) if done else {}
+    return (
+      collect.finished_runs(out, spec.name, point.learning_rate, job.config.run_seeds, tuned=point.tuned)
+      if done
+      else {}
+    )
 
   tuning.search(grid, fetch)
   return complete
 
 
 def run(
-    config: Config,
-    out: str | Path,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-    stop_after: int | None = None,
+  config: Config,
+  out: str | Path,
+  *,
+  overwrite: bool = False,
+  progress: bool = True,
+  stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
   """Train every optimizer (each learning rate of its grid, each seed) of ``config``.
 
@@ -283,8 +338,9 @@ def run(
   out = Path(out)
   config_lib.check_update_args(config, optimizers_lib.CATALOGUE, tasks.TASKS)  # a config built in Python too
   config_lib.check_seeds_and_baseline(config)
-  job = _Job(config, tasks.TASKS[config.task](config),
-             parallel.make_mesh(config.mesh) if config.mesh is not None else None)
+  job = _Job(
+    config, tasks.TASKS[config.task](config), parallel.make_mesh(config.mesh) if config.mesh is not None else None
+  )
   for spec in config.optimizers:
     for point in tuning.of_entry(config_lib.entry_dict(spec)).points():
       job.build(spec, point)
@@ -302,9 +358,23 @@ def run(
 def _write_meta(out: Path, job: _Job) -> None:
   """What rendering needs of the task and the machine without building them (``matopt report``)."""
   task = job.task
-  rates = {spec.name: {"rates": {k: float(v) for k, v in spec.options.items()  # for the plots' legends
-                                 if k in job.entry(spec).rates and v is not None}}
-           for spec in job.config.optimizers}
-  collect.write_json(out / "meta.json", {"unit": task.unit, "loss_unit": task.loss_unit,
-                                         "metric_names": list(task.metric_names), "machine": collect.machine(),
-                                         "optimizers": rates})
+  rates = {
+    spec.name: {
+      "rates": {
+        k: float(v)
+        for k, v in spec.options.items()  # for the plots' legends
+        if k in job.entry(spec).rates and v is not None
+      }
+    }
+    for spec in job.config.optimizers
+  }
+  collect.write_json(
+    out / "meta.json",
+    {
+      "unit": task.unit,
+      "loss_unit": task.loss_unit,
+      "metric_names": list(task.metric_names),
+      "machine": collect.machine(),
+      "optimizers": rates,
+    },
+  )

@@ -53,16 +53,27 @@ def derive(config: Config, value: Any) -> tuple[Config, dict[str, Any]]:
     steps = max(1, round(sizes.tokens_per_param * params / task.units_per_step))
     ratio = steps / config.steps
     schedule = dataclasses.replace(config.schedule, warmup_steps=_scaled(config.schedule.warmup_steps, ratio))
-    derived = dataclasses.replace(derived, steps=steps, schedule=schedule,
-                                  eval_every=_scaled(config.eval_every, ratio),
-                                  checkpoint_every=_scaled(config.checkpoint_every, ratio))
-  info = {"key": sizes.key, "value": value, "dir": f"sizes/{sizes.name(value)}", "params": params,
-          "steps": derived.steps, "units": derived.steps * task.units_per_step}
+    derived = dataclasses.replace(
+      derived,
+      steps=steps,
+      schedule=schedule,
+      eval_every=_scaled(config.eval_every, ratio),
+      checkpoint_every=_scaled(config.checkpoint_every, ratio),
+    )
+  info = {
+    "key": sizes.key,
+    "value": value,
+    "dir": f"sizes/{sizes.name(value)}",
+    "params": params,
+    "steps": derived.steps,
+    "units": derived.steps * task.units_per_step,
+  }
   return derived, info
 
 
-def run(config: Config, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-        stop_after: int | None = None) -> list[dict[str, Any]]:
+def run(
+  config: Config, out: str | Path, *, overwrite: bool = False, progress: bool = True, stop_after: int | None = None
+) -> list[dict[str, Any]]:
   """Run every size of ``config`` (:func:`derive`) into ``out/sizes/``; render the trends.
 
   Returns:
@@ -73,10 +84,18 @@ def run(config: Config, out: str | Path, *, overwrite: bool = False, progress: b
   derived = [derive(config, value) for value in config.sizes.values]  # every size checked before training
   runner.prepare_out_dir(out, config, overwrite)
   task = tasks.TASKS[config.task]
-  collect.write_json(out / "meta.json", {"unit": task.unit, "loss_unit": task.loss_unit,
-                                        "machine": collect.machine(), "sizes": [info for _, info in derived]})
+  collect.write_json(
+    out / "meta.json",
+    {
+      "unit": task.unit,
+      "loss_unit": task.loss_unit,
+      "machine": collect.machine(),
+      "sizes": [info for _, info in derived],
+    },
+  )
   complete = True
   for size_config, info in derived:
-    complete &= bool(runner.run(size_config, out / info["dir"], overwrite=overwrite, progress=progress,
-                                stop_after=stop_after))
+    complete &= bool(
+      runner.run(size_config, out / info["dir"], overwrite=overwrite, progress=progress, stop_after=stop_after)
+    )
   return trends.render(out, rerender_sizes=False) if complete else []  # each size rendered as it finished

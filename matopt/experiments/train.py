@@ -78,10 +78,18 @@ class Step:
   place: Callable[[Any], Any]
 
 
-def make_step(task: Any, tx: optax.GradientTransformation, graphdef: Any, rest: Any, *,
-              update_args: Sequence[str] = (), mesh: jax.sharding.Mesh | None = None,
-              state_shardings: Any = None, sampled_stats: Mapping[str, Any] | None = None,
-              seed: int = 0) -> Step:
+def make_step(
+  task: Any,
+  tx: optax.GradientTransformation,
+  graphdef: Any,
+  rest: Any,
+  *,
+  update_args: Sequence[str] = (),
+  mesh: jax.sharding.Mesh | None = None,
+  state_shardings: Any = None,
+  sampled_stats: Mapping[str, Any] | None = None,
+  seed: int = 0,
+) -> Step:
   """The training and evaluation functions of ``task``'s model under ``tx``.
 
   Args:
@@ -117,8 +125,9 @@ def make_step(task: Any, tx: optax.GradientTransformation, graphdef: Any, rest: 
     """``(loss, grads, {"stats_grads": ...})``: one forward pass, two backward passes."""
     inputs, labels = task.inputs_and_labels(batch)
     key = jax.random.fold_in(jax.random.key(seed), index)
-    out = gauss_newton.sampled_label_grads(lambda p, x: nnx.merge(graphdef, p, rest)(x), p, inputs, labels, key,
-                                           **sampled_stats)
+    out = gauss_newton.sampled_label_grads(
+      lambda p, x: nnx.merge(graphdef, p, rest)(x), p, inputs, labels, key, **sampled_stats
+    )
     return out.loss, out.grads, {"stats_grads": out.stats_grads}
 
   def train_step(p, s, batch, index):
@@ -140,8 +149,11 @@ def make_step(task: Any, tx: optax.GradientTransformation, graphdef: Any, rest: 
   if mesh is None:
     return Step(jax.jit(train_step), jax.jit(eval_step), lambda batch: batch)
   out_shardings = (*state_shardings, parallel.replicated(mesh))
-  return Step(jax.jit(train_step, out_shardings=out_shardings), jax.jit(eval_step),
-              functools.partial(parallel.place_batch, mesh=mesh))
+  return Step(
+    jax.jit(train_step, out_shardings=out_shardings),
+    jax.jit(eval_step),
+    functools.partial(parallel.place_batch, mesh=mesh),
+  )
 
 
 def _peak(tree: Any) -> jax.Array:
@@ -177,7 +189,8 @@ class Checkpoints:
 
     self.ocp = ocp
     self.manager = ocp.CheckpointManager(
-        directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    )
 
   def latest(self) -> int | None:
     return self.manager.latest_step()
@@ -188,16 +201,20 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     ocp = self.ocp
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(self._saved(state)), meta=ocp.args.JsonSave(meta)))
+    self.manager.save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(self._saved(state)), meta=ocp.args.JsonSave(meta))
+    )
     self.manager.wait_until_finished()
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict]:
     """The state saved at ``step``, in the structure and layout of ``like``, and its metadata."""
     ocp = self.ocp
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(self._saved(like, ocp.utils.to_shape_dtype_struct)),
-        meta=ocp.args.JsonRestore()))
+    out = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(self._saved(like, ocp.utils.to_shape_dtype_struct)), meta=ocp.args.JsonRestore()
+      ),
+    )
     saved = jax.tree.leaves(out["state"], is_leaf=lambda x: x is None)
     leaves, treedef = jax.tree.flatten(like)
     return jax.tree.unflatten(treedef, [f if s is None else s for f, s in zip(leaves, saved)]), out["meta"]
@@ -219,8 +236,14 @@ class _Run:
   diverged: bool = False
 
 
-def _init(task: Any, tx: optax.GradientTransformation, seed: int, mesh: jax.sharding.Mesh | None,
-          update_args: Mapping[str, str], sampled_stats: Mapping[str, Any] | None) -> tuple[Step, _Run]:
+def _init(
+  task: Any,
+  tx: optax.GradientTransformation,
+  seed: int,
+  mesh: jax.sharding.Mesh | None,
+  update_args: Mapping[str, str],
+  sampled_stats: Mapping[str, Any] | None,
+) -> tuple[Step, _Run]:
   """The model, optimizer state and step of a fresh run."""
   model = task.make_model(seed, report=tuple(update_args)) if update_args else task.make_model(seed)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -230,8 +253,17 @@ def _init(task: Any, tx: optax.GradientTransformation, seed: int, mesh: jax.shar
     params = parallel.place_params(params, mesh)
     opt_state = sharding.init_state(tx, params)
     shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
-  step = make_step(task, tx, graphdef, rest, update_args=tuple(update_args), mesh=mesh, state_shardings=shardings,
-                   sampled_stats=sampled_stats, seed=seed)
+  step = make_step(
+    task,
+    tx,
+    graphdef,
+    rest,
+    update_args=tuple(update_args),
+    mesh=mesh,
+    state_shardings=shardings,
+    sampled_stats=sampled_stats,
+    seed=seed,
+  )
   history: dict[str, list] = {"train": [], "val": [], **{key: [] for key in update_args.values()}}
   return step, _Run(params, opt_state, history)
 
@@ -245,17 +277,30 @@ def _restore(ckpt: Checkpoints, run: _Run) -> _Run:
   return _Run(state["params"], state["opt_state"], meta["history"], latest, meta["seconds"], meta["wall_seconds"])
 
 
-def _loop(task: Any, step: Step, compiled: Any, run: _Run, *, steps: int, eval_every: int,
-          update_args: Mapping[str, str], save: Callable[[_Run], None] | None, checkpoint_every: int,
-          on_step: StepCallback | None, stop_after: int | None, seed: int,
-          log: logs.MetricsLog | None = None) -> None:
+def _loop(
+  task: Any,
+  step: Step,
+  compiled: Any,
+  run: _Run,
+  *,
+  steps: int,
+  eval_every: int,
+  update_args: Mapping[str, str],
+  save: Callable[[_Run], None] | None,
+  checkpoint_every: int,
+  on_step: StepCallback | None,
+  stop_after: int | None,
+  seed: int,
+  log: logs.MetricsLog | None = None,
+) -> None:
   """Train ``run`` in place until ``steps``, divergence or ``stop_after``."""
   val = task.val_batches()
   while run.step < steps:
     batch = task.train_batch(run.step, seed)
     t0 = time.perf_counter()
-    run.params, run.opt_state, (loss, peaks) = compiled(run.params, run.opt_state, step.place(batch),
-                                                        np.int32(run.step))
+    run.params, run.opt_state, (loss, peaks) = compiled(
+      run.params, run.opt_state, step.place(batch), np.int32(run.step)
+    )
     loss = float(loss)  # waits for the step: per-step times are real
     run.seconds += time.perf_counter() - t0
     run.step += 1
@@ -279,23 +324,24 @@ def _loop(task: Any, step: Step, compiled: Any, run: _Run, *, steps: int, eval_e
       return
 
 
-def _result(task: Any, run: _Run, steps: int, update_args: Mapping[str, str], compile_seconds: float,
-            wall_seconds: float) -> dict[str, Any]:
+def _result(
+  task: Any, run: _Run, steps: int, update_args: Mapping[str, str], compile_seconds: float, wall_seconds: float
+) -> dict[str, Any]:
   history, ok = run.history, not run.diverged
   tail = [h[2] for h in history["train"][-10:]]
   return {
-      "history": history,
-      "steps": run.step,
-      "complete": run.step == steps or run.diverged,
-      "diverged": run.diverged,
-      "final_train_loss": float(np.mean(tail)) if tail and ok else math.inf,
-      "final_val_loss": history["val"][-1][2] if history["val"] and ok else math.inf,
-      "final_val_aux": history["val"][-1][3] if history["val"] and ok else math.nan,
-      "train_seconds": run.seconds,
-      "compile_seconds": compile_seconds,
-      "wall_seconds": wall_seconds,
-      "units_per_second": run.step * task.units_per_step / run.seconds if run.seconds > 0 else None,
-      **{f"final_{key}": _tail_mean(history.get(key, [])) for key in update_args.values()},
+    "history": history,
+    "steps": run.step,
+    "complete": run.step == steps or run.diverged,
+    "diverged": run.diverged,
+    "final_train_loss": float(np.mean(tail)) if tail and ok else math.inf,
+    "final_val_loss": history["val"][-1][2] if history["val"] and ok else math.inf,
+    "final_val_aux": history["val"][-1][3] if history["val"] and ok else math.nan,
+    "train_seconds": run.seconds,
+    "compile_seconds": compile_seconds,
+    "wall_seconds": wall_seconds,
+    "units_per_second": run.step * task.units_per_step / run.seconds if run.seconds > 0 else None,
+    **{f"final_{key}": _tail_mean(history.get(key, [])) for key in update_args.values()},
   }
 
 
@@ -305,19 +351,19 @@ def _tail_mean(rows: list) -> float:
 
 
 def train(
-    task: Any,
-    tx: optax.GradientTransformation,
-    *,
-    steps: int,
-    seed: int,
-    eval_every: int = 0,
-    checkpoint_every: int = 0,
-    run_dir: str | Path | None = None,
-    on_step: StepCallback | None = None,
-    stop_after: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    update_args: Sequence[str] = (),
-    sampled_stats: Mapping[str, Any] | None = None,
+  task: Any,
+  tx: optax.GradientTransformation,
+  *,
+  steps: int,
+  seed: int,
+  eval_every: int = 0,
+  checkpoint_every: int = 0,
+  run_dir: str | Path | None = None,
+  on_step: StepCallback | None = None,
+  stop_after: int | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  update_args: Sequence[str] = (),
+  sampled_stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Train ``task``'s model with ``tx`` for ``steps`` steps.
 
@@ -354,8 +400,9 @@ def train(
   """
   if checkpoint_every and run_dir is None:
     raise ValueError(
-        f"train(checkpoint_every={checkpoint_every}) needs run_dir=, the directory its checkpoints go"
-        " to; pass one, or checkpoint_every=0 for none.")
+      f"train(checkpoint_every={checkpoint_every}) needs run_dir=, the directory its checkpoints go"
+      " to; pass one, or checkpoint_every=0 for none."
+    )
   reported = {name: task.update_args[name] for name in update_args}
   step, run = _init(task, tx, seed, mesh, reported, sampled_stats)
   ckpt = Checkpoints(Path(run_dir) / "checkpoints") if checkpoint_every else None
@@ -371,14 +418,33 @@ def train(
     wall = lambda: run.wall_before + time.perf_counter() - wall_start
     # Compiled ahead of time so step times (and the time axis of the plots)
     # measure training, not compilation.
-    compiled = step.train.lower(run.params, run.opt_state, step.place(task.train_batch(run.step, seed)),
-                                np.int32(run.step)).compile()
+    compiled = step.train.lower(
+      run.params, run.opt_state, step.place(task.train_batch(run.step, seed)), np.int32(run.step)
+    ).compile()
     compile_seconds = time.perf_counter() - wall_start
-    save = ckpt and (lambda r: ckpt.save(r.step, {"params": r.params, "opt_state": r.opt_state},
-                                         {"seconds": r.seconds, "wall_seconds": wall(), "history": r.history}))
+    save = ckpt and (
+      lambda r: ckpt.save(
+        r.step,
+        {"params": r.params, "opt_state": r.opt_state},
+        {"seconds": r.seconds, "wall_seconds": wall(), "history": r.history},
+      )
+    )
     try:
-      _loop(task, step, compiled, run, steps=steps, eval_every=eval_every, update_args=reported, save=save,
-            checkpoint_every=checkpoint_every, on_step=on_step, stop_after=stop_after, seed=seed, log=log)
+      _loop(
+        task,
+        step,
+        compiled,
+        run,
+        steps=steps,
+        eval_every=eval_every,
+        update_args=reported,
+        save=save,
+        checkpoint_every=checkpoint_every,
+        on_step=on_step,
+        stop_after=stop_after,
+        seed=seed,
+        log=log,
+      )
     finally:
       if ckpt:
         ckpt.close()

@@ -80,7 +80,7 @@ def best_learning_rate(record: Mapping[str, Any]) -> float | None:
   if not len(lrs):
     return None
   x = metrics_lib.parabola_minimum(np.log2(lrs), loss)
-  return None if x is None else float(2.0 ** x)
+  return None if x is None else float(2.0**x)
 
 
 def transfer_slope(values: Sequence[float], rates: Sequence[float | None]) -> float | None:
@@ -110,8 +110,10 @@ def collect(out: str | Path, *, rerender_sizes: bool = True) -> dict[str, Any]:
   transfer = {}
   for name in _optimizers(sizes):
     rates = [best_learning_rate(r) if (r := _record(s, name)) is not None else None for s in sizes]
-    transfer[name] = {"best_learning_rates": rates,
-                      "slope": transfer_slope([s["value"] for s in sizes], rates) if numeric else None}
+    transfer[name] = {
+      "best_learning_rates": rates,
+      "slope": transfer_slope([s["value"] for s in sizes], rates) if numeric else None,
+    }
   return {"sizes": sizes, "transfer": transfer}
 
 
@@ -150,35 +152,63 @@ def markdown(collected: Mapping[str, Any], *, config: Mapping[str, Any], meta: M
   names = _optimizers(sizes)
   m = meta["machine"]
   per = config["sizes"].get("tokens_per_param")
-  lines = [f"# {config['name']}: {config['task']} at {len(sizes)} sizes of {config['sizes']['key']}", "",
-           f"{m['date']}, {m['device']} ({m['cpus']} CPUs, {m['processor']}), jax {m['jax']}. "
-           + (f"{per:g} {meta['unit']} per parameter at every size." if per else
-              f"{config['steps']} steps at every size."), "",
-           f"| {field} | params | steps | {meta['unit']} | {meta['unit']}/param | done |", "|---|---|---|---|---|---|"]
+  lines = [
+    f"# {config['name']}: {config['task']} at {len(sizes)} sizes of {config['sizes']['key']}",
+    "",
+    f"{m['date']}, {m['device']} ({m['cpus']} CPUs, {m['processor']}), jax {m['jax']}. "
+    + (f"{per:g} {meta['unit']} per parameter at every size." if per else f"{config['steps']} steps at every size."),
+    "",
+    f"| {field} | params | steps | {meta['unit']} | {meta['unit']}/param | done |",
+    "|---|---|---|---|---|---|",
+  ]
   for s in sizes:
-    lines.append(f"| {s['value']} | {s['params']:,} | {s['steps']} | {s['units']:,} | {s['units'] / s['params']:.3g} "
-                 f"| {len(s['records'])}/{len(config['optimizers'])} |")
+    lines.append(
+      f"| {s['value']} | {s['params']:,} | {s['steps']} | {s['units']:,} | {s['units'] / s['params']:.3g} "
+      f"| {len(s['records'])}/{len(config['optimizers'])} |"
+    )
   seeds = config.get("seeds") or [config.get("seed", 0)]
-  lines += ["", f"## Final validation loss ({meta['loss_unit']}; mean ± std over {len(seeds)} seeds)", "",
-            *_table(sizes, names, field, lambda r: _cell(r, "final_val_loss"))]
+  lines += [
+    "",
+    f"## Final validation loss ({meta['loss_unit']}; mean ± std over {len(seeds)} seeds)",
+    "",
+    *_table(sizes, names, field, lambda r: _cell(r, "final_val_loss")),
+  ]
   baseline = _baseline(sizes)
   if any(r.get("data_speedup") is not None for s in sizes for r in s["records"]):
     others = [n for n in names if n != baseline]
     horizons = ", ".join(f"{f}×" for f in config.get("speedup_horizons", [1]))
-    lines += ["", f"## Speedup over {baseline} (equivalent data; Wen et al. 2025)", "",
-              (f"How many times more steps {baseline} needs to reach each optimizer's final loss (interpolated in "
-               f"log steps between {baseline}'s runs at {horizons} each size's steps; `>`/`<`: bounds outside "
-               "them), mean ± std over seeds; then the same in training seconds."), "",
-              *_table(sizes, others, field, lambda r: _cell(r, "data_speedup")), "",
-              "Equivalent training time:", "",
-              *_table(sizes, others, field, lambda r: _cell(r, "time_speedup"))]
+    lines += [
+      "",
+      f"## Speedup over {baseline} (equivalent data; Wen et al. 2025)",
+      "",
+      (
+        f"How many times more steps {baseline} needs to reach each optimizer's final loss (interpolated in "
+        f"log steps between {baseline}'s runs at {horizons} each size's steps; `>`/`<`: bounds outside "
+        "them), mean ± std over seeds; then the same in training seconds."
+      ),
+      "",
+      *_table(sizes, others, field, lambda r: _cell(r, "data_speedup")),
+      "",
+      "Equivalent training time:",
+      "",
+      *_table(sizes, others, field, lambda r: _cell(r, "time_speedup")),
+    ]
   if any(len(r.get("grid", [])) > 1 for s in sizes for r in s["records"]):
-    lines += ["", "## Best learning rate", "",
-              ("The grid's best (≈ the minimum of a parabola in log learning rate through it and its neighbours); "
-               "slope: least-squares slope of log₂ best rate against log₂ size (0: transfers across sizes; "
-               "−1: halves at each doubling)."), "",
-              *_table(sizes, names, field, _lr_cell), "",
-              "| optimizer | slope |", "|---|---|"]
+    lines += [
+      "",
+      "## Best learning rate",
+      "",
+      (
+        "The grid's best (≈ the minimum of a parabola in log learning rate through it and its neighbours); "
+        "slope: least-squares slope of log₂ best rate against log₂ size (0: transfers across sizes; "
+        "−1: halves at each doubling)."
+      ),
+      "",
+      *_table(sizes, names, field, _lr_cell),
+      "",
+      "| optimizer | slope |",
+      "|---|---|",
+    ]
     for name in names:
       slope = transfer[name]["slope"]
       lines.append(f"| {name} | {'—' if slope is None else f'{slope:+.2f}'} |")
@@ -188,8 +218,15 @@ def markdown(collected: Mapping[str, Any], *, config: Mapping[str, Any], meta: M
 def _errorbar(ax: Any, xs: Sequence[float], means: Sequence[float], stds: Sequence[float], **kwargs: Any) -> None:
   keep = [i for i, m in enumerate(means) if m is not None and math.isfinite(m)]
   if keep:
-    ax.errorbar([xs[i] for i in keep], [means[i] for i in keep], yerr=[stds[i] or 0.0 for i in keep],
-                capsize=3, ms=4, lw=1.2, **kwargs)
+    ax.errorbar(
+      [xs[i] for i in keep],
+      [means[i] for i in keep],
+      yerr=[stds[i] or 0.0 for i in keep],
+      capsize=3,
+      ms=4,
+      lw=1.2,
+      **kwargs,
+    )
 
 
 def _bound(record: Mapping[str, Any] | None, key: str) -> tuple[float, str] | None:
@@ -220,8 +257,15 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
   fig, ax = plt.subplots(figsize=(6, 4.4), dpi=100)
   for name in names:
     records = [_record(s, name) for s in sizes]
-    _errorbar(ax, params, [r and r["final_val_loss"] for r in records],
-              [r and r.get("final_val_loss_std") for r in records], fmt="o-", color=report.colour(name), label=name)
+    _errorbar(
+      ax,
+      params,
+      [r and r["final_val_loss"] for r in records],
+      [r and r.get("final_val_loss_std") for r in records],
+      fmt="o-",
+      color=report.colour(name),
+      label=name,
+    )
   ax.set(xscale="log", xlabel="parameters", ylabel=f"final validation loss ({loss_unit})")
   ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks overlap
   ax.set_title(f"{title}: loss vs parameters (mean ± std over seeds)", fontsize=10)
@@ -235,8 +279,15 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
     for ax, key, what in ((axes[0], "data_speedup", "equivalent data"), (axes[1], "time_speedup", "equivalent time")):
       for name in (n for n in names if n != baseline):
         records = [_record(s, name) for s in sizes]
-        _errorbar(ax, params, [r and r.get(key) for r in records], [r and r.get(f"{key}_std") for r in records],
-                  fmt="o-", color=report.colour(name), label=name)
+        _errorbar(
+          ax,
+          params,
+          [r and r.get(key) for r in records],
+          [r and r.get(f"{key}_std") for r in records],
+          fmt="o-",
+          color=report.colour(name),
+          label=name,
+        )
         for x, record in zip(params, records):  # every seed beyond the measured horizons: the bound, hollow
           bound = _bound(record, key)
           if bound is not None:
@@ -247,8 +298,11 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
       ax.set_title(f"{what} speedup", fontsize=10)
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: speedup over {baseline} vs parameters (mean ± std over seeds; hollow triangles: "
-                 "every seed beyond the measured horizons, a bound)", fontsize=10)
+    fig.suptitle(
+      f"{title}: speedup over {baseline} vs parameters (mean ± std over seeds; hollow triangles: "
+      "every seed beyond the measured horizons, a bound)",
+      fontsize=10,
+    )
     fig.tight_layout()
     figs["speedup"] = fig
 
@@ -266,8 +320,9 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
           continue
         lrs, loss, std = _grid_line(record)
         colour = cmap(i / max(1, len(sizes) - 1))
-        ax.errorbar(lrs, loss, yerr=std, fmt="o-", ms=3, lw=1.2, capsize=2, color=colour,
-                    label=f"{s['value']} ({s['params']:,})")
+        ax.errorbar(
+          lrs, loss, yerr=std, fmt="o-", ms=3, lw=1.2, capsize=2, color=colour, label=f"{s['value']} ({s['params']:,})"
+        )
         if np.isfinite(loss).any():
           lows.append(float(np.nanmin(loss)))
           best = best_learning_rate(record)
@@ -280,7 +335,7 @@ def figures(collected: Mapping[str, Any], *, title: str, loss_unit: str, baselin
       ax.set_title(name, fontsize=10)
       ax.grid(alpha=0.3)
       ax.legend(fontsize=6, title=sizes[0]["key"].removeprefix("model."), title_fontsize=6)
-    for ax in list(axes.flat)[len(tuned):]:
+    for ax in list(axes.flat)[len(tuned) :]:
       ax.axis("off")
     fig.suptitle(f"{title}: learning-rate curves by size (mean ± std over seeds; dotted: interpolated best)")
     fig.tight_layout()
@@ -303,7 +358,11 @@ def render(out: str | Path, *, rerender_sizes: bool = True) -> list[dict[str, An
   collect_lib.write_json(out / "trends.json", collected)
   (out / "results.md").write_text(markdown(collected, config=config, meta=meta))
   figs = figures(collected, title=config["name"], loss_unit=meta["loss_unit"], baseline=_baseline(collected["sizes"]))
-  for key, filename in (("loss", "loss_vs_params.png"), ("speedup", "speedup_vs_params.png"), ("lr", "lr_transfer.png")):
+  for key, filename in (
+    ("loss", "loss_vs_params.png"),
+    ("speedup", "speedup_vs_params.png"),
+    ("lr", "lr_transfer.png"),
+  ):
     path = out / filename
     if key in figs:
       figs[key].savefig(path)

@@ -50,23 +50,20 @@ def _check_rows(coeffs: object) -> np.ndarray:
   try:
     rows = np.asarray(coeffs, dtype=np.float64)
   except (TypeError, ValueError) as e:
-    raise ValueError(
-        f"coeffs must be one of {tuple(PRESETS)} or a numeric (k, 3) array; got"
-        f" {coeffs!r}."
-    ) from e
+    raise ValueError(f"coeffs must be one of {tuple(PRESETS)} or a numeric (k, 3) array; got {coeffs!r}.") from e
   if rows.ndim == 1:
     rows = rows[None]
   if rows.ndim != 2 or rows.shape[1] != 3 or rows.shape[0] < 1:
     raise ValueError(
-        f"coeffs: explicit Newton–Schulz coefficients must have shape (k, 3) with k >= 1"
-        f" (one (a, b, c) row per step), got shape {np.shape(coeffs)}."
+      f"coeffs: explicit Newton–Schulz coefficients must have shape (k, 3) with k >= 1"
+      f" (one (a, b, c) row per step), got shape {np.shape(coeffs)}."
     )
   if not np.all(np.isfinite(rows)):
     raise ValueError(f"coeffs: Newton–Schulz coefficients must be finite, got {rows}.")
   if np.any(rows[:, 0] <= 0):
     raise ValueError(
-        "coeffs: every Newton–Schulz step needs a > 0 (the linear coefficient), or"
-        f" small singular values change sign; got a = {rows[:, 0]}."
+      "coeffs: every Newton–Schulz step needs a > 0 (the linear coefficient), or"
+      f" small singular values change sign; got a = {rows[:, 0]}."
     )
   return rows
 
@@ -126,7 +123,9 @@ def register_preset(preset: Preset, *, replace: bool = False) -> Preset:
   Returns:
     ``preset``.
   """
-  return _registry.add(_REGISTRY, preset, record_type=Preset, caller="register_preset", what="Newton–Schulz preset", replace=replace)
+  return _registry.add(
+    _REGISTRY, preset, record_type=Preset, caller="register_preset", what="Newton–Schulz preset", replace=replace
+  )
 
 
 def unregister_preset(name: str) -> Preset:
@@ -134,41 +133,47 @@ def unregister_preset(name: str) -> Preset:
   return _registry.remove(_REGISTRY, name, what="Newton–Schulz preset")
 
 
-register_preset(Preset(
+register_preset(
+  Preset(
     name="jordan",
     # One tuple repeated, tuned to maximise the slope at zero; singular values
     # settle in a band around 1 rather than converging.
     rows=((3.4445, -4.7750, 2.0315),),
     steps=5,
     source="Jordan et al. 2024, Muon: An optimizer for hidden layers in neural networks.",
-))
+  )
+)
 
-register_preset(Preset(
+register_preset(
+  Preset(
     name="polar_express",
     # Per-step optimal (minimax) coefficients for σ ∈ [1e-3, 1]; the last
     # tuple repeats beyond 8.
     rows=(
-        (8.28721201814563, -23.595886519098837, 17.300387312530933),
-        (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-        (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-        (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-        (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-        (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-        (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-        (1.875, -1.25, 0.375),
+      (8.28721201814563, -23.595886519098837, 17.300387312530933),
+      (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+      (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+      (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+      (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+      (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+      (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+      (1.875, -1.25, 0.375),
     ),
     steps=8,
     safety=1.01,
     source="Amsel, Persson, Musco, Gower 2025, The Polar Express, arXiv:2505.16932, Algorithm 1.",
-))
+  )
+)
 
-register_preset(Preset(
+register_preset(
+  Preset(
     name="cubic",
     # σ ↦ (3σ − σ³)/2: slow start, but it converges to exactly 1.
     rows=((1.5, -0.5, 0.0),),
     steps=12,
     source="Higham 2008, Functions of Matrices, eq. 8.20 (the classical Newton–Schulz iteration).",
-))
+  )
+)
 
 
 def resolve_schedule(coeffs: object = "jordan", steps: int | None = None) -> Schedule:
@@ -194,8 +199,8 @@ def resolve_schedule(coeffs: object = "jordan", steps: int | None = None) -> Sch
   if isinstance(coeffs, str):
     if coeffs not in PRESETS:
       raise ValueError(
-          f"coeffs: unknown Newton–Schulz coefficient preset {coeffs!r}; valid presets"
-          f" are {tuple(PRESETS)}, or pass an explicit (k, 3) array of (a, b, c)."
+        f"coeffs: unknown Newton–Schulz coefficient preset {coeffs!r}; valid presets"
+        f" are {tuple(PRESETS)}, or pass an explicit (k, 3) array of (a, b, c)."
       )
     return PRESETS[coeffs].schedule(steps)
   rows = _check_rows(coeffs)

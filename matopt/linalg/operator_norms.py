@@ -120,10 +120,7 @@ def check_lmo_options(norm: str, options: dict) -> None:
   info = NORMS[check_norm(norm)]
   unknown = sorted(set(options) - set(info.options))
   if unknown:
-    raise ValueError(
-        f"lmo(norm={norm!r}) takes options {info.options}, got unknown"
-        f" {unknown}."
-    )
+    raise ValueError(f"lmo(norm={norm!r}) takes options {info.options}, got unknown {unknown}.")
   if info.check_options is not None:
     info.check_options(options)
 
@@ -132,8 +129,8 @@ def _as_matrix(x: ArrayLike, what: str) -> jax.Array:
   x = jnp.asarray(x)
   if x.ndim < 2:
     raise ValueError(
-        f"{what} acts on the last two axes (..., d_in, d_out); got shape"
-        f" {x.shape}. View a vector as a (1, n) matrix explicitly."
+      f"{what} acts on the last two axes (..., d_in, d_out); got shape"
+      f" {x.shape}. View a vector as a (1, n) matrix explicitly."
     )
   return x
 
@@ -214,36 +211,64 @@ def _frobenius_lmo(g):
   return safe_divide(y, fro)
 
 
-_SCION = ("Pethick, Xie, Antonakopoulos, Zhu, Silveti-Falls, Cevher, 2025. Training Deep Learning"
-          " Models with Norm-Constrained LMOs. arXiv:2502.07529, Table 2.")
+_SCION = (
+  "Pethick, Xie, Antonakopoulos, Zhu, Silveti-Falls, Cevher, 2025. Training Deep Learning"
+  " Models with Norm-Constrained LMOs. arXiv:2502.07529, Table 2."
+)
 
-register_norm(NormInfo(
-    "spectral", _spectral_lmo, _spectral_norm, _spectral_dual,
+register_norm(
+  NormInfo(
+    "spectral",
+    _spectral_lmo,
+    _spectral_norm,
+    _spectral_dual,
     options=("coeffs", "steps", "method", "eps", "compute_dtype"),
     check_options=_check_spectral_options,
     description="√(d_in/d_out)·‖W‖_{S∞}; LMO √(d_out/d_in)·msign (hidden layers; Muon's direction).",
     reference=_SCION,
-))
-register_norm(NormInfo(
-    "sign", _sign_lmo, _sign_norm, _sign_dual, options=("normalized",),
+  )
+)
+register_norm(
+  NormInfo(
+    "sign",
+    _sign_lmo,
+    _sign_norm,
+    _sign_dual,
+    options=("normalized",),
     description="max |W_ij| (× d_in if normalized); LMO sign(G) (÷ d_in): the output layer.",
     reference=_SCION,
-))
-register_norm(NormInfo(
-    "colnorm", _colnorm_lmo, _colnorm_norm, _colnorm_dual,
+  )
+)
+register_norm(
+  NormInfo(
+    "colnorm",
+    _colnorm_lmo,
+    _colnorm_norm,
+    _colnorm_dual,
     description="max_i ‖W[i,:]‖₂/√d_out; LMO normalises each input's fan-out row: embeddings.",
     reference=_SCION,
-))
-register_norm(NormInfo(
-    "rownorm", _rownorm_lmo, _rownorm_norm, _rownorm_dual,
+  )
+)
+register_norm(
+  NormInfo(
+    "rownorm",
+    _rownorm_lmo,
+    _rownorm_norm,
+    _rownorm_dual,
     description="max_j √d_in‖W[:,j]‖₂; LMO normalises each output's fan-in column.",
     reference=_SCION,
-))
-register_norm(NormInfo(
-    "frobenius", _frobenius_lmo, _frobenius, _frobenius,
+  )
+)
+register_norm(
+  NormInfo(
+    "frobenius",
+    _frobenius_lmo,
+    _frobenius,
+    _frobenius,
     description="‖W‖_F; LMO G/‖G‖_F (normalised SGD per matrix).",
     reference=_SCION,
-))
+  )
+)
 
 
 def _passed(info: NormInfo, options: dict) -> dict:

@@ -46,8 +46,10 @@ def _check(a: jax.Array, p: object, eps: object, method: str) -> None:
   if method not in METHODS:
     raise ValueError(f"Unknown root method {method!r}; valid methods are {METHODS}.")
   if method == "newton" and _is_array(p):
-    raise ValueError(f"method='newton' needs a static integer p, got the array {p!r}; use method='eigh'"
-                     " or pass p as a Python number (static_args under optax.inject_hyperparams).")
+    raise ValueError(
+      f"method='newton' needs a static integer p, got the array {p!r}; use method='eigh'"
+      " or pass p as a Python number (static_args under optax.inject_hyperparams)."
+    )
   if not _is_array(p) and (isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0):
     raise ValueError(f"p must be a positive number (e.g. 4 for Shampoo's L^(-1/4)), got {p!r}.")
   if not _is_array(eps) and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0):
@@ -112,13 +114,13 @@ def _newton_root(a: jax.Array, p: int, eps: float, max_iters: int, tol: float) -
 
 
 def inverse_pth_root(
-    a: ArrayLike,
-    p: int | float = 4,
-    *,
-    eps: float = 1e-6,
-    method: str = "eigh",
-    max_iters: int = 100,
-    tol: float = 1e-6,
+  a: ArrayLike,
+  p: int | float = 4,
+  *,
+  eps: float = 1e-6,
+  method: str = "eigh",
+  max_iters: int = 100,
+  tol: float = 1e-6,
 ) -> jax.Array:
   r"""``(A + ε λ_max I)^{-1/p}`` for symmetric PSD ``A`` (last two axes).
 
@@ -154,8 +156,7 @@ def inverse_pth_root(
   if jax.config.jax_enable_x64 and x.dtype == jnp.float32:
     # DistributedShampoo's fallback: retry eigh in float64 when float32 fails.
     ok = jnp.all(jnp.isfinite(root))
-    root = jax.lax.cond(ok, lambda: root,
-                        lambda: _eigh_root(x.astype(jnp.float64), p, eps).astype(jnp.float32))
+    root = jax.lax.cond(ok, lambda: root, lambda: _eigh_root(x.astype(jnp.float64), p, eps).astype(jnp.float32))
   return root.astype(out_dtype)
 
 

@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 
-def extends(base: Callable[..., Any], *, sets: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def extends(
+  base: Callable[..., Any], *, sets: Iterable[str] = ()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
   """Makes ``variant(learning_rate, *, <own options>, **options)`` take every option of ``base``.
 
   The variant's body names only its own options and passes ``**options``
@@ -35,8 +37,9 @@ def extends(base: Callable[..., Any], *, sets: Iterable[str] = ()) -> Callable[[
     if len(params) == len(own.parameters):
       raise TypeError(f"{variant.__name__} must take **options to pass on to {base.__name__}.")
     inherited = [
-        p for name, p in inspect.signature(base).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in own.parameters and name not in sets
+      p
+      for name, p in inspect.signature(base).parameters.items()
+      if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in own.parameters and name not in sets
     ]
     signature = own.replace(parameters=[*params, *inherited])
     # A real function with that parameter list (as dataclasses writes __init__),
@@ -54,12 +57,16 @@ def extends(base: Callable[..., Any], *, sets: Iterable[str] = ()) -> Callable[[
         namespace["_defaults"][p.name] = p.default
         text.append(f"{p.name}=_defaults[{p.name!r}]")
       call.append(f"{p.name}={p.name}")
-    exec(f"def {variant.__name__}({', '.join(text)}):\n  return _variant({', '.join(call)})\n", namespace)  # noqa: S102
+    exec(f"def {variant.__name__}({', '.join(text)}):\n  return _variant({', '.join(call)})\n", namespace)
     wrapper = namespace[variant.__name__]
     # As written (strings under ``from __future__ import annotations``), like base's own.
     written = {**base.__annotations__, **variant.__annotations__}
     wrapper.__annotations__ = {name: written[name] for name in [*signature.parameters, "return"] if name in written}
-    wrapper.__module__, wrapper.__qualname__, wrapper.__doc__ = variant.__module__, variant.__qualname__, variant.__doc__
+    wrapper.__module__, wrapper.__qualname__, wrapper.__doc__ = (
+      variant.__module__,
+      variant.__qualname__,
+      variant.__doc__,
+    )
     return wrapper
 
   return decorate

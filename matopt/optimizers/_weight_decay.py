@@ -9,7 +9,8 @@ from typing import Any
 import jax
 import optax
 
-from matopt import _checks, labels as labels_lib
+from matopt import _checks
+from matopt import labels as labels_lib
 
 
 def not_vectors(params: optax.Params) -> Any:
@@ -25,9 +26,9 @@ def not_vectors(params: optax.Params) -> Any:
 
 
 def decay_mask(
-    factory: str,
-    mask: Any | Callable[[optax.Params], Any] | None,
-    weight_decay: Any = None,
+  factory: str,
+  mask: Any | Callable[[optax.Params], Any] | None,
+  weight_decay: Any = None,
 ) -> Any | Callable[[optax.Params], Any] | None:
   """The mask given to :func:`matopt.add_decayed_weights`: ``mask``, or :func:`not_vectors` for None.
 

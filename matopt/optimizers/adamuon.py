@@ -14,13 +14,13 @@ from matopt.transforms.adamuon import scale_by_adamuon
 
 @extends(muon, sets=("adaptive",))
 def adamuon(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    bias_correction: bool = True,
-    scale: str = "rms",
-    **options: Any,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  bias_correction: bool = True,
+  scale: str = "rms",
+  **options: Any,
 ) -> optax.GradientTransformation:
   r"""AdaMuon: :func:`matopt.muon` with :func:`matopt.scale_by_adamuon` after Newton–Schulz.
 
@@ -89,6 +89,7 @@ def adamuon(
   """
   # Before scale_by_adamuon sees a scheduled dimension_numbers (muon checks the rest).
   _checks.check_not_injected("adamuon", ("labels", "dimension_numbers", "weight_decay_mask"))
-  adaptive = scale_by_adamuon(b2=b2, eps=eps, bias_correction=bias_correction,
-                              dimension_numbers=options.get("dimension_numbers"))
+  adaptive = scale_by_adamuon(
+    b2=b2, eps=eps, bias_correction=bias_correction, dimension_numbers=options.get("dimension_numbers")
+  )
   return muon(learning_rate, scale=scale, adaptive=adaptive, **options)

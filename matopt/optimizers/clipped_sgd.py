@@ -9,19 +9,19 @@ import optax
 
 from matopt import _checks
 from matopt.optimizers import _weight_decay
-from matopt.transforms.normalize import clip_by_norm
 from matopt.transforms.decay import add_decayed_weights
+from matopt.transforms.normalize import clip_by_norm
 
 
 def clipped_sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    max_norm: float = 1.0,
-    momentum: float = 0.9,
-    scope: str = "global",
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  max_norm: float = 1.0,
+  momentum: float = 0.9,
+  scope: str = "global",
+  weight_decay: float = 0.0,
+  cautious_weight_decay: bool = False,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""SGD with momentum, the momentum clipped to ℓ2 norm at most λ.
 
@@ -58,8 +58,8 @@ def clipped_sgd(
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
-      optax.ema(decay=momentum, debias=False),
-      clip_by_norm(max_norm, scope=scope),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.ema(decay=momentum, debias=False),
+    clip_by_norm(max_norm, scope=scope),
+    add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -35,30 +35,30 @@ def _times(ratio: Any, rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
 def _adamw(learning_rate, weight_decay, cautious, mask) -> optax.GradientTransformation:
   """optax.adamw with Jordan's settings and the hidden matrices' decay rule."""
   return optax.chain(
-      in_float32_for_float16(optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-10)),
-      add_decayed_weights(weight_decay, cautious=cautious, mask=mask),
-      optax.scale_by_learning_rate(learning_rate),
+    in_float32_for_float16(optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-10)),
+    add_decayed_weights(weight_decay, cautious=cautious, mask=mask),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def muon(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    coeffs: str | ArrayLike = "jordan",
-    ns_steps: int | None = None,
-    scale: str = "shape",
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-    dimension_numbers: Any = None,
-    sign_momentum: bool = False,
-    adaptive: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_lr_ratio: float | None = None,
-    aux: optax.GradientTransformation | None = None,
-    labels: Callable[[optax.Params], Any] | Any | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.95,
+  nesterov: bool = True,
+  coeffs: str | ArrayLike = "jordan",
+  ns_steps: int | None = None,
+  scale: str = "shape",
+  weight_decay: float = 0.0,
+  cautious_weight_decay: bool = False,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  dimension_numbers: Any = None,
+  sign_momentum: bool = False,
+  adaptive: optax.GradientTransformation | None = None,
+  adam_learning_rate: optax.ScalarOrSchedule | None = None,
+  adam_lr_ratio: float | None = None,
+  aux: optax.GradientTransformation | None = None,
+  labels: Callable[[optax.Params], Any] | Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Muon on ``"hidden"`` leaves; AdamW on embedding, head and vector leaves.
 
@@ -184,8 +184,8 @@ def muon(
     adam_lr_ratio = 1.0 if scale == "rms" else SHAPE_ADAM_LR_RATIO
   elif adam_learning_rate is not None:
     raise ValueError(
-        f"muon: give adam_learning_rate ({adam_learning_rate!r}) or adam_lr_ratio"
-        f" ({adam_lr_ratio!r}), not both: the ratio derives the AdamW rate from learning_rate."
+      f"muon: give adam_learning_rate ({adam_learning_rate!r}) or adam_lr_ratio"
+      f" ({adam_lr_ratio!r}), not both: the ratio derives the AdamW rate from learning_rate."
     )
   else:
     _checks.check_range("adam_lr_ratio", adam_lr_ratio, 0.0, float("inf"))
@@ -194,14 +194,14 @@ def muon(
   else:
     _checks.check_learning_rate("adam_learning_rate", adam_learning_rate)
   hidden = optax.chain(
-      optax.trace(decay=momentum, nesterov=nesterov),
-      scale_by_ema_weight(momentum),
-      scale_by_sign() if sign_momentum else optax.identity(),
-      scale_by_msign(coeffs=coeffs, steps=ns_steps, dimension_numbers=dimension_numbers),
-      optax.identity() if adaptive is None else adaptive,
-      scale_by_shape(scale, dimension_numbers=dimension_numbers),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=weight_decay_mask),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.trace(decay=momentum, nesterov=nesterov),
+    scale_by_ema_weight(momentum),
+    scale_by_sign() if sign_momentum else optax.identity(),
+    scale_by_msign(coeffs=coeffs, steps=ns_steps, dimension_numbers=dimension_numbers),
+    optax.identity() if adaptive is None else adaptive,
+    scale_by_shape(scale, dimension_numbers=dimension_numbers),
+    add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=weight_decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
   )
   vector_aux = aux
   if aux is None:
@@ -209,6 +209,6 @@ def muon(
     # The default mask is the routing itself: the "vector" label is not decayed.
     vector_aux = aux if weight_decay_mask is not None else _adamw(adam_learning_rate, 0.0, False, None)
   return partition(
-      {"hidden": hidden, "embedding": aux, "head": aux, "vector": vector_aux},
-      labels_lib.by_role if labels is None else labels,
+    {"hidden": hidden, "embedding": aux, "head": aux, "vector": vector_aux},
+    labels_lib.by_role if labels is None else labels,
   )

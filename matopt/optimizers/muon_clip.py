@@ -14,15 +14,15 @@ from matopt.transforms.qk_clip import qk_clip
 
 @extends(muon)
 def muon_clip(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    tau: float = 100.0,
-    query: str = "query",
-    key: str = "key",
-    head_dim: int | None = None,
-    kv_heads: int | None = None,
-    scale: str = "rms",
-    **options: Any,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  tau: float = 100.0,
+  query: str = "query",
+  key: str = "key",
+  head_dim: int | None = None,
+  kv_heads: int | None = None,
+  scale: str = "rms",
+  **options: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""MuonClip: :func:`matopt.muon` followed by :func:`matopt.qk_clip`.
 

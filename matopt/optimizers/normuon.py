@@ -14,11 +14,11 @@ from matopt.transforms.normuon import scale_by_normuon
 
 @extends(muon, sets=("adaptive",))
 def normuon(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    b2: float = 0.95,
-    eps: float = 1e-10,
-    **options: Any,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b2: float = 0.95,
+  eps: float = 1e-10,
+  **options: Any,
 ) -> optax.GradientTransformation:
   r"""NorMuon: :func:`matopt.muon` with :func:`matopt.scale_by_normuon` after Newton–Schulz.
 

@@ -9,18 +9,18 @@ import optax
 
 from matopt import _checks
 from matopt.optimizers import _weight_decay
-from matopt.transforms.normalize import normalize_by_norm
 from matopt.transforms.decay import add_decayed_weights
+from matopt.transforms.normalize import normalize_by_norm
 
 
 def nsgd(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    momentum: float = 0.9,
-    scope: str = "global",
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.9,
+  scope: str = "global",
+  weight_decay: float = 0.0,
+  cautious_weight_decay: bool = False,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""Normalised SGD with momentum: steps of fixed ℓ2 length η.
 
@@ -52,8 +52,8 @@ def nsgd(
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
-      optax.ema(decay=momentum, debias=False),
-      normalize_by_norm(scope=scope),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.ema(decay=momentum, debias=False),
+    normalize_by_norm(scope=scope),
+    add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
+    optax.scale_by_learning_rate(learning_rate),
   )

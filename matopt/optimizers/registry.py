@@ -49,20 +49,30 @@ class OptimizerInfo:
 
 
 _RECORDS = (
-    OptimizerInfo("muon", muon, "Muon: Newton–Schulz msign of the momentum on hidden matrices, AdamW elsewhere"),
-    OptimizerInfo("muon_clip", muon_clip, "MuonClip: Muon followed by QK-clip of the attention's query and key kernels",
-                  update_args=("max_logits",), model_options=("query", "key", "head_dim")),
-    OptimizerInfo("normuon", normuon, "NorMuon: Muon with per-neuron second-moment normalisation after Newton–Schulz"),
-    OptimizerInfo("adamuon", adamuon, "AdaMuon: Muon with an elementwise second moment after Newton–Schulz"),
-    OptimizerInfo("scion", scion, "Scion: constrained steepest descent with a norm's LMO per role",
-                  model_options=("recipe",)),
-    OptimizerInfo("unconstrained_scion", unconstrained_scion, "unconstrained Scion (uSCG): LMO steps without the constraint's decay",
-                  model_options=("recipe",)),
-    OptimizerInfo("shampoo", shampoo, "Shampoo: Kronecker-factored preconditioning with grafting"),
-    OptimizerInfo("soap", soap, "SOAP: Adam in Shampoo's eigenbasis"),
-    OptimizerInfo("signum", signum, "Signum: the sign of an EMA of gradients (steepest descent in ℓ∞)"),
-    OptimizerInfo("nsgd", nsgd, "normalised SGD with momentum: steps of fixed ℓ2 length"),
-    OptimizerInfo("clipped_sgd", clipped_sgd, "SGD with momentum clipped to a fixed ℓ2 norm"),
+  OptimizerInfo("muon", muon, "Muon: Newton–Schulz msign of the momentum on hidden matrices, AdamW elsewhere"),
+  OptimizerInfo(
+    "muon_clip",
+    muon_clip,
+    "MuonClip: Muon followed by QK-clip of the attention's query and key kernels",
+    update_args=("max_logits",),
+    model_options=("query", "key", "head_dim"),
+  ),
+  OptimizerInfo("normuon", normuon, "NorMuon: Muon with per-neuron second-moment normalisation after Newton–Schulz"),
+  OptimizerInfo("adamuon", adamuon, "AdaMuon: Muon with an elementwise second moment after Newton–Schulz"),
+  OptimizerInfo(
+    "scion", scion, "Scion: constrained steepest descent with a norm's LMO per role", model_options=("recipe",)
+  ),
+  OptimizerInfo(
+    "unconstrained_scion",
+    unconstrained_scion,
+    "unconstrained Scion (uSCG): LMO steps without the constraint's decay",
+    model_options=("recipe",),
+  ),
+  OptimizerInfo("shampoo", shampoo, "Shampoo: Kronecker-factored preconditioning with grafting"),
+  OptimizerInfo("soap", soap, "SOAP: Adam in Shampoo's eigenbasis"),
+  OptimizerInfo("signum", signum, "Signum: the sign of an EMA of gradients (steepest descent in ℓ∞)"),
+  OptimizerInfo("nsgd", nsgd, "normalised SGD with momentum: steps of fixed ℓ2 length"),
+  OptimizerInfo("clipped_sgd", clipped_sgd, "SGD with momentum clipped to a fixed ℓ2 norm"),
 )
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {r.name: r for r in _RECORDS}

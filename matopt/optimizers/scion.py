@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from matopt import _checks, _tree, labels as labels_lib
+from matopt import _checks, _tree
+from matopt import labels as labels_lib
 from matopt.optimizers._ns_steps import check_ns_steps
 from matopt.transforms.lmo import scale_by_lmo
 from matopt.transforms.partition import partition
@@ -19,8 +20,8 @@ from matopt.transforms.views import DimensionNumbers
 # blocks, Sign head at 60·50 = 3000 with normalised Sign; lr 2⁻¹²).
 # "image": the reference MLP recipe (ρ = 1, Sign head at 2¹⁰; lr 2⁻⁶).
 DEFAULT_RADII = {
-    "language": {"embedding": 50.0, "hidden": 50.0, "head": 3000.0, "vector": 50.0},
-    "image": {"embedding": 1.0, "hidden": 1.0, "head": 1024.0, "vector": 1.0},
+  "language": {"embedding": 50.0, "hidden": 50.0, "head": 3000.0, "vector": 50.0},
+  "image": {"embedding": 1.0, "hidden": 1.0, "head": 1024.0, "vector": 1.0},
 }
 
 
@@ -32,23 +33,23 @@ def _vector_view(params: optax.Params) -> Any:
   separate layers' vectors would be, not one row across all layers.
   """
   return _tree.map_with_path(
-      lambda _, leaf: DimensionNumbers(reduction_axis=(), output_axis=tuple(range(jnp.ndim(leaf)))[-1:]),
-      params,
+    lambda _, leaf: DimensionNumbers(reduction_axis=(), output_axis=tuple(range(jnp.ndim(leaf)))[-1:]),
+    params,
   )
 
 
 def _scion(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    constrained: bool,
-    momentum: float,
-    recipe: str,
-    norms: Mapping[str, str] | None,
-    radii: Mapping[str, float] | None,
-    coeffs: str | ArrayLike,
-    ns_steps: int | None,
-    labels: Callable[[optax.Params], Any] | Any | None,
-    dimension_numbers: Any,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  constrained: bool,
+  momentum: float,
+  recipe: str,
+  norms: Mapping[str, str] | None,
+  radii: Mapping[str, float] | None,
+  coeffs: str | ArrayLike,
+  ns_steps: int | None,
+  labels: Callable[[optax.Params], Any] | Any | None,
+  dimension_numbers: Any,
 ) -> optax.GradientTransformation:
   name = "scion" if constrained else "unconstrained_scion"
   _checks.check_not_injected(name, ("labels", "dimension_numbers"))
@@ -70,25 +71,25 @@ def _scion(
 
   def role_transform(role: str) -> optax.GradientTransformation:
     return optax.chain(
-        # d ← β d + (1 − β) g: Pethick et al. 2025, Algorithm 1's d ← (1 − α) d + α g
-        # with α = 1 − β, so that momentum means the decay here as in muon and signum.
-        optax.ema(decay=momentum, debias=False),
-        scale_by_lmo(
-            role_norms[role],
-            dimension_numbers=_vector_view if role == "vector" else dimension_numbers,
-            coeffs=coeffs,
-            steps=ns_steps,
-            normalized=True,
-        ),
-        optax.scale(role_radii[role]),
-        # SCG: W ← (1 − γ) W − γ ρ lmo(d) = W − γ (ρ lmo(d) + W).
-        optax.add_decayed_weights(1.0) if constrained else optax.identity(),
-        optax.scale_by_learning_rate(learning_rate),
+      # d ← β d + (1 − β) g: Pethick et al. 2025, Algorithm 1's d ← (1 − α) d + α g
+      # with α = 1 − β, so that momentum means the decay here as in muon and signum.
+      optax.ema(decay=momentum, debias=False),
+      scale_by_lmo(
+        role_norms[role],
+        dimension_numbers=_vector_view if role == "vector" else dimension_numbers,
+        coeffs=coeffs,
+        steps=ns_steps,
+        normalized=True,
+      ),
+      optax.scale(role_radii[role]),
+      # SCG: W ← (1 − γ) W − γ ρ lmo(d) = W − γ (ρ lmo(d) + W).
+      optax.add_decayed_weights(1.0) if constrained else optax.identity(),
+      optax.scale_by_learning_rate(learning_rate),
     )
 
   return partition(
-      {role: role_transform(role) for role in labels_lib.ROLES},
-      labels_lib.by_role if labels is None else labels,
+    {role: role_transform(role) for role in labels_lib.ROLES},
+    labels_lib.by_role if labels is None else labels,
   )
 
 
@@ -137,42 +138,59 @@ _ARGS_DOC = """
 
 
 def scion(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    momentum: float = 0.9,
-    recipe: str = "language",
-    norms: Mapping[str, str] | None = None,
-    radii: Mapping[str, float] | None = None,
-    coeffs: str | ArrayLike = "jordan",
-    ns_steps: int | None = None,
-    labels: Callable[[optax.Params], Any] | Any | None = None,
-    dimension_numbers: Any = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.9,
+  recipe: str = "language",
+  norms: Mapping[str, str] | None = None,
+  radii: Mapping[str, float] | None = None,
+  coeffs: str | ArrayLike = "jordan",
+  ns_steps: int | None = None,
+  labels: Callable[[optax.Params], Any] | Any | None = None,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   return _scion(
-      learning_rate, constrained=True, momentum=momentum, recipe=recipe, norms=norms,
-      radii=radii, coeffs=coeffs, ns_steps=ns_steps, labels=labels, dimension_numbers=dimension_numbers,
+    learning_rate,
+    constrained=True,
+    momentum=momentum,
+    recipe=recipe,
+    norms=norms,
+    radii=radii,
+    coeffs=coeffs,
+    ns_steps=ns_steps,
+    labels=labels,
+    dimension_numbers=dimension_numbers,
   )
 
 
 def unconstrained_scion(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    momentum: float = 0.9,
-    recipe: str = "language",
-    norms: Mapping[str, str] | None = None,
-    radii: Mapping[str, float] | None = None,
-    coeffs: str | ArrayLike = "jordan",
-    ns_steps: int | None = None,
-    labels: Callable[[optax.Params], Any] | Any | None = None,
-    dimension_numbers: Any = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.9,
+  recipe: str = "language",
+  norms: Mapping[str, str] | None = None,
+  radii: Mapping[str, float] | None = None,
+  coeffs: str | ArrayLike = "jordan",
+  ns_steps: int | None = None,
+  labels: Callable[[optax.Params], Any] | Any | None = None,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   return _scion(
-      learning_rate, constrained=False, momentum=momentum, recipe=recipe, norms=norms,
-      radii=radii, coeffs=coeffs, ns_steps=ns_steps, labels=labels, dimension_numbers=dimension_numbers,
+    learning_rate,
+    constrained=False,
+    momentum=momentum,
+    recipe=recipe,
+    norms=norms,
+    radii=radii,
+    coeffs=coeffs,
+    ns_steps=ns_steps,
+    labels=labels,
+    dimension_numbers=dimension_numbers,
   )
 
 
-scion.__doc__ = r"""Scion (SCG): constrained steps along per-role LMOs.
+scion.__doc__ = (
+  r"""Scion (SCG): constrained steps along per-role LMOs.
 
   .. math::
     d_t = \beta d_{t-1} + (1 - \beta) g_t, \qquad
@@ -183,11 +201,16 @@ scion.__doc__ = r"""Scion (SCG): constrained steps along per-role LMOs.
   That contraction is the method, not a regulariser, so it reaches every
   role, vectors included (the norm ball bounds them too); there is no
   ``weight_decay`` option to mask.
-""" + _ARGS_DOC
+"""
+  + _ARGS_DOC
+)
 
-unconstrained_scion.__doc__ = r"""Unconstrained Scion (uSCG): steps along per-role LMOs.
+unconstrained_scion.__doc__ = (
+  r"""Unconstrained Scion (uSCG): steps along per-role LMOs.
 
   .. math::
     d_t = \beta d_{t-1} + (1 - \beta) g_t, \qquad
     W_{t+1} = W_t - \gamma \rho \operatorname{lmo}(d_t)
-""" + _ARGS_DOC
+"""
+  + _ARGS_DOC
+)

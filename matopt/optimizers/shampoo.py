@@ -8,27 +8,27 @@ from typing import Any
 import optax
 
 from matopt import _checks
-from matopt.transforms.shampoo import scale_by_shampoo
 from matopt.optimizers import _weight_decay
 from matopt.transforms.decay import add_decayed_weights
+from matopt.transforms.shampoo import scale_by_shampoo
 
 
 def shampoo(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    b1: float = 0.95,
-    beta: float = 0.95,
-    exponent: float = 0.25,
-    eps: float = 1e-12,
-    precondition_every: int = 10,
-    start_preconditioning_step: int | None = None,
-    graft: str = "adam",
-    graft_per_block: bool = True,
-    block_size: int | None = None,
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-    dimension_numbers: Any = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b1: float = 0.95,
+  beta: float = 0.95,
+  exponent: float = 0.25,
+  eps: float = 1e-12,
+  precondition_every: int = 10,
+  start_preconditioning_step: int | None = None,
+  graft: str = "adam",
+  graft_per_block: bool = True,
+  block_size: int | None = None,
+  weight_decay: float = 0.0,
+  cautious_weight_decay: bool = False,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Shampoo (:func:`matopt.scale_by_shampoo`) with decoupled weight decay.
 
@@ -91,11 +91,18 @@ def shampoo(
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
-      scale_by_shampoo(
-          beta=beta, exponent=exponent, eps=eps, precondition_every=precondition_every,
-          start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft,
-          graft_per_block=graft_per_block, block_size=block_size, dimension_numbers=dimension_numbers,
-      ),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_shampoo(
+      beta=beta,
+      exponent=exponent,
+      eps=eps,
+      precondition_every=precondition_every,
+      start_preconditioning_step=start_preconditioning_step,
+      b1=b1,
+      graft=graft,
+      graft_per_block=graft_per_block,
+      block_size=block_size,
+      dimension_numbers=dimension_numbers,
+    ),
+    add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
+    optax.scale_by_learning_rate(learning_rate),
   )

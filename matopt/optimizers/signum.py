@@ -9,17 +9,17 @@ import optax
 
 from matopt import _checks
 from matopt.optimizers import _weight_decay
-from matopt.transforms.sign import scale_by_sign
 from matopt.transforms.decay import add_decayed_weights
+from matopt.transforms.sign import scale_by_sign
 
 
 def signum(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.9,
+  weight_decay: float = 0.0,
+  cautious_weight_decay: bool = False,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""Signum: steepest descent in ℓ∞ on an EMA of gradients.
 
@@ -56,8 +56,8 @@ def signum(
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
-      optax.ema(decay=momentum, debias=False),
-      scale_by_sign(),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.ema(decay=momentum, debias=False),
+    scale_by_sign(),
+    add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -8,24 +8,24 @@ from typing import Any
 import optax
 
 from matopt import _checks
-from matopt.transforms.soap import scale_by_soap
 from matopt.optimizers import _weight_decay
 from matopt.transforms.decay import add_decayed_weights
+from matopt.transforms.soap import scale_by_soap
 
 
 def soap(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    b1: float = 0.95,
-    b2: float = 0.95,
-    eps: float = 1e-8,
-    weight_decay: float = 0.01,
-    cautious_weight_decay: bool = False,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-    precondition_every: int = 10,
-    start_preconditioning_step: int | None = None,
-    max_precond_dim: int | None = None,
-    dimension_numbers: Any = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b1: float = 0.95,
+  b2: float = 0.95,
+  eps: float = 1e-8,
+  weight_decay: float = 0.01,
+  cautious_weight_decay: bool = False,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  precondition_every: int = 10,
+  start_preconditioning_step: int | None = None,
+  max_precond_dim: int | None = None,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SOAP (:func:`matopt.scale_by_soap`) with decoupled weight decay.
 
@@ -89,9 +89,15 @@ def soap(
   _checks.check_bool("cautious_weight_decay", cautious_weight_decay)
   _checks.check_learning_rate("learning_rate", learning_rate)
   return optax.chain(
-      scale_by_soap(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
-                    start_preconditioning_step=start_preconditioning_step,
-                    max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers),
-      add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_soap(
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      precondition_every=precondition_every,
+      start_preconditioning_step=start_preconditioning_step,
+      max_precond_dim=max_precond_dim,
+      dimension_numbers=dimension_numbers,
+    ),
+    add_decayed_weights(weight_decay, cautious=cautious_weight_decay, mask=mask),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -21,11 +21,11 @@ class ScaleByAdaMuonState(NamedTuple):
 
 
 def scale_by_adamuon(
-    *,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    bias_correction: bool = True,
-    dimension_numbers: Any = None,
+  *,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  bias_correction: bool = True,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   r"""Adam's second moment on an (orthogonalised) update, then an orthogonal matrix's norm.
 

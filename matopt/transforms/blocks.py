@@ -48,4 +48,3 @@ def make_blocking(m: int, n: int, block_size: int | None) -> Blocking:
   if block_size is None:
     return Blocking(m, n, m, n)
   return Blocking(m, n, min(m, block_size), min(n, block_size))
-

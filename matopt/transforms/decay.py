@@ -13,10 +13,10 @@ from matopt import _checks
 
 
 def add_decayed_weights(
-    weight_decay: float = 0.0,
-    *,
-    cautious: bool = False,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
+  weight_decay: float = 0.0,
+  *,
+  cautious: bool = False,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   r"""Adds λ·W to the update; with ``cautious``, only where they agree in sign.
 
@@ -72,4 +72,3 @@ def add_decayed_weights(
 
   tx = optax.GradientTransformation(optax.init_empty_state, update_fn)
   return optax.masked(tx, mask) if mask is not None else tx
-

@@ -60,10 +60,10 @@ def init_factors(prefix: tuple[int, ...], m: int, n: int, left: bool, right: boo
   zeros = lambda s: jnp.zeros((*prefix, s, s), jnp.float32)
   eye = lambda s: jnp.broadcast_to(jnp.eye(s, dtype=jnp.float32), (*prefix, s, s))
   return Factors(
-      zeros(m) if left else placeholder(),
-      zeros(n) if right else placeholder(),
-      eye(m) if left else placeholder(),
-      eye(n) if right else placeholder(),
+    zeros(m) if left else placeholder(),
+    zeros(n) if right else placeholder(),
+    eye(m) if left else placeholder(),
+    eye(n) if right else placeholder(),
   )
 
 
@@ -111,8 +111,13 @@ def join(treedef: Any, per_leaf: Sequence[Any]) -> Factors:
 
 def sides(per_leaf: Sequence[Any]) -> list[Side]:
   """Every preconditioned side, leaf by leaf, left before right."""
-  return [Side(i, left) for i, f in enumerate(per_leaf) if not _tree.is_masked(f)
-          for left, stats in ((True, f.stats_left), (False, f.stats_right)) if stats.ndim]
+  return [
+    Side(i, left)
+    for i, f in enumerate(per_leaf)
+    if not _tree.is_masked(f)
+    for left, stats in ((True, f.stats_left), (False, f.stats_right))
+    if stats.ndim
+  ]
 
 
 def gather(per_leaf: Sequence[Any], where: Sequence[Side]) -> tuple[list[jax.Array], list[jax.Array]]:

@@ -25,13 +25,13 @@ def _check_norm_spec(norm: NormSpec) -> None:
 
 
 def scale_by_lmo(
-    norm: NormSpec,
-    *,
-    dimension_numbers: Any = None,
-    coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
-    method: str = "auto",
-    normalized: bool = False,
+  norm: NormSpec,
+  *,
+  dimension_numbers: Any = None,
+  coeffs: str | ArrayLike = "jordan",
+  steps: int | None = None,
+  method: str = "auto",
+  normalized: bool = False,
 ) -> optax.GradientTransformation:
   r"""Replaces every matrix update by its LMO in a per-leaf operator norm.
 
@@ -101,8 +101,7 @@ def scale_by_lmo(
     for (path, leaf), name in zip(leaves, names):
       if not _tree.is_masked(leaf) and not (isinstance(name, str) and name in lmo_lib.NORMS):
         raise ValueError(
-            f"scale_by_lmo: leaf {_tree.path_str(path)!r} got norm {name!r}; valid"
-            f" norms are {tuple(lmo_lib.NORMS)}."
+          f"scale_by_lmo: leaf {_tree.path_str(path)!r} got norm {name!r}; valid norms are {tuple(lmo_lib.NORMS)}."
         )
     return names
 

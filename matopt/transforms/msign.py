@@ -14,13 +14,13 @@ from matopt.transforms import views as views_lib
 
 
 def scale_by_msign(
-    *,
-    coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
-    dimension_numbers: Any = None,
-    method: str = "auto",
-    eps: float = 1e-7,
-    compute_dtype: DTypeLike | None = None,
+  *,
+  coeffs: str | ArrayLike = "jordan",
+  steps: int | None = None,
+  dimension_numbers: Any = None,
+  method: str = "auto",
+  eps: float = 1e-7,
+  compute_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Replaces every matrix update by its matrix sign.
 

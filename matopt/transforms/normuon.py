@@ -24,10 +24,10 @@ def _frobenius(m: jax.Array) -> jax.Array:
 
 
 def scale_by_normuon(
-    *,
-    b2: float = 0.95,
-    eps: float = 1e-10,
-    dimension_numbers: Any = None,
+  *,
+  b2: float = 0.95,
+  eps: float = 1e-10,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   r"""Normalises each output neuron of an (orthogonalised) update, keeping its norm.
 

@@ -17,18 +17,18 @@ def check_labels(labels: Any, valid: Mapping[str, Any] | tuple[str, ...]) -> Non
   for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]:
     if label not in valid:
       raise ValueError(
-          f"Leaf {_tree.path_str(path)!r} has label {label!r}, but transforms are"
-          f" given only for {valid}. Add a transform for that label, or relabel"
-          " the leaf (e.g. matopt.labels.by_role(..., overrides={regex: role}))."
+        f"Leaf {_tree.path_str(path)!r} has label {label!r}, but transforms are"
+        f" given only for {valid}. Add a transform for that label, or relabel"
+        " the leaf (e.g. matopt.labels.by_role(..., overrides={regex: role}))."
       )
 
 
 def partition(
-    transforms: Mapping[Hashable, optax.GradientTransformation],
-    param_labels: Any | Callable[[optax.Params], Any] | None = None,
-    *,
-    mask_compatible_extra_args: bool = False,
-    labels: Any | Callable[[optax.Params], Any] | None = None,
+  transforms: Mapping[Hashable, optax.GradientTransformation],
+  param_labels: Any | Callable[[optax.Params], Any] | None = None,
+  *,
+  mask_compatible_extra_args: bool = False,
+  labels: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``optax.partition`` that names the first leaf without a transform at ``init``.
 
@@ -60,8 +60,8 @@ def partition(
   _checks.check_bool("mask_compatible_extra_args", mask_compatible_extra_args)
   if (param_labels is None) == (labels is None):
     raise ValueError(
-        "partition needs the leaves' labels exactly once: pass param_labels (optax's name) or"
-        f" labels (its former name), not {'both' if labels is not None else 'neither'}."
+      "partition needs the leaves' labels exactly once: pass param_labels (optax's name) or"
+      f" labels (its former name), not {'both' if labels is not None else 'neither'}."
     )
   if param_labels is None:
     param_labels = labels

@@ -21,12 +21,12 @@ def _module_of(logit_path: tuple[str, ...], param_paths: list[tuple[str, ...]], 
   (so ``nnx.sow`` output, ``{..., "attn": {"max_logits": (x,)}}``, works as is)."""
   for i in range(len(logit_path), -1, -1):
     prefix = logit_path[:i] + (query,)
-    if any(p[:len(prefix)] == prefix for p in param_paths):
+    if any(p[: len(prefix)] == prefix for p in param_paths):
       return logit_path[:i]
   raise ValueError(
-      f"qk_clip: no parameters named {query!r} under max_logits path {'/'.join(logit_path)!r}."
-      " max_logits must mirror the params tree down to each attention module"
-      " (whose query/key submodules are named by `query=` and `key=`)."
+    f"qk_clip: no parameters named {query!r} under max_logits path {'/'.join(logit_path)!r}."
+    " max_logits must mirror the params tree down to each attention module"
+    " (whose query/key submodules are named by `query=` and `key=`)."
   )
 
 
@@ -38,31 +38,36 @@ def _scale_heads(w: jax.Array, factor: jax.Array, head_dim: int | None, sections
   with the first two sections (Q, K of a fused kernel) scaled."""
   heads = factor.shape[-1]
   lead = factor.shape[:-1]
-  if w.shape[:len(lead)] != lead:
+  if w.shape[: len(lead)] != lead:
     raise ValueError(
-        f"qk_clip: leaf {name!r} of shape {w.shape} does not start with max_logits' leading shape {lead}."
-        " A stacked (scanned) attention reports one row of heads per layer: (layers, heads); an"
-        " unstacked one reports (heads,).")
+      f"qk_clip: leaf {name!r} of shape {w.shape} does not start with max_logits' leading shape {lead}."
+      " A stacked (scanned) attention reports one row of heads per layer: (layers, heads); an"
+      " unstacked one reports (heads,)."
+    )
   if head_dim is None:
     if w.ndim < len(lead) + 2 or w.shape[-2] != heads:
       raise ValueError(
-          f"qk_clip: leaf {name!r} of shape {w.shape} has no head axis of size {heads} at -2."
-          " For flat (d, heads·head_dim) kernels pass head_dim=.")
+        f"qk_clip: leaf {name!r} of shape {w.shape} has no head axis of size {heads} at -2."
+        " For flat (d, heads·head_dim) kernels pass head_dim=."
+      )
     f = factor.reshape(lead + (1,) * (w.ndim - len(lead) - 2) + (heads, 1))
     return (w * f.astype(w.dtype)).astype(w.dtype)
   width = sections * heads * head_dim
   if w.shape[-1] != width:
     raise ValueError(
-        f"qk_clip: leaf {name!r} of shape {w.shape}: last axis must be {sections}×{heads} heads×{head_dim}"
-        f" = {width} (max_logits has {heads} head{'' if heads == 1 else 's'}).")
+      f"qk_clip: leaf {name!r} of shape {w.shape}: last axis must be {sections}×{heads} heads×{head_dim}"
+      f" = {width} (max_logits has {heads} head{'' if heads == 1 else 's'})."
+    )
   # One factor per column, [Q heads | K heads | V ones], times the kernel as
   # it is: reshaping a kernel whose last axis is split over a mesh into
   # (sections, heads, head_dim) and back is refused under explicit axes.
   scaled_sections = min(sections, 2)  # Q and K of a fused kernel; V untouched
   per_column = jnp.repeat(factor, head_dim, axis=-1)
-  mult = jnp.concatenate([per_column] * scaled_sections
-                         + [jnp.ones(lead + ((sections - scaled_sections) * heads * head_dim,), factor.dtype)],
-                         axis=-1)
+  mult = jnp.concatenate(
+    [per_column] * scaled_sections
+    + [jnp.ones(lead + ((sections - scaled_sections) * heads * head_dim,), factor.dtype)],
+    axis=-1,
+  )
   mult = mult.reshape(lead + (1,) * (w.ndim - len(lead) - 1) + (width,))
   return (w * mult.astype(w.dtype)).astype(w.dtype)
 
@@ -73,11 +78,11 @@ def _scale_grouped_queries(w: jax.Array, gamma: jax.Array, head_dim: int, kv_hea
   width = (heads + 2 * kv_heads) * head_dim
   if w.shape[-1] != width:
     raise ValueError(
-        f"qk_clip: leaf {name!r} of shape {w.shape}: last axis must be (heads + 2·kv_heads)×head_dim ="
-        f" ({heads} + 2×{kv_heads})×{head_dim} = {width} (max_logits has {heads} head{'' if heads == 1 else 's'}).")
+      f"qk_clip: leaf {name!r} of shape {w.shape}: last axis must be (heads + 2·kv_heads)×head_dim ="
+      f" ({heads} + 2×{kv_heads})×{head_dim} = {width} (max_logits has {heads} head{'' if heads == 1 else 's'})."
+    )
   q, kv = jnp.split(w, [heads * head_dim], axis=-1)
   return jnp.concatenate([_scale_heads(q, gamma, head_dim, 1, name), kv], axis=-1)
-
 
 
 def _check_options(tau: float, query: str, key: str, head_dim: int | None, kv_heads: int | None) -> None:
@@ -93,16 +98,18 @@ def _check_options(tau: float, query: str, key: str, head_dim: int | None, kv_he
     raise ValueError("qk_clip: a fused QKV kernel (query == key) needs head_dim= to find its Q and K heads.")
 
 
-def _clip_factors(max_logits: Any, param_paths: list[tuple[str, ...]], query: str,
-                  tau: float) -> dict[tuple[str, ...], jax.Array]:
+def _clip_factors(
+  max_logits: Any, param_paths: list[tuple[str, ...]], query: str, tau: float
+) -> dict[tuple[str, ...], jax.Array]:
   """Per attention module, γ = min(1, τ / S_max) per head (1 where S_max ≤ τ)."""
   factors: dict[tuple[str, ...], jax.Array] = {}
   for lpath, logits in jax.tree_util.tree_flatten_with_path(max_logits)[0]:
     module = _module_of(_path(lpath), param_paths, query)
     if module in factors:
       raise ValueError(
-          f"qk_clip: two max_logits leaves for attention module {'/'.join(module)!r}. Report one"
-          " array of per-head maxima per module (take the max over calls if it runs more than once).")
+        f"qk_clip: two max_logits leaves for attention module {'/'.join(module)!r}. Report one"
+        " array of per-head maxima per module (take the max over calls if it runs more than once)."
+      )
     s = jnp.asarray(logits, jnp.float32)
     gamma = jnp.where(s > tau, tau / jnp.where(s > tau, s, 1.0), 1.0)
     factors[module] = gamma.reshape(s.shape if s.ndim else (1,))
@@ -110,12 +117,12 @@ def _clip_factors(max_logits: Any, param_paths: list[tuple[str, ...]], query: st
 
 
 def qk_clip(
-    tau: float = 100.0,
-    *,
-    query: str = "query",
-    key: str = "key",
-    head_dim: int | None = None,
-    kv_heads: int | None = None,
+  tau: float = 100.0,
+  *,
+  query: str = "query",
+  key: str = "key",
+  head_dim: int | None = None,
+  kv_heads: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""QK-clip: after the step, shrink W_q and W_k of heads whose logits exceeded τ.
 
@@ -210,8 +217,9 @@ def qk_clip(
         return False
       if gamma.shape[-1] % kv_heads:
         raise ValueError(
-            f"qk_clip: max_logits for {name!r} has {gamma.shape[-1]} heads, not a multiple of"
-            f" kv_heads={kv_heads}; report one maximum per query head.")
+          f"qk_clip: max_logits for {name!r} has {gamma.shape[-1]} heads, not a multiple of"
+          f" kv_heads={kv_heads}; report one maximum per query head."
+        )
       return True
 
     return jax.tree_util.tree_map_with_path(clip, updates, params), state

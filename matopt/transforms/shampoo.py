@@ -58,9 +58,24 @@ class _Options(NamedTuple):
   max_root_error: Any
 
 
-def _options(*, beta, exponent, eps, precondition_every, start_preconditioning_step, b1, graft, graft_b2,
-             graft_eps, graft_per_block, block_size, max_precond_dim, root_method, max_root_error,
-             dimension_numbers) -> _Options:
+def _options(
+  *,
+  beta,
+  exponent,
+  eps,
+  precondition_every,
+  start_preconditioning_step,
+  b1,
+  graft,
+  graft_b2,
+  graft_eps,
+  graft_per_block,
+  block_size,
+  max_precond_dim,
+  root_method,
+  max_root_error,
+  dimension_numbers,
+) -> _Options:
   """Every option of :func:`scale_by_shampoo` checked, defaults resolved."""
   _checks.check_range("beta", beta, 0.0, 1.0)
   _checks.check_range("exponent", exponent, 0.0, float("inf"), lo_open=True)
@@ -87,12 +102,29 @@ def _options(*, beta, exponent, eps, precondition_every, start_preconditioning_s
   beta, exponent, eps, b1, graft_b2, graft_eps = map(f32, (beta, exponent, eps, b1, graft_b2, graft_eps))
   if root_method == "newton" and isinstance(exponent, jax.Array):
     raise ValueError(
-        "root_method='newton' needs a static exponent (an integer 1/exponent); under"
-        " optax.inject_hyperparams list 'exponent' in static_args, or use root_method='eigh'.")
-  stat_weight = jnp.where(beta == 1.0, 1.0, 1.0 - beta) if isinstance(beta, jax.Array) else (
-      1.0 if beta == 1.0 else 1.0 - beta)
-  return _Options(beta, stat_weight, 1.0 / exponent, eps, start_preconditioning_step, precondition_every, b1, graft,
-                  graft_b2, graft_eps, graft_per_block, block_size, max_precond_dim, root_method, f32(max_root_error))
+      "root_method='newton' needs a static exponent (an integer 1/exponent); under"
+      " optax.inject_hyperparams list 'exponent' in static_args, or use root_method='eigh'."
+    )
+  stat_weight = (
+    jnp.where(beta == 1.0, 1.0, 1.0 - beta) if isinstance(beta, jax.Array) else (1.0 if beta == 1.0 else 1.0 - beta)
+  )
+  return _Options(
+    beta,
+    stat_weight,
+    1.0 / exponent,
+    eps,
+    start_preconditioning_step,
+    precondition_every,
+    b1,
+    graft,
+    graft_b2,
+    graft_eps,
+    graft_per_block,
+    block_size,
+    max_precond_dim,
+    root_method,
+    f32(max_root_error),
+  )
 
 
 def _blocking(o: _Options, view: views_lib.MatrixView) -> Blocking:
@@ -106,16 +138,17 @@ def _init_leaf(o: _Options, leaf: jax.Array, view: views_lib.MatrixView | None) 
   if view is None:
     return kron.no_factors()
   b = _blocking(o, view)
-  return kron.init_factors((view.batch, b.bm, b.bn), b.sm, b.sn, b.sm <= o.max_precond_dim,
-                           b.sn <= o.max_precond_dim)
+  return kron.init_factors((view.batch, b.bm, b.bn), b.sm, b.sn, b.sm <= o.max_precond_dim, b.sn <= o.max_precond_dim)
 
 
-def _moments(o: _Options, count: jax.Array, mu: optax.Updates, nu: optax.Updates,
-             updates: optax.Updates) -> tuple[optax.Updates, optax.Updates, optax.Updates]:
+def _moments(
+  o: _Options, count: jax.Array, mu: optax.Updates, nu: optax.Updates, updates: optax.Updates
+) -> tuple[optax.Updates, optax.Updates, optax.Updates]:
   """The new momentum ``M_t``, the graft's second moment and its direction ``A_t``."""
   # b1 = 0 gives g exactly (0·m + 1·g); float32 arithmetic for low-precision m.
   mu = jax.tree.map(
-      lambda m, g: (o.b1 * m.astype(jnp.float32) + (1.0 - o.b1) * g.astype(jnp.float32)).astype(m.dtype), mu, updates)
+    lambda m, g: (o.b1 * m.astype(jnp.float32) + (1.0 - o.b1) * g.astype(jnp.float32)).astype(m.dtype), mu, updates
+  )
   if o.graft not in ("adam", "rmsprop"):
     return mu, nu, mu
   nu = jax.tree.map(lambda v, g: o.graft_b2 * v + (1.0 - o.graft_b2) * jnp.square(g.astype(jnp.float32)), nu, updates)
@@ -168,8 +201,15 @@ def _graft(d: jax.Array, a: jax.Array, per_block: bool) -> jax.Array:
   return d * jnp.where(d_norm > 0, a_norm / jnp.where(d_norm > 0, d_norm, 1.0), 0.0)
 
 
-def _direction(o: _Options, g: jax.Array, m: jax.Array, a: jax.Array, factors: kron.Factors,
-               view: views_lib.MatrixView | None, use_shampoo: jax.Array) -> jax.Array:
+def _direction(
+  o: _Options,
+  g: jax.Array,
+  m: jax.Array,
+  a: jax.Array,
+  factors: kron.Factors,
+  view: views_lib.MatrixView | None,
+  use_shampoo: jax.Array,
+) -> jax.Array:
   """One leaf's update: ``L^{-p} M R^{-p}`` grafted onto ``A``, or the
   graft's step (``M`` for ``"none"``) before the start and for leaves with
   no matrix view."""
@@ -194,22 +234,22 @@ def _state(count, mu, nu, treedef, per_leaf: list[Any]) -> ScaleByShampooState:
 
 
 def scale_by_shampoo(
-    *,
-    beta: float = 0.95,
-    exponent: float = 0.25,
-    eps: float = 1e-12,
-    precondition_every: int = 10,
-    start_preconditioning_step: int | None = None,
-    b1: float = 0.0,
-    graft: str = "adam",
-    graft_b2: float = 0.95,
-    graft_eps: float = 1e-8,
-    graft_per_block: bool = True,
-    block_size: int | None = None,
-    max_precond_dim: int | None = None,
-    root_method: str = "eigh",
-    max_root_error: float = 0.1,
-    dimension_numbers: Any = None,
+  *,
+  beta: float = 0.95,
+  exponent: float = 0.25,
+  eps: float = 1e-12,
+  precondition_every: int = 10,
+  start_preconditioning_step: int | None = None,
+  b1: float = 0.0,
+  graft: str = "adam",
+  graft_b2: float = 0.95,
+  graft_eps: float = 1e-8,
+  graft_per_block: bool = True,
+  block_size: int | None = None,
+  max_precond_dim: int | None = None,
+  root_method: str = "eigh",
+  max_root_error: float = 0.1,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Shampoo preconditioning of every matrix leaf, grafted onto a simple step.
 
@@ -359,40 +399,57 @@ def scale_by_shampoo(
     Shi et al., 2023. A Distributed Data-Parallel PyTorch Implementation of
     the Distributed Shampoo Optimizer. arXiv:2309.06497
   """
-  o = _options(beta=beta, exponent=exponent, eps=eps, precondition_every=precondition_every,
-               start_preconditioning_step=start_preconditioning_step, b1=b1, graft=graft, graft_b2=graft_b2,
-               graft_eps=graft_eps, graft_per_block=graft_per_block, block_size=block_size,
-               max_precond_dim=max_precond_dim, root_method=root_method, max_root_error=max_root_error,
-               dimension_numbers=dimension_numbers)
+  o = _options(
+    beta=beta,
+    exponent=exponent,
+    eps=eps,
+    precondition_every=precondition_every,
+    start_preconditioning_step=start_preconditioning_step,
+    b1=b1,
+    graft=graft,
+    graft_b2=graft_b2,
+    graft_eps=graft_eps,
+    graft_per_block=graft_per_block,
+    block_size=block_size,
+    max_precond_dim=max_precond_dim,
+    root_method=root_method,
+    max_root_error=max_root_error,
+    dimension_numbers=dimension_numbers,
+  )
 
   def views_of(tree):
     return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_shampoo", vectors_ok=True)
 
   def init_fn(params):
     per_leaf = kron.init_leaves(params, views_of(params), functools.partial(_init_leaf, o))
-    nu = (optax.tree.zeros_like(params, dtype=jnp.float32) if o.graft in ("adam", "rmsprop")
-          else jax.tree.map(lambda _: kron.placeholder(), params))
+    nu = (
+      optax.tree.zeros_like(params, dtype=jnp.float32)
+      if o.graft in ("adam", "rmsprop")
+      else jax.tree.map(lambda _: kron.placeholder(), params)
+    )
     treedef = kron.leaves_of(params)[1]
     return _state(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), nu, treedef, per_leaf)
 
   def update_fn(updates, state, params=None, *, stats_grads=None, **extra_args):
     del params, extra_args
     leaves, treedef = kron.leaves_of(updates)
-    stats_leaves = (leaves if stats_grads is None
-                    else _tree.leaves_like("scale_by_shampoo", "stats_grads", updates, stats_grads))
+    stats_leaves = (
+      leaves if stats_grads is None else _tree.leaves_like("scale_by_shampoo", "stats_grads", updates, stats_grads)
+    )
     count = optax.safe_increment(state.count)  # 1-based index of this step
     use_shampoo = count >= o.start
     refresh = use_shampoo & ((count - o.start) % o.every == 0)
     mu, nu, graft_dirs = _moments(o, count, state.mu, state.nu, updates)
     views = views_of(updates)
     # 1. Statistics, leaf by leaf; 2. roots of all statistics at once.
-    per_leaf = [f if _tree.is_masked(g) or view is None else _accumulate(o, s, f, view)
-                for g, s, f, view in zip(leaves, stats_leaves, _factors_of(state), views)]
+    per_leaf = [
+      f if _tree.is_masked(g) or view is None else _accumulate(o, s, f, view)
+      for g, s, f, view in zip(leaves, stats_leaves, _factors_of(state), views)
+    ]
     per_leaf = sharding_lib.shard_rows(_refresh_roots(o, per_leaf, refresh))
     # 3. Directions, leaf by leaf.
     columns = zip(leaves, kron.leaves_of(mu)[0], kron.leaves_of(graft_dirs)[0], per_leaf, views)
-    outs = [g if _tree.is_masked(g) else _direction(o, g, m, a, f, view, use_shampoo)
-            for g, m, a, f, view in columns]
+    outs = [g if _tree.is_masked(g) else _direction(o, g, m, a, f, view, use_shampoo) for g, m, a, f, view in columns]
     return jax.tree_util.tree_unflatten(treedef, outs), _state(count, mu, nu, treedef, per_leaf)
 
   return optax.GradientTransformationExtraArgs(init_fn, sharding_lib.auto_axes_update(update_fn))

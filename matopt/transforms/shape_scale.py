@@ -36,10 +36,10 @@ def shape_factor(fan_in: int, fan_out: int, scale: str, rms: float = 0.2) -> flo
 
 
 def scale_by_shape(
-    scale: str = "shape",
-    *,
-    rms: float = 0.2,
-    dimension_numbers: Any = None,
+  scale: str = "shape",
+  *,
+  rms: float = 0.2,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   r"""Multiplies each matrix update by a factor of its shape.
 

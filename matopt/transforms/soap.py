@@ -56,8 +56,9 @@ class _Step(NamedTuple):
   factors: kron.Factors
 
 
-def _options(*, b1, b2, eps, precondition_every, start_preconditioning_step, shampoo_beta, max_precond_dim,
-             dimension_numbers) -> _Options:
+def _options(
+  *, b1, b2, eps, precondition_every, start_preconditioning_step, shampoo_beta, max_precond_dim, dimension_numbers
+) -> _Options:
   """Every option of :func:`scale_by_soap` checked, defaults resolved."""
   _checks.check_range("b1", b1, 0.0, 1.0, hi_open=True)
   _checks.check_range("b2", b2, 0.0, 1.0, hi_open=True)
@@ -136,8 +137,17 @@ def _rotate(x: jax.Array, factors: kron.Factors, forward: bool) -> jax.Array:
   return kron.two_sided(factors.left, x, t(factors.right))
 
 
-def _adam_step(o: _Options, g: jax.Array, s: jax.Array, m: jax.Array, v: jax.Array, factors: kron.Factors,
-               view: views_lib.MatrixView | None, skip: jax.Array, k: jax.Array) -> _Step:
+def _adam_step(
+  o: _Options,
+  g: jax.Array,
+  s: jax.Array,
+  m: jax.Array,
+  v: jax.Array,
+  factors: kron.Factors,
+  view: views_lib.MatrixView | None,
+  skip: jax.Array,
+  k: jax.Array,
+) -> _Step:
   """One leaf's Adam step in its eigenbases, with the statistics of ``s``
   (``g`` itself, or the gradient passed as ``stats_grads``)."""
   g32 = g.astype(jnp.float32)
@@ -153,12 +163,16 @@ def _adam_step(o: _Options, g: jax.Array, s: jax.Array, m: jax.Array, v: jax.Arr
   u = view.from_matrices(_rotate(n_rot, factors, False))
   # Statistics take this gradient after it was used (the reference's order).
   sm = gm if s is g else view.to_matrices(s.astype(jnp.float32))
-  return _Step(jnp.where(skip, 0.0, u).astype(g.dtype), jnp.where(skip, v, v_new),
-               kron.accumulate(factors, sm, o.beta, 1.0 - o.beta))
+  return _Step(
+    jnp.where(skip, 0.0, u).astype(g.dtype),
+    jnp.where(skip, v, v_new),
+    kron.accumulate(factors, sm, o.beta, 1.0 - o.beta),
+  )
 
 
-def _first_bases(where: list[kron.Side], stats: list[jax.Array], bases: list[jax.Array],
-                 vs: dict[int, jax.Array]) -> tuple[list[jax.Array], dict[int, jax.Array]]:
+def _first_bases(
+  where: list[kron.Side], stats: list[jax.Array], bases: list[jax.Array], vs: dict[int, jax.Array]
+) -> tuple[list[jax.Array], dict[int, jax.Array]]:
   """Bases by ``eigh``, with V carried into them."""
   new = [q for (q,) in kron.map_sides(lambda a, q0: (_finite_or(eigenbasis(a), q0),), stats, bases)]
   vs = dict(vs)
@@ -172,8 +186,9 @@ def _first_bases(where: list[kron.Side], stats: list[jax.Array], bases: list[jax
   return new, vs
 
 
-def _next_bases(where: list[kron.Side], stats: list[jax.Array], bases: list[jax.Array],
-                vs: dict[int, jax.Array]) -> tuple[list[jax.Array], dict[int, jax.Array]]:
+def _next_bases(
+  where: list[kron.Side], stats: list[jax.Array], bases: list[jax.Array], vs: dict[int, jax.Array]
+) -> tuple[list[jax.Array], dict[int, jax.Array]]:
   """Bases by one power step + QR, with V permuted along."""
   refreshed = kron.map_sides(_guarded_refresh, stats, bases)
   vs = dict(vs)
@@ -211,15 +226,15 @@ def _state(count, mu, treedef, nus: list[Any], per_leaf: list[Any]) -> ScaleBySo
 
 
 def scale_by_soap(
-    *,
-    b1: float = 0.95,
-    b2: float = 0.95,
-    eps: float = 1e-8,
-    precondition_every: int = 10,
-    start_preconditioning_step: int | None = None,
-    shampoo_beta: float | None = None,
-    max_precond_dim: int | None = None,
-    dimension_numbers: Any = None,
+  *,
+  b1: float = 0.95,
+  b2: float = 0.95,
+  eps: float = 1e-8,
+  precondition_every: int = 10,
+  start_preconditioning_step: int | None = None,
+  shampoo_beta: float | None = None,
+  max_precond_dim: int | None = None,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SOAP direction: Adam in the eigenbasis of Shampoo's L and R.
 
@@ -314,9 +329,16 @@ def scale_by_soap(
     Morwani, Shapira, Vyas, Malach, Kakade, Janson, 2025. A New Perspective
     on Shampoo's Preconditioner. ICLR.
   """
-  o = _options(b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
-               start_preconditioning_step=start_preconditioning_step, shampoo_beta=shampoo_beta,
-               max_precond_dim=max_precond_dim, dimension_numbers=dimension_numbers)
+  o = _options(
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    precondition_every=precondition_every,
+    start_preconditioning_step=start_preconditioning_step,
+    shampoo_beta=shampoo_beta,
+    max_precond_dim=max_precond_dim,
+    dimension_numbers=dimension_numbers,
+  )
 
   def views_of(tree):
     return views_lib.resolve_views(dimension_numbers, tree, transform="scale_by_soap", vectors_ok=True)
@@ -333,14 +355,18 @@ def scale_by_soap(
     count = optax.safe_increment(state.count)  # 1-based index of this call
     skip, k, branch = _schedule(o, count)
     mu = jax.tree.map(
-        lambda m, g: jnp.where(skip, m, o.b1 * m + (1.0 - o.b1) * g.astype(m.dtype)).astype(m.dtype), state.mu, updates)
+      lambda m, g: jnp.where(skip, m, o.b1 * m + (1.0 - o.b1) * g.astype(m.dtype)).astype(m.dtype), state.mu, updates
+    )
     leaves, treedef = kron.leaves_of(updates)
-    stats_leaves = (leaves if stats_grads is None
-                    else _tree.leaves_like("scale_by_soap", "stats_grads", updates, stats_grads))
-    columns = zip(leaves, stats_leaves, kron.leaves_of(mu)[0], kron.leaves_of(state.nu)[0], _factors_of(state),
-                  views_of(updates))
-    steps = [g if _tree.is_masked(g) else _adam_step(o, g, s, m, v, f, view, skip, k)
-             for g, s, m, v, f, view in columns]
+    stats_leaves = (
+      leaves if stats_grads is None else _tree.leaves_like("scale_by_soap", "stats_grads", updates, stats_grads)
+    )
+    columns = zip(
+      leaves, stats_leaves, kron.leaves_of(mu)[0], kron.leaves_of(state.nu)[0], _factors_of(state), views_of(updates)
+    )
+    steps = [
+      g if _tree.is_masked(g) else _adam_step(o, g, s, m, v, f, view, skip, k) for g, s, m, v, f, view in columns
+    ]
     outs = [s if _tree.is_masked(s) else s.update for s in steps]
     nus = [s if _tree.is_masked(s) else s.nu for s in steps]
     per_leaf, nus = _refresh_bases([s if _tree.is_masked(s) else s.factors for s in steps], nus, branch)

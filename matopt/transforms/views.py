@@ -82,10 +82,10 @@ def _axes(spec: Sequence[int] | int, shape: tuple[int, ...], dn: Any, path: str)
   bad = [a for a in spec if not -ndim <= a < ndim]
   if bad:
     raise ValueError(
-        f"Leaf {path!r} of shape {shape}: dimension numbers {dn} name axes {bad},"
-        f" out of range for ndim {ndim} (valid axes: -{ndim}..{ndim - 1}). Give this"
-        " leaf its own DimensionNumbers (a pytree, a callable, or"
-        " matopt.dimension_numbers_by_path)."
+      f"Leaf {path!r} of shape {shape}: dimension numbers {dn} name axes {bad},"
+      f" out of range for ndim {ndim} (valid axes: -{ndim}..{ndim - 1}). Give this"
+      " leaf its own DimensionNumbers (a pytree, a callable, or"
+      " matopt.dimension_numbers_by_path)."
     )
   return tuple(a % ndim for a in spec)
 
@@ -135,28 +135,30 @@ def infer_dimension_numbers(path: tuple, shape: tuple[int, ...]) -> DimensionNum
   names = _tree.module_path(path)
   owner = names[_tree.owner_index(names)].lower() if names else ""
   where = f"Leaf {_tree.path_str(path)!r} of shape {shape}"
-  advice = (" Pass it through dimension_numbers (a pytree, a callable of the params, or"
-            " matopt.dimension_numbers_by_path({regex: DimensionNumbers}));"
-            " other leaves keep their defaults.")
+  advice = (
+    " Pass it through dimension_numbers (a pytree, a callable of the params, or"
+    " matopt.dimension_numbers_by_path({regex: DimensionNumbers}));"
+    " other leaves keep their defaults."
+  )
   if owner in _ATTENTION_IN + _ATTENTION_OUT:
     inputs = owner in _ATTENTION_IN
     if ndim == 3:
       return DimensionNumbers(0, (1, 2)) if inputs else DimensionNumbers((0, 1), 2)
     stacked = DimensionNumbers(1, (2, 3)) if inputs else DimensionNumbers((1, 2), 3)
     raise ValueError(
-        f"{where} is an attention kernel with {ndim - 3} leading axis(es) that may stack"
-        f" layers (nn.scan / nnx.vmap / nnx.scan): for layers stacked on axis 0 use"
-        f" {_dn_text(stacked)}." + advice
+      f"{where} is an attention kernel with {ndim - 3} leading axis(es) that may stack"
+      f" layers (nn.scan / nnx.vmap / nnx.scan): for layers stacked on axis 0 use"
+      f" {_dn_text(stacked)}." + advice
     )
   if ndim == 3 and shape[0] == 1:
     # Both readings below view the same (m, n) matrix: nothing to ask.
     return DimensionNumbers(1, 2)
   if ndim == 3:
     raise ValueError(
-        f"{where} is ambiguous: for a stack of (d_in, d_out) layers on axis 0"
-        f" (nn.scan / nnx.vmap / nnx.scan) use {_dn_text(DimensionNumbers(1, 2))}; for a"
-        f" 1-D convolution kernel (k, c_in, c_out) use"
-        f" {_dn_text(DimensionNumbers((0, 1), 2))}." + advice
+      f"{where} is ambiguous: for a stack of (d_in, d_out) layers on axis 0"
+      f" (nn.scan / nnx.vmap / nnx.scan) use {_dn_text(DimensionNumbers(1, 2))}; for a"
+      f" 1-D convolution kernel (k, c_in, c_out) use"
+      f" {_dn_text(DimensionNumbers((0, 1), 2))}." + advice
     )
   return DimensionNumbers(tuple(range(ndim - 1)), ndim - 1)
 
@@ -192,8 +194,8 @@ def dimension_numbers_by_path(rules: Mapping[str, Any]) -> Callable[[Any], Any]:
       raise ValueError(f"dimension_numbers_by_path: {pattern!r} is not a valid regex: {e}") from e
     if not is_dimension_numbers(dn):
       raise ValueError(
-          f"dimension_numbers_by_path: {pattern!r} maps to {dn!r}; give a DimensionNumbers"
-          " or optax.contrib.MuonDimensionNumbers."
+        f"dimension_numbers_by_path: {pattern!r} maps to {dn!r}; give a DimensionNumbers"
+        " or optax.contrib.MuonDimensionNumbers."
       )
     check_dimension_numbers_spec(dn)
     compiled.append((regex, dn))
@@ -275,8 +277,7 @@ def make_view(shape: tuple[int, ...], dn: Any, path: str) -> MatrixView:
   named = red + out
   if len(set(named)) != len(named):
     raise ValueError(
-        f"Leaf {path!r} of shape {shape}: dimension numbers {dn} must name"
-        f" distinct axes in range({ndim})."
+      f"Leaf {path!r} of shape {shape}: dimension numbers {dn} must name distinct axes in range({ndim})."
     )
   batch = tuple(a for a in range(ndim) if a not in named)
   splits = {"reduction_split": getattr(dn, "reduction_split", 1), "output_split": getattr(dn, "output_split", 1)}
@@ -284,19 +285,19 @@ def make_view(shape: tuple[int, ...], dn: Any, path: str) -> MatrixView:
   for field, split in splits.items():
     if sizes[field] % split:
       raise ValueError(
-          f"Leaf {path!r} of shape {shape}: {field}={split} does not divide its"
-          f" {'fan-in' if field == 'reduction_split' else 'fan-out'} of {sizes[field]};"
-          " splits must cut it into equal blocks (per head: the number of heads)."
+        f"Leaf {path!r} of shape {shape}: {field}={split} does not divide its"
+        f" {'fan-in' if field == 'reduction_split' else 'fan-out'} of {sizes[field]};"
+        " splits must cut it into equal blocks (per head: the number of heads)."
       )
   return MatrixView(batch, red, out, tuple(shape), **splits)
 
 
 def resolve_views(
-    dimension_numbers: Any,
-    tree: Any,
-    *,
-    transform: str,
-    vectors_ok: bool = False,
+  dimension_numbers: Any,
+  tree: Any,
+  *,
+  transform: str,
+  vectors_ok: bool = False,
 ) -> list[MatrixView | None]:
   """One :class:`MatrixView` per leaf of ``tree`` (None for masked leaves).
 
@@ -315,9 +316,7 @@ def resolve_views(
     ValueError: for a leaf with no matrix view (ndim < 2 and no dimension
       numbers), naming its path and what to do.
   """
-  specs = _tree.resolve_per_leaf(
-      dimension_numbers, tree, is_spec=lambda s: s is None or is_dimension_numbers(s)
-  )
+  specs = _tree.resolve_per_leaf(dimension_numbers, tree, is_spec=lambda s: s is None or is_dimension_numbers(s))
   paths_leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_tree.is_masked)[0]
   # Axis names recorded by the model library, for error messages: seen at
   # init under nnx.Optimizer (Variables), never at update (bare arrays).
@@ -340,16 +339,16 @@ def resolve_views(
     if dn is None:
       kind = "a vector (bias, norm scale, stacked or per-head vector)" if len(shape) >= 2 else "no matrix"
       raise ValueError(
-          f"{transform} acts on matrices, but leaf {_tree.path_str(path)!r} has"
-          f" shape {shape}, {kind}. Label it for another transform (e.g. optax.adamw via"
-          " optax.multi_transform with matopt.labels.by_role), or pass"
-          " dimension_numbers that view it as a matrix."
+        f"{transform} acts on matrices, but leaf {_tree.path_str(path)!r} has"
+        f" shape {shape}, {kind}. Label it for another transform (e.g. optax.adamw via"
+        " optax.multi_transform with matopt.labels.by_role), or pass"
+        " dimension_numbers that view it as a matrix."
       )
     if not is_dimension_numbers(dn):
       raise ValueError(
-          f"{transform}: dimension_numbers gave leaf {_tree.path_str(path)!r} {dn!r};"
-          " give each leaf a DimensionNumbers, an optax.contrib.MuonDimensionNumbers"
-          " or None (the default view)."
+        f"{transform}: dimension_numbers gave leaf {_tree.path_str(path)!r} {dn!r};"
+        " give each leaf a DimensionNumbers, an optax.contrib.MuonDimensionNumbers"
+        " or None (the default view)."
       )
     views.append(make_view(shape, dn, _tree.path_str(path)))
   return views
@@ -357,22 +356,18 @@ def resolve_views(
 
 def check_dimension_numbers_spec(dimension_numbers: Any) -> None:
   """Construction-time check of a dimension-numbers option."""
-  if dimension_numbers is None or callable(dimension_numbers) and not is_dimension_numbers(
-      dimension_numbers
-  ):
+  if dimension_numbers is None or (callable(dimension_numbers) and not is_dimension_numbers(dimension_numbers)):
     return
   if is_dimension_numbers(dimension_numbers):
     leaves = [dimension_numbers]
   else:
-    leaves = jax.tree_util.tree_leaves(
-        dimension_numbers, is_leaf=lambda s: is_dimension_numbers(s)
-    )
+    leaves = jax.tree_util.tree_leaves(dimension_numbers, is_leaf=lambda s: is_dimension_numbers(s))
   for dn in leaves:
     if not is_dimension_numbers(dn):
       raise ValueError(
-          "dimension_numbers must be None, a DimensionNumbers /"
-          " optax.contrib.MuonDimensionNumbers, a pytree of them (None for the"
-          f" default) or a callable of the params; found {dn!r}."
+        "dimension_numbers must be None, a DimensionNumbers /"
+        " optax.contrib.MuonDimensionNumbers, a pytree of them (None for the"
+        f" default) or a callable of the params; found {dn!r}."
       )
     for field in (dn.reduction_axis, dn.output_axis):
       axes = tuple(field) if isinstance(field, (tuple, list)) else (field,)
@@ -405,10 +400,13 @@ def init_per_leaf(make: Callable[[Any, MatrixView], Any], tree: Any, views: list
   leaf; masked leaves are kept as they are (``optax.masked``'s placeholders)."""
   leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_tree.is_masked)
   return jax.tree_util.tree_unflatten(
-      treedef, [leaf if view is None else make(leaf, view) for leaf, view in zip(leaves, views)])
+    treedef, [leaf if view is None else make(leaf, view) for leaf, view in zip(leaves, views)]
+  )
 
 
-def map_with_state(fn: Callable[..., tuple[Any, Any]], tree: Any, state: Any, views: list[MatrixView | None]) -> tuple[Any, Any]:
+def map_with_state(
+  fn: Callable[..., tuple[Any, Any]], tree: Any, state: Any, views: list[MatrixView | None]
+) -> tuple[Any, Any]:
   """Applies ``fn(leaf, leaf_state, view) -> (leaf, leaf_state)`` to every
   viewed leaf of ``tree``, with ``state`` a tree of per-leaf states (as made
   by :func:`init_per_leaf`); masked leaves and their states pass through.
@@ -417,10 +415,14 @@ def map_with_state(fn: Callable[..., tuple[Any, Any]], tree: Any, state: Any, vi
     ``(new_tree, new_state)``.
   """
   leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_tree.is_masked)
-  pairs = [(leaf, s) if view is None or _tree.is_masked(leaf) else fn(leaf, s, view)
-           for leaf, s, view in zip(leaves, treedef.flatten_up_to(state), views)]
-  return (jax.tree_util.tree_unflatten(treedef, [p[0] for p in pairs]),
-          jax.tree_util.tree_unflatten(treedef, [p[1] for p in pairs]))
+  pairs = [
+    (leaf, s) if view is None or _tree.is_masked(leaf) else fn(leaf, s, view)
+    for leaf, s, view in zip(leaves, treedef.flatten_up_to(state), views)
+  ]
+  return (
+    jax.tree_util.tree_unflatten(treedef, [p[0] for p in pairs]),
+    jax.tree_util.tree_unflatten(treedef, [p[1] for p in pairs]),
+  )
 
 
 def map_matrices_grouped(fn, tree: Any, views: list[MatrixView | None], *per_leaf: list) -> Any:
@@ -442,12 +444,12 @@ def map_matrices_grouped(fn, tree: Any, views: list[MatrixView | None], *per_lea
 
 
 def matrix_transform(
-    name: str,
-    dimension_numbers: Any,
-    apply: Callable[..., jax.Array],
-    per_leaf: Callable[[Any], list] | None = None,
-    *,
-    grouped: bool = False,
+  name: str,
+  dimension_numbers: Any,
+  apply: Callable[..., jax.Array],
+  per_leaf: Callable[[Any], list] | None = None,
+  *,
+  grouped: bool = False,
 ) -> optax.GradientTransformation:
   """A stateless transform that maps ``apply`` over every leaf's matrix view.
 

@@ -43,7 +43,9 @@ def test_digits_split():
 
 
 def test_missing_sources_and_missing_sklearn_say_what_to_do(tmp_path, monkeypatch):
-  with pytest.raises(FileNotFoundError, match=r"No \.py sources under .*install the python3 source package or use the 'digits' task"):
+  with pytest.raises(
+    FileNotFoundError, match=r"No \.py sources under .*install the python3 source package or use the 'digits' task"
+  ):
     data.stdlib_files(tmp_path)
   monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import now fails, as without scikit-learn
   with pytest.raises(ImportError, match=r"pip install 'matopt\[digits\]'"):

@@ -14,13 +14,16 @@ from matopt.experiments import config as config_lib
 from matopt.experiments.config import ConfigError, Schedule
 
 TINY = {
-    "task": "gpt", "steps": 6, "batch_size": 4, "eval_batches": 1,
-    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
-    "data": {"max_bytes": 50_000, "val_percent": 10},
-    "optimizers": [
-        {"name": "shampoo_gn", "learning_rate": 0.01, "gn_fraction": 0.5},
-        {"name": "soap_gn", "learning_rate": 0.01, "gn_samples": 2},
-    ],
+  "task": "gpt",
+  "steps": 6,
+  "batch_size": 4,
+  "eval_batches": 1,
+  "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
+  "data": {"max_bytes": 50_000, "val_percent": 10},
+  "optimizers": [
+    {"name": "shampoo_gn", "learning_rate": 0.01, "gn_fraction": 0.5},
+    {"name": "soap_gn", "learning_rate": 0.01, "gn_samples": 2},
+  ],
 }
 
 
@@ -32,8 +35,14 @@ def _history(out, name, lr):
   return json.loads((out / collect.run_path(name, lr, 0, None, ()) / "result.json").read_text())["history"]
 
 
-DIGITS = {"task": "digits", "steps": 6, "batch_size": 32, "eval_batches": 1, "model": {"width": 16, "layers": 1},
-          "optimizers": [{"name": "soap_gn", "learning_rate": 0.03, "gn_samples": 2, "gn_fraction": 0.5}]}
+DIGITS = {
+  "task": "digits",
+  "steps": 6,
+  "batch_size": 32,
+  "eval_batches": 1,
+  "model": {"width": 16, "layers": 1},
+  "optimizers": [{"name": "soap_gn", "learning_rate": 0.03, "gn_samples": 2, "gn_fraction": 0.5}],
+}
 
 
 def test_a_soap_gn_run_learns_and_resumed_equals_uninterrupted(tmp_path):
@@ -81,7 +90,7 @@ def test_the_gn_step_steps_with_the_gradient_and_takes_statistics_from_sampled_l
     tx = _recording(optimizers.build(name, 0.01, {}, schedule=Schedule(), steps=6))
     step = train.make_step(task, tx, graphdef, rest, sampled_stats=sampling, seed=0)
     out[name] = [step.train(params, tx.init(params), batch, np.int32(i)) for i in (0, 0, 1)]
-  (_, plain, (plain_loss, _)), = out["shampoo"][:1]
+  ((_, plain, (plain_loss, _)),) = out["shampoo"][:1]
   (first, gn, (gn_loss, _)), again, later = out["shampoo_gn"]
   # The same loss (mean cross-entropy) and gradient to step with ...
   np.testing.assert_allclose(gn_loss, plain_loss, rtol=1e-6)
@@ -113,7 +122,9 @@ def _stats_left(state):
   return [np.asarray(x) for x in jax.tree.leaves(found[0].stats_left)]
 
 
-@pytest.mark.parametrize("options, message", [
+@pytest.mark.parametrize(
+  "options, message",
+  [
     ({"gn_samples": 0}, r"optimizers\[0\].gn_samples must be a positive int .*got 0"),
     ({"gn_samples": 1.5}, r"optimizers\[0\].gn_samples must be int"),
     ({"gn_fraction": 0.0}, r"optimizers\[0\].gn_fraction must lie in \(0, 1\] .*got 0.0"),
@@ -121,15 +132,17 @@ def _stats_left(state):
     ({"gn_fraction": "half"}, r"gn_fraction must be float"),
     ({"tune": {"gn_fraction": [0.5, 2.0]}}, r"tune.gn_fraction\[1\].gn_fraction must lie in \(0, 1\]"),
     ({"optimizer": "shampoo", "gn_samples": 2}, r"unknown option\(s\) \['gn_samples'\]"),
-])
+  ],
+)
 def test_bad_sampling_options_are_config_errors(options, message):
   with pytest.raises(ConfigError, match=message):
     _parse({**TINY, "optimizers": [{"name": "shampoo_gn", "learning_rate": 0.01, **options}]})
 
 
 def test_sampling_options_are_tunable_and_not_factory_options():
-  spec = _parse({**TINY, "optimizers": [{"name": "soap_gn", "learning_rate": 0.01, "b1": 0.9,
-                                         "tune": {"gn_fraction": [0.5, 1.0]}}]}).optimizers[0]
+  spec = _parse(
+    {**TINY, "optimizers": [{"name": "soap_gn", "learning_rate": 0.01, "b1": 0.9, "tune": {"gn_fraction": [0.5, 1.0]}}]}
+  ).optimizers[0]
   assert spec.tune == {"gn_fraction": (0.5, 1.0)} and spec.options == {"b1": 0.9}
   entry = optimizers.CATALOGUE["soap_gn"]
   assert set(entry.options) == set(optimizers.CATALOGUE["soap"].options) | {"gn_samples", "gn_fraction"}
@@ -142,7 +155,10 @@ def test_a_task_without_logits_refuses_gn_at_load_time():
     update_args: ClassVar[dict[str, str]] = {}
     check = staticmethod(tasks.GPTTask.check)
 
-  with pytest.raises(ConfigError, match=r"optimizers\[0\]: shampoo_gn samples labels .* 'gpt' task cannot supply"
-                                        r" .*use shampoo there"):
+  with pytest.raises(
+    ConfigError,
+    match=r"optimizers\[0\]: shampoo_gn samples labels .* 'gpt' task cannot supply"
+    r" .*use shampoo there",
+  ):
     _parse({**TINY, "optimizers": TINY["optimizers"][:1]}, {"gpt": NoLogits})
   _parse({**TINY, "optimizers": [{"name": "shampoo", "learning_rate": 0.01}]}, {"gpt": NoLogits})

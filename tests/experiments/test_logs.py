@@ -10,8 +10,14 @@ from matopt.experiments import logs, optimizers, tasks, train
 
 
 def _digits_task():
-  raw = {"task": "digits", "steps": 6, "batch_size": 16, "eval_batches": 1, "model": {"width": 8, "layers": 1},
-         "optimizers": [{"name": "sgd", "learning_rate": 0.1}]}
+  raw = {
+    "task": "digits",
+    "steps": 6,
+    "batch_size": 16,
+    "eval_batches": 1,
+    "model": {"width": 8, "layers": 1},
+    "optimizers": [{"name": "sgd", "learning_rate": 0.1}],
+  }
   return tasks.TASKS["digits"](config_lib.parse(raw, catalogue=optimizers.CATALOGUE, tasks=tasks.TASKS))
 
 
@@ -37,19 +43,23 @@ def test_lines_mirror_the_history_and_a_resumed_run_rewrites_from_its_checkpoint
   train.train(task, optax.sgd(0.1), steps=6, seed=0, eval_every=3, run_dir=halves, checkpoint_every=2)
   resumed = _read(halves / logs.FILE)
   assert [(r["step"], r["train_loss"]) for r in resumed if "train_loss" in r] == [
-      (r["step"], r["train_loss"]) for r in steps]
+    (r["step"], r["train_loss"]) for r in steps
+  ]
   assert [r["step"] for r in resumed if "val_loss" in r] == [3, 6]
 
 
 def test_non_finite_values_are_null_and_peaks_join_their_step(tmp_path):
   log = logs.MetricsLog(tmp_path / "sub" / logs.FILE, ("max_logit",))
-  history = {"train": [[1, 0.5, 2.0], [2, 1.0, math.inf]], "val": [[2, 1.0, math.nan, {"acc": math.nan}]],
-             "max_logit": [[1, 7.0], [2, 9.0]]}
+  history = {
+    "train": [[1, 0.5, 2.0], [2, 1.0, math.inf]],
+    "val": [[2, 1.0, math.nan, {"acc": math.nan}]],
+    "max_logit": [[1, 7.0], [2, 9.0]],
+  }
   log.reset(history)
   assert _read(tmp_path / "sub" / logs.FILE) == [
-      {"step": 1, "seconds": 0.5, "train_loss": 2.0, "max_logit": 7.0},
-      {"step": 2, "seconds": 1.0, "train_loss": None, "max_logit": 9.0},
-      {"step": 2, "seconds": 1.0, "val_loss": None, "val_aux": {"acc": None}},
+    {"step": 1, "seconds": 0.5, "train_loss": 2.0, "max_logit": 7.0},
+    {"step": 2, "seconds": 1.0, "train_loss": None, "max_logit": 9.0},
+    {"step": 2, "seconds": 1.0, "val_loss": None, "val_aux": {"acc": None}},
   ]
   history["train"].append([3, 1.5, 1.0])
   log.flush(history)

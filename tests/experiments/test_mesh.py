@@ -18,30 +18,42 @@ pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (host) 
 
 MESH_CONFIG = Path(__file__).parents[2] / "configs" / "gpt_mesh.yaml"
 TINY = {
-    "task": "gpt", "steps": 4, "batch_size": 8, "eval_batches": 1, "checkpoint_every": 2,
-    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
-    "data": {"max_bytes": 50_000, "val_percent": 10},
+  "task": "gpt",
+  "steps": 4,
+  "batch_size": 8,
+  "eval_batches": 1,
+  "checkpoint_every": 2,
+  "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
+  "data": {"max_bytes": 50_000, "val_percent": 10},
 }
 
 
 @pytest.mark.parametrize(
-    "mesh, match",
-    [
-        ({"shape": [4, 2], "axes": ["data"]},
-         r"config.mesh: shape \[4, 2\] and axes \['data'\] must be non-empty lists of the same length"),
-        ({"shape": [], "axes": []}, "must be non-empty lists of the same length"),
-        ({"shape": [4, 4], "axes": ["data", "model"]},
-         (r"config.mesh.shape \[4, 4\] holds 16 devices, but JAX sees 8 \(cpu\); .*"
-          r"--xla_force_host_platform_device_count=16")),
-        ({"shape": [8, 0], "axes": ["data", "model"]}, r"config.mesh.shape\[1\] must be > 0"),
-        ({"shape": [2, 4], "axes": ["data", "data"]}, r"config.mesh.axes must be distinct non-empty names"),
-        ({"shape": [8], "axes": ["data"]},
-         r"config.batch_size 2 must be a multiple of config.mesh.shape\[0\] = 8 .*'data'"),
-        ({"shape": "4x2", "axes": ["data", "model"]}, r"config.mesh.shape must be list of int, got str '4x2'"),
-        ({"shape": [8], "axes": ["data"], "types": "auto"}, r"config.mesh: unknown key\(s\) \['types'\]"),
-        ({"shape": [8]}, r"config.mesh: missing required key\(s\) \['axes'\]"),
-        ([8], "config.mesh must be a mapping"),
-    ],
+  "mesh, match",
+  [
+    (
+      {"shape": [4, 2], "axes": ["data"]},
+      r"config.mesh: shape \[4, 2\] and axes \['data'\] must be non-empty lists of the same length",
+    ),
+    ({"shape": [], "axes": []}, "must be non-empty lists of the same length"),
+    (
+      {"shape": [4, 4], "axes": ["data", "model"]},
+      (
+        r"config.mesh.shape \[4, 4\] holds 16 devices, but JAX sees 8 \(cpu\); .*"
+        r"--xla_force_host_platform_device_count=16"
+      ),
+    ),
+    ({"shape": [8, 0], "axes": ["data", "model"]}, r"config.mesh.shape\[1\] must be > 0"),
+    ({"shape": [2, 4], "axes": ["data", "data"]}, r"config.mesh.axes must be distinct non-empty names"),
+    (
+      {"shape": [8], "axes": ["data"]},
+      r"config.batch_size 2 must be a multiple of config.mesh.shape\[0\] = 8 .*'data'",
+    ),
+    ({"shape": "4x2", "axes": ["data", "model"]}, r"config.mesh.shape must be list of int, got str '4x2'"),
+    ({"shape": [8], "axes": ["data"], "types": "auto"}, r"config.mesh: unknown key\(s\) \['types'\]"),
+    ({"shape": [8]}, r"config.mesh: missing required key\(s\) \['axes'\]"),
+    ([8], "config.mesh must be a mapping"),
+  ],
 )
 def test_bad_mesh(mesh, match):
   with pytest.raises(ConfigError, match=match):
@@ -75,17 +87,25 @@ def _history(out):
   return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("optimizer, mesh", [
-    ({"name": "muon", "learning_rate": 0.02, "adam_learning_rate": 0.003},
-     {"shape": [4, 2], "axes": ["data", "model"]}),
+@pytest.mark.parametrize(
+  "optimizer, mesh",
+  [
+    (
+      {"name": "muon", "learning_rate": 0.02, "adam_learning_rate": 0.003},
+      {"shape": [4, 2], "axes": ["data", "model"]},
+    ),
     # Shampoo's default eps (1e-12) makes its roots amplify float rounding on
     # this tiny model: perturbing the initial weights by 1e-7 moves the
     # one-device loss after one step by 7e-4. A larger eps conditions them.
     ({"name": "shampoo", "learning_rate": 0.01, "eps": 1e-4}, {"shape": [8], "axes": ["data"]}),
     # QK-clip's logits come from the sharded attention and clip sharded kernels.
-    ({"name": "muon_clip", "learning_rate": 0.02, "tau": 1.0, "adam_learning_rate": 0.003},
-     {"shape": [4, 2], "axes": ["data", "model"]}),
-], ids=["muon-4x2", "shampoo-8", "muon_clip-4x2"])
+    (
+      {"name": "muon_clip", "learning_rate": 0.02, "tau": 1.0, "adam_learning_rate": 0.003},
+      {"shape": [4, 2], "axes": ["data", "model"]},
+    ),
+  ],
+  ids=["muon-4x2", "shampoo-8", "muon_clip-4x2"],
+)
 def test_mesh_run_matches_one_device_and_resumes(tmp_path, optimizer, mesh):
   raw = {**TINY, "optimizers": [optimizer]}
   single = runner.run(_parse(raw), tmp_path / "single", progress=False)
@@ -95,8 +115,9 @@ def test_mesh_run_matches_one_device_and_resumes(tmp_path, optimizer, mesh):
   sharded = runner.run(config, tmp_path / "mesh", progress=False)
   want, got = _history(tmp_path / "single"), _history(tmp_path / "mesh")
   assert [h[0] for h in got["history"]["train"]] == [1, 2, 3, 4]
-  np.testing.assert_allclose([h[2] for h in got["history"]["train"]],
-                             [h[2] for h in want["history"]["train"]], rtol=1e-4)
+  np.testing.assert_allclose(
+    [h[2] for h in got["history"]["train"]], [h[2] for h in want["history"]["train"]], rtol=1e-4
+  )
   np.testing.assert_allclose(sharded[0]["final_val_loss"], single[0]["final_val_loss"], rtol=1e-4)
   if "max_logit" in want["history"]:
     np.testing.assert_allclose(got["history"]["max_logit"], want["history"]["max_logit"], rtol=1e-4)

@@ -14,6 +14,7 @@ from matopt.experiments.metrics import Speedup, Summary
 
 # --- first_reach ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("target, expected", [(2.5, 5.0), (1.5, 15.0), (1.25, 17.5)])
 def test_first_reach_interpolates_a_straight_line(target, expected):
   assert metrics.first_reach([0, 10, 20], [3.0, 2.0, 1.0], target) == pytest.approx(expected, rel=1e-12)
@@ -45,20 +46,25 @@ def test_first_reach_does_not_count_or_interpolate_across_non_finite_losses():
   assert metrics.first_reach([1, 2], [math.nan, math.nan], 2.0) is None
 
 
-@pytest.mark.parametrize("xs, losses, target, match", [
+@pytest.mark.parametrize(
+  "xs, losses, target, match",
+  [
     ([1, 2], [1.0], 1.0, "same length"),
     ([1, 1], [2.0, 1.0], 1.0, "strictly increasing"),
     ([2, 1], [2.0, 1.0], 1.0, "strictly increasing"),
     ([1, 2], [2.0, 1.0], math.nan, "target"),
-])
+  ],
+)
 def test_first_reach_rejects_bad_input(xs, losses, target, match):
   with pytest.raises(ValueError, match=match):
     metrics.first_reach(xs, losses, target)
 
 
-_curves = st.integers(1, 12).flatmap(lambda n: st.tuples(
-    st.lists(st.floats(0.01, 10.0), min_size=n, max_size=n),
-    st.lists(st.floats(0.0, 10.0), min_size=n, max_size=n)))
+_curves = st.integers(1, 12).flatmap(
+  lambda n: st.tuples(
+    st.lists(st.floats(0.01, 10.0), min_size=n, max_size=n), st.lists(st.floats(0.0, 10.0), min_size=n, max_size=n)
+  )
+)
 
 
 @hypothesis.settings(deadline=None, max_examples=200)
@@ -83,8 +89,8 @@ def test_first_reach_is_monotone_in_target_and_on_the_curve(curve, targets):
 # --- steps_to_target ----------------------------------------------------------
 
 HISTORY = {
-    "train": [[s, 0.1 * s, 3.0] for s in range(1, 31)],
-    "val": [[10, 1.0, 3.0, 0.1], [20, 2.5, 2.0, 0.2], [30, 4.0, 1.0, 0.3]],
+  "train": [[s, 0.1 * s, 3.0] for s in range(1, 31)],
+  "val": [[10, 1.0, 3.0, 0.1], [20, 2.5, 2.0, 0.2], [30, 4.0, 1.0, 0.3]],
 }
 
 
@@ -160,11 +166,14 @@ def test_speedup_drops_non_finite_baseline_runs():
   assert math.isnan(metrics.equivalent_data_speedup({100: math.nan}, 2.8, 100).ratio)
 
 
-@pytest.mark.parametrize("baseline, horizon, match", [
+@pytest.mark.parametrize(
+  "baseline, horizon, match",
+  [
     ({}, 100, "baseline"),
     ({0: 3.0, 100: 2.0}, 100, "positive"),
     (BASELINE, 0, "positive"),
-])
+  ],
+)
 def test_speedup_rejects_bad_input(baseline, horizon, match):
   with pytest.raises(ValueError, match=match):
     metrics.equivalent_data_speedup(baseline, 2.7, horizon)
@@ -178,6 +187,7 @@ def test_time_speedup_uses_the_baselines_train_seconds():
 
 
 # --- summarize, bootstrap, format ---------------------------------------------
+
 
 def test_summarize_one_value_has_zero_spread():
   assert metrics.summarize([1.5]) == Summary(1.5, 0.0, 1, None, None, 0)
@@ -224,18 +234,23 @@ def test_bootstrap_interval_of_many_normal_values_is_the_normal_one():
     assert hi == pytest.approx(mean + z * half, abs=0.15 * z * half)
 
 
-@pytest.mark.parametrize("values, kw, match", [
+@pytest.mark.parametrize(
+  "values, kw, match",
+  [
     ([], {}, "at least one"),
     ([1.0, math.nan], {}, "finite"),
     ([1.0, 2.0], {"level": 1.0}, "level"),
     ([1.0, 2.0], {"reps": 0}, "reps"),
-])
+  ],
+)
 def test_bootstrap_rejects_bad_input(values, kw, match):
   with pytest.raises(ValueError, match=match):
     metrics.bootstrap(values, rng=np.random.default_rng(0), **kw)
 
 
-@pytest.mark.parametrize("summary, kw, text", [
+@pytest.mark.parametrize(
+  "summary, kw, text",
+  [
     (Summary(1.234, 0.041, 3, None, None, 0), {}, "1.23 ± 0.04"),
     (Summary(1234.4, 10.2, 3, None, None, 0), {"digits": 0}, "1234 ± 10"),
     (Summary(1.234, 0.0, 1, None, None, 0), {}, "1.23 (n=1)"),
@@ -245,7 +260,8 @@ def test_bootstrap_rejects_bad_input(values, kw, match):
     (Summary(math.nan, math.nan, 0, None, None, 2), {"missing_label": "diverged"}, "diverged (2/2)"),
     (Summary(1.234, 0.0, 1, None, None, 1), {}, "1.23 (n=1; 1/2 not reached)"),
     (Summary(math.nan, math.nan, 0, None, None, 0), {}, "—"),
-])
+  ],
+)
 def test_format_summary(summary, kw, text):
   assert metrics.format_summary(summary, **kw) == text
 

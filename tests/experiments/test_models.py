@@ -12,8 +12,10 @@ from matopt.experiments import models
 
 def _roles(model):
   params = nnx.state(model, nnx.Param)
-  return {_tree.path_str(path).removesuffix("/value"): role
-          for path, role in jax.tree_util.tree_leaves_with_path(labels.by_role(params))}
+  return {
+    _tree.path_str(path).removesuffix("/value"): role
+    for path, role in jax.tree_util.tree_leaves_with_path(labels.by_role(params))
+  }
 
 
 def test_gpt_roles_and_shapes():
@@ -46,7 +48,11 @@ def test_image_model_roles():
   mlp = models.MLP(in_features=64, width=8, layers=3, classes=10, rngs=nnx.Rngs(0))
   roles = _roles(mlp)
   assert (roles["embed/kernel"], roles["hidden/1/kernel"], roles["head/kernel"], roles["head/bias"]) == (
-      "embedding", "hidden", "head", "vector")
+    "embedding",
+    "hidden",
+    "head",
+    "vector",
+  )
   cnn = models.CNN(in_channels=1, width=4, layers=2, classes=10, rngs=nnx.Rngs(0))
   assert _roles(cnn)["hidden/0/kernel"] == "hidden"
   assert cnn(jnp.zeros((2, 8, 8, 1))).shape == (2, 10)

@@ -15,12 +15,12 @@ from matopt.optimizers.registry import OPTIMIZERS
 
 
 @pytest.mark.parametrize(
-    "schedule, want",
-    [
-        (Schedule(), {0: 1.0, 50: 1.0, 99: 1.0}),
-        (Schedule(warmup_steps=10, decay="linear", final_fraction=0.1), {0: 0.1, 4: 0.5, 10: 1.0, 55: 0.55, 100: 0.1}),
-        (Schedule(warmup_steps=0, decay="cosine", final_fraction=0.0), {0: 1.0, 50: 0.5, 100: 0.0}),
-    ],
+  "schedule, want",
+  [
+    (Schedule(), {0: 1.0, 50: 1.0, 99: 1.0}),
+    (Schedule(warmup_steps=10, decay="linear", final_fraction=0.1), {0: 0.1, 4: 0.5, 10: 1.0, 55: 0.55, 100: 0.1}),
+    (Schedule(warmup_steps=0, decay="cosine", final_fraction=0.0), {0: 1.0, 50: 0.5, 100: 0.0}),
+  ],
 )
 def test_multiplier(schedule, want):
   fn = optimizers.multiplier(schedule, 100)
@@ -65,12 +65,21 @@ def test_optax_schedule_is_the_hand_written_one_at_every_step(decay, warmup, fin
 
 @pytest.mark.parametrize("name", sorted(optimizers.CATALOGUE))
 def test_every_optimizer_builds_and_steps(name):
-  tx = optimizers.build(name, 0.01, {}, schedule=Schedule(warmup_steps=2), steps=10,
-                        model_options={"recipe": "language"})
-  params = {"embed": {"embedding": jnp.ones((5, 4))}, "dense": {"kernel": jnp.eye(4)},
-            "head": {"kernel": jnp.ones((4, 3))}, "norm": {"scale": jnp.ones(4)}}
-  grads = {"embed": {"embedding": jnp.full((5, 4), 0.1)}, "dense": {"kernel": jnp.diag(jnp.arange(1.0, 5.0))},
-           "head": {"kernel": jnp.full((4, 3), -0.2)}, "norm": {"scale": jnp.full(4, 0.3)}}
+  tx = optimizers.build(
+    name, 0.01, {}, schedule=Schedule(warmup_steps=2), steps=10, model_options={"recipe": "language"}
+  )
+  params = {
+    "embed": {"embedding": jnp.ones((5, 4))},
+    "dense": {"kernel": jnp.eye(4)},
+    "head": {"kernel": jnp.ones((4, 3))},
+    "norm": {"scale": jnp.ones(4)},
+  }
+  grads = {
+    "embed": {"embedding": jnp.full((5, 4), 0.1)},
+    "dense": {"kernel": jnp.diag(jnp.arange(1.0, 5.0))},
+    "head": {"kernel": jnp.full((4, 3), -0.2)},
+    "norm": {"scale": jnp.full(4, 0.3)},
+  }
   state = tx.init(params)
   # QK-clip's logits: this tree has no attention module, so none to report.
   extra = {arg: {} for arg in optimizers.CATALOGUE[name].update_args}
@@ -88,8 +97,11 @@ def test_catalogue_is_the_registry_plus_optax_baselines():
     assert optimizers.CATALOGUE[f"{name}_gn"].stats and not optimizers.CATALOGUE[name].stats
   for name, info in OPTIMIZERS.items():
     entry = optimizers.CATALOGUE[name]
-    assert (entry.factory, entry.update_args, entry.model_options) == (info.factory, info.update_args,
-                                                                       info.model_options)
+    assert (entry.factory, entry.update_args, entry.model_options) == (
+      info.factory,
+      info.update_args,
+      info.model_options,
+    )
 
 
 def _value_of(option):
@@ -111,18 +123,23 @@ def test_every_option_is_settable_from_yaml_or_refused_with_a_message(name):
       assert matches(_value_of(option), option.type), option
       if matches(option.default, option.type):
         assert entry.check_options({option.name: option.default}, "config.optimizers[0]") == {
-            option.name: option.default}
+          option.name: option.default
+        }
       continue
     with pytest.raises(ConfigError) as info:
       entry.check_options({option.name: "x"}, "config.optimizers[0]")
     message = str(info.value)
-    assert message.startswith(f"{where}: {option.name} takes ") and "a Python object that YAML cannot express" in message
+    assert (
+      message.startswith(f"{where}: {option.name} takes ") and "a Python object that YAML cannot express" in message
+    )
     assert f"build the optimizer in Python: matopt.{name}(learning_rate, {option.name}=...)." in message, message
 
 
 def test_python_objects_are_refused_and_the_rest_reachable():
   muon = optimizers.CATALOGUE["muon"]
-  assert {"labels", "dimension_numbers", "adaptive", "aux", "weight_decay_mask"} == set(muon.options) - set(muon.settable)
+  assert {"labels", "dimension_numbers", "adaptive", "aux", "weight_decay_mask"} == set(muon.options) - set(
+    muon.settable
+  )
   assert {"momentum", "nesterov", "coeffs", "scale", "adam_learning_rate"} <= set(muon.settable)
   assert muon.options["adam_learning_rate"].type == float | None  # a scalar: no array form in YAML
   # An array option takes nested lists, handed over as an array: coeffs per Newton–Schulz step.
@@ -155,8 +172,7 @@ def test_model_options_apply_only_where_accepted_and_options_win():
   assert optimizers.CATALOGUE["adamw"].model_options == ()
   # An explicit option beats the task's (an unknown recipe would raise).
   with pytest.raises(ValueError, match="valid recipes are"):
-    optimizers.build("scion", 0.1, {"recipe": "audio"}, schedule=Schedule(), steps=1,
-                     model_options={"recipe": "image"})
+    optimizers.build("scion", 0.1, {"recipe": "audio"}, schedule=Schedule(), steps=1, model_options={"recipe": "image"})
   tx = optimizers.build("adamw", 0.1, {}, schedule=Schedule(), steps=1, model_options={"recipe": "image"})
   assert isinstance(tx, optax.GradientTransformation)
   assert dataclasses.asdict(Schedule())["decay"] == "constant"

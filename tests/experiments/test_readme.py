@@ -30,8 +30,17 @@ def _speedups(record: dict, key: str, speedups: list[metrics.Speedup]) -> None:
     run[key] = speedup._asdict()
 
 
-def _record(name: str, lr: float, losses: list, steps_to: list, data: list, time: list, *,
-            tuned: dict | None = None, grid: int = 1) -> dict:
+def _record(
+  name: str,
+  lr: float,
+  losses: list,
+  steps_to: list,
+  data: list,
+  time: list,
+  *,
+  tuned: dict | None = None,
+  grid: int = 1,
+) -> dict:
   """A 2-seed record against the baseline adamw, shaped as ``matopt run`` writes one."""
   record = {"optimizer": name, "factory": name, "learning_rate": lr}
   _put(record, "final_val_loss", losses)
@@ -54,8 +63,9 @@ def _record(name: str, lr: float, losses: list, steps_to: list, data: list, time
 
 def _multi_seed_records() -> list[dict]:
   s = metrics.Speedup
-  adamw = _record("adamw", 0.01, [3.01, 2.99], [100.0, 98.0], [s(1.0), s(1.0)], [s(1.0), s(1.0)],
-                  tuned={"b2": 0.95}, grid=4)
+  adamw = _record(
+    "adamw", 0.01, [3.01, 2.99], [100.0, 98.0], [s(1.0), s(1.0)], [s(1.0), s(1.0)], tuned={"b2": 0.95}, grid=4
+  )
   adamw["horizons"] = [{"steps": 200}, {"steps": 400}]
   muon = _record("muon", 0.02, [2.70, 2.74], [61.0, 65.0], [s(2.5), s(4.0, ">")], [s(1.8), s(1.6)])
   nsgd = _record("nsgd", 0.3, [3.2, None], [None, None], [s(1.0, "<"), s(1.0, "<")], [s(0.9, "<"), s(0.8, "<")])
@@ -70,8 +80,9 @@ def _write_results(directory: Path, records: list[dict], *, loss_unit: str | Non
 
 
 def _markdown(*paths: str) -> str:
-  blocks = "".join(f"Table {i}:\n\n<!-- matopt:table {p} -->\nstale text\n<!-- /matopt:table -->\n\n"
-                   for i, p in enumerate(paths))
+  blocks = "".join(
+    f"Table {i}:\n\n<!-- matopt:table {p} -->\nstale text\n<!-- /matopt:table -->\n\n" for i, p in enumerate(paths)
+  )
   example = "```markdown\n<!-- matopt:table not/a/file.json -->\n```\n"
   return f"# Title\n\nProse before, kept as is.\n\n{blocks}{example}\nProse after.   \nLast line without newline"
 
@@ -96,8 +107,9 @@ def test_committed_readme_tables_agree_with_committed_results():
   # The recorded studies' pages too.
   for page in sorted((REPO / "docs").glob("*/README.md")):
     name = page.relative_to(REPO)
-    stale += [f"{name}:{b.line} ({b.marked})\n{readme.diff(b)}" for b in readme.blocks(page.read_text(), source=page)
-              if b.stale]
+    stale += [
+      f"{name}:{b.line} ({b.marked})\n{readme.diff(b)}" for b in readme.blocks(page.read_text(), source=page) if b.stale
+    ]
   assert not stale, "Regenerate with `matopt readme FILE`:\n" + "\n".join(stale)
 
 
@@ -150,11 +162,13 @@ def test_regeneration_is_idempotent_and_keeps_the_text_outside_the_markers(tmp_p
 def test_multi_seed_records_show_mean_std_bounds_and_speedups(tmp_path):
   records = _multi_seed_records()
   _write_results(tmp_path, records)
-  text = readme.blocks("<!-- matopt:table results.json -->\n<!-- /matopt:table -->\n",
-                       source=tmp_path / "README.md")[0].new
+  text = readme.blocks("<!-- matopt:table results.json -->\n<!-- /matopt:table -->\n", source=tmp_path / "README.md")[
+    0
+  ].new
   lines = text.strip().splitlines()
-  assert lines[0] == ("| optimizer | learning rate | final val loss | steps to adamw's loss | data speedup "
-                      "| time speedup | tokens/s |")
+  assert lines[0] == (
+    "| optimizer | learning rate | final val loss | steps to adamw's loss | data speedup | time speedup | tokens/s |"
+  )
   rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:] for line in lines[2:5]}
   assert list(rows) == ["muon", "adamw", "nsgd (diverged: 1/2 seeds)"]  # sorted by mean final val loss
   muon, adamw, nsgd = rows.values()
@@ -182,10 +196,12 @@ def test_single_seed_records_have_no_spread_and_no_columns_they_lack():
   assert "±" not in text and "speedup" not in text
   without = [{k: v for k, v in r.items() if k != "steps_to_target"} for r in records]
   assert readme.table(without, source=QUICKSTART).splitlines()[0] == (
-      "| optimizer | learning rate | final val loss | tokens/s |")
+    "| optimizer | learning rate | final val loss | tokens/s |"
+  )
   best = min(records, key=lambda r: r["final_val_loss"])
-  assert text.splitlines()[2].startswith(f"| {best['optimizer']} | {best['learning_rate']:.4g} | "
-                                         f"{best['final_val_loss']:.4g} |")
+  assert text.splitlines()[2].startswith(
+    f"| {best['optimizer']} | {best['learning_rate']:.4g} | {best['final_val_loss']:.4g} |"
+  )
   assert "One seed (0) per optimizer" in text
 
 
@@ -199,12 +215,18 @@ def test_a_missing_results_file_names_the_markdown_file_and_line(tmp_path, capsy
     assert capsys.readouterr().err.startswith(f"matopt: error: {path}:3: ")
 
 
-@pytest.mark.parametrize("text, line, says", [
+@pytest.mark.parametrize(
+  "text, line, says",
+  [
     ("a\n<!-- matopt:table r.json -->\n| old |\n", 2, "has no `<!-- /matopt:table -->` after it"),
-    ("<!-- matopt:table r.json -->\n<!-- matopt:table r.json -->\n<!-- /matopt:table -->\n", 1,
-     "before the next table marker on line 2"),
+    (
+      "<!-- matopt:table r.json -->\n<!-- matopt:table r.json -->\n<!-- /matopt:table -->\n",
+      1,
+      "before the next table marker on line 2",
+    ),
     ("a\nb\n<!-- /matopt:table -->\n", 3, "without a `<!-- matopt:table PATH -->` before it"),
-])
+  ],
+)
 def test_unbalanced_markers_are_errors(tmp_path, capsys, text, line, says):
   _write_results(tmp_path, _multi_seed_records()[:1])
   (tmp_path / "r.json").write_text((tmp_path / "results.json").read_text())
@@ -218,7 +240,7 @@ def test_unbalanced_markers_are_errors(tmp_path, capsys, text, line, says):
 
 def test_results_that_are_not_records_are_errors(tmp_path):
   (tmp_path / "results.json").write_text('{"optimizer": "adamw"}')
-  with pytest.raises(readme.ReadmeError, match="not a results.json of `matopt run`"):
+  with pytest.raises(readme.ReadmeError, match=r"not a results\.json of `matopt run`"):
     readme.blocks("<!-- matopt:table results.json -->\n<!-- /matopt:table -->\n", source=tmp_path / "x.md")
 
 

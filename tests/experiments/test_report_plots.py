@@ -38,16 +38,19 @@ def _history(seed: int, steps: int = 40, eval_every: int = 10) -> dict:
 
 
 CURVES = [
-    collect.Curve("adamw", "adamw", 0.01, {}, _history(0)),
-    collect.Curve("muon", "muon", 0.03, {"adam_learning_rate": 0.01}, _history(1)),
-    collect.Curve("unconstrained_scion", "unconstrained_scion", 4e-4, {}, _history(2)),
+  collect.Curve("adamw", "adamw", 0.01, {}, _history(0)),
+  collect.Curve("muon", "muon", 0.03, {"adam_learning_rate": 0.01}, _history(1)),
+  collect.Curve("unconstrained_scion", "unconstrained_scion", 4e-4, {}, _history(2)),
 ]
 
 
 def _lines(ax) -> dict[str, str]:
   """Legend label → line colour (hex) of one panel."""
-  return {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()
-          if not line.get_label().startswith("_")}
+  return {
+    line.get_label(): matplotlib.colors.to_hex(line.get_color())
+    for line in ax.get_lines()
+    if not line.get_label().startswith("_")
+  }
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +103,10 @@ def test_muon_and_unconstrained_scion_are_far_apart_and_every_optimizer_has_its_
 
 def test_runs_named_freely_get_distinct_stable_colours():
   rng = np.random.default_rng(7)
-  curves = [collect.Curve(name, "muon", float(rng.uniform(1e-3, 1e-1)), {}, _history(i))
-            for i, name in enumerate(["muon", "muon_wd", "muon_nesterov", "my run"])]
+  curves = [
+    collect.Curve(name, "muon", float(rng.uniform(1e-3, 1e-1)), {}, _history(i))
+    for i, name in enumerate(["muon", "muon_wd", "muon_nesterov", "my run"])
+  ]
   figs = report.figures(curves, title="t", loss_unit="nats/example")
   colours = list(_lines(figs["step"].axes[0]).values())
   assert len(set(colours)) == len(curves)
@@ -119,10 +124,20 @@ def test_plots_writes_pngs(tmp_path):
 
 def test_results_table_labels_the_train_loss_mean_and_the_unit():
   rng = np.random.default_rng(3)
-  records = [{"optimizer": name, "learning_rate": lr, "final_train_loss": float(rng.uniform(1, 3)),
-              "final_val_loss": float(rng.uniform(1, 3)), "steps": 10, "wall_seconds": 1.5,
-              "throughput": 1e4, "diverged": False, "grid": [{"learning_rate": lr}]}
-             for name, lr in (("adamw", 0.01), ("muon", 0.03))]
+  records = [
+    {
+      "optimizer": name,
+      "learning_rate": lr,
+      "final_train_loss": float(rng.uniform(1, 3)),
+      "final_val_loss": float(rng.uniform(1, 3)),
+      "steps": 10,
+      "wall_seconds": 1.5,
+      "throughput": 1e4,
+      "diverged": False,
+      "grid": [{"learning_rate": lr}],
+    }
+    for name, lr in (("adamw", 0.01), ("muon", 0.03))
+  ]
   info = {"date": "2026-12-01", "device": "cpu", "processor": "x86_64", "cpus": "2", "jax": "0", "python": "3"}
   table = report.markdown(records, config_name="tiny", task="gpt", unit="tokens", loss_unit="nats/byte", info=info)
   header = next(line for line in table.splitlines() if line.startswith("| optimizer"))

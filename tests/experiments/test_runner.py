@@ -12,14 +12,18 @@ from matopt import cli
 from matopt.experiments import runner
 
 TINY = {
-    "task": "gpt", "steps": 6, "batch_size": 4, "eval_every": 3, "eval_batches": 2,
-    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
-    "data": {"max_bytes": 50_000, "val_percent": 10},
-    "schedule": {"warmup_steps": 2, "decay": "cosine"},
-    "optimizers": [
-        {"name": "adamw", "learning_rate": [0.003, 0.03]},
-        {"name": "muon", "learning_rate": 0.02, "adam_learning_rate": 0.003},
-    ],
+  "task": "gpt",
+  "steps": 6,
+  "batch_size": 4,
+  "eval_every": 3,
+  "eval_batches": 2,
+  "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
+  "data": {"max_bytes": 50_000, "val_percent": 10},
+  "schedule": {"warmup_steps": 2, "decay": "cosine"},
+  "optimizers": [
+    {"name": "adamw", "learning_rate": [0.003, 0.03]},
+    {"name": "muon", "learning_rate": 0.02, "adam_learning_rate": 0.003},
+  ],
 }
 
 
@@ -35,8 +39,16 @@ def test_run_writes_results_table_and_plots(tmp_path, capsys):
   records = json.loads((out / "results.json").read_text())
   assert [r["optimizer"] for r in records] == ["adamw", "muon"]
   for r in records:
-    for key in ("final_train_loss", "final_val_loss", "val_perplexity", "steps", "wall_seconds",
-                "throughput", "hyperparameters", "grid"):
+    for key in (
+      "final_train_loss",
+      "final_val_loss",
+      "val_perplexity",
+      "steps",
+      "wall_seconds",
+      "throughput",
+      "hyperparameters",
+      "grid",
+    ):
       assert r[key] is not None, key
     assert r["steps"] == 6 and r["throughput_unit"] == "tokens/s"
     np.testing.assert_allclose(r["val_perplexity"], np.exp(r["final_val_loss"]), rtol=1e-6)
@@ -72,8 +84,7 @@ def test_overrides_and_reuse(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["muon", "soap", "scion"])
 def test_checkpoint_resume_is_exact(tmp_path, optimizer):
-  raw = {**TINY, "steps": 8, "checkpoint_every": 2,
-         "optimizers": [{"name": optimizer, "learning_rate": 0.01}]}
+  raw = {**TINY, "steps": 8, "checkpoint_every": 2, "optimizers": [{"name": optimizer, "learning_rate": 0.01}]}
   config = runner.load(_write(tmp_path, raw))
   whole = runner.run(config, tmp_path / "whole", progress=False)
   assert runner.run(config, tmp_path / "cut", progress=False, stop_after=5) == []  # interrupted
@@ -86,15 +97,23 @@ def test_checkpoint_resume_is_exact(tmp_path, optimizer):
   assert resumed[0]["final_val_loss"] == whole[0]["final_val_loss"]
 
 
-@pytest.mark.parametrize("kind, matrix_optimizer", [
+@pytest.mark.parametrize(
+  "kind, matrix_optimizer",
+  [
     ("mlp", {"name": "scion", "learning_rate": 0.01}),
     # The hidden 3×3 convolution is a 4-D kernel that Muon views as a matrix.
     ("cnn", {"name": "muon", "learning_rate": 0.05, "adam_learning_rate": 0.01}),
-])
+  ],
+)
 def test_digits_task_learns(tmp_path, kind, matrix_optimizer):
-  raw = {"task": "digits", "steps": 60, "batch_size": 32, "eval_batches": 2,
-         "model": {"kind": kind, "width": 32, "layers": 2},
-         "optimizers": [matrix_optimizer, {"name": "adamw", "learning_rate": 0.01, "weight_decay": 0.0}]}
+  raw = {
+    "task": "digits",
+    "steps": 60,
+    "batch_size": 32,
+    "eval_batches": 2,
+    "model": {"kind": kind, "width": 32, "layers": 2},
+    "optimizers": [matrix_optimizer, {"name": "adamw", "learning_rate": 0.01, "weight_decay": 0.0}],
+  }
   records = runner.run(runner.load(_write(tmp_path, raw)), tmp_path / "out", progress=False)
   for r in records:
     assert r["throughput_unit"] == "examples/s"
@@ -110,8 +129,7 @@ def test_diverged_run_is_reported_not_crashed(tmp_path):
 
 
 def test_python_dash_m_help():
-  done = subprocess.run([sys.executable, "-m", "matopt", "run", "--help"], capture_output=True, text=True,
-                        check=True)
+  done = subprocess.run([sys.executable, "-m", "matopt", "run", "--help"], capture_output=True, text=True, check=True)
   assert "--optimizers" in done.stdout and "configs/quickstart.yaml" in done.stdout
 
 
@@ -120,8 +138,13 @@ def test_muon_clip_runs_on_the_gpt_and_is_refused_without_attention(tmp_path, ca
   (record,) = runner.run(runner.load(_write(tmp_path, raw)), tmp_path / "out", progress=False)
   assert not record["diverged"] and np.isfinite(record["final_val_loss"])
   assert np.isfinite(record["final_max_logit"])  # what QK-clip saw, in results.json
-  digits = {"task": "digits", "steps": 2, "batch_size": 8, "eval_batches": 1,
-            "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}]}
+  digits = {
+    "task": "digits",
+    "steps": 2,
+    "batch_size": 8,
+    "eval_batches": 1,
+    "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}],
+  }
   out = tmp_path / "digits"
   assert cli.main(["run", str(_write(tmp_path, digits, "digits")), "--out", str(out)]) == 2
   err = capsys.readouterr().err

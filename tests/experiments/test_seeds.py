@@ -15,11 +15,15 @@ from matopt.experiments import collect, metrics, optimizers, report, runner, tas
 from matopt.experiments import config as config_lib
 
 SMALL = {
-    "task": "gpt", "steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1,
-    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
-    "data": {"max_bytes": 50_000, "val_percent": 10},
-    "schedule": {"warmup_steps": 1, "decay": "cosine"},
-    "optimizers": [{"name": "adamw", "learning_rate": 0.03}, {"name": "sgd", "learning_rate": 0.3}],
+  "task": "gpt",
+  "steps": 4,
+  "batch_size": 4,
+  "eval_every": 2,
+  "eval_batches": 1,
+  "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
+  "data": {"max_bytes": 50_000, "val_percent": 10},
+  "schedule": {"warmup_steps": 1, "decay": "cosine"},
+  "optimizers": [{"name": "adamw", "learning_rate": 0.03}, {"name": "sgd", "learning_rate": 0.3}],
 }
 
 
@@ -36,12 +40,12 @@ def test_seed_keys_default_and_refusals():
   assert (config.run_seeds, config.baseline_name, config.speedup_horizons) == ((4, 5), "sgd", (1, 2))
   assert _parse(seed=4, seeds=[4, 7]).run_seeds == (4, 7)
   for changes, match in [
-      ({"seed": 1, "seeds": [0, 1]}, r"config.seed 1 and config.seeds \[0, 1\] disagree"),
-      ({"seeds": [0, 0]}, r"distinct"),
-      ({"seeds": []}, r"non-empty"),
-      ({"baseline": "muon"}, r"config.baseline: no optimizer entry named 'muon'; its entries are \['adamw', 'sgd'\]"),
-      ({"speedup_horizons": [2, 4]}, r"including 1"),
-      ({"speedup_horizons": [1, 2], "optimizers": [{"name": "sgd", "learning_rate": 0.1}]}, r"no baseline"),
+    ({"seed": 1, "seeds": [0, 1]}, r"config.seed 1 and config.seeds \[0, 1\] disagree"),
+    ({"seeds": [0, 0]}, r"distinct"),
+    ({"seeds": []}, r"non-empty"),
+    ({"baseline": "muon"}, r"config.baseline: no optimizer entry named 'muon'; its entries are \['adamw', 'sgd'\]"),
+    ({"speedup_horizons": [2, 4]}, r"including 1"),
+    ({"speedup_horizons": [1, 2], "optimizers": [{"name": "sgd", "learning_rate": 0.1}]}, r"no baseline"),
   ]:
     with pytest.raises(config_lib.ConfigError, match=match):
       _parse(**changes)
@@ -125,10 +129,12 @@ def test_report_recreates_the_outputs_without_training_or_a_backend(two_seeds):
   before = {name: (out / name).read_text() for name in ("results.md", "results.json")}
   for name in ("results.md", "results.json", "loss_vs_step.png", "loss_vs_time.png"):
     (out / name).unlink()
-  code = ("import sys; from matopt import cli; rc = cli.main(['report', sys.argv[1]]); "
-          "import jax._src.xla_bridge as xb; "
-          "assert not xb.backends_are_initialized() and 'matopt.experiments.train' not in sys.modules; "
-          "sys.exit(rc)")
+  code = (
+    "import sys; from matopt import cli; rc = cli.main(['report', sys.argv[1]]); "
+    "import jax._src.xla_bridge as xb; "
+    "assert not xb.backends_are_initialized() and 'matopt.experiments.train' not in sys.modules; "
+    "sys.exit(rc)"
+  )
   done = subprocess.run([sys.executable, "-c", code, str(out)], check=False, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
   assert {name: (out / name).read_text() for name in before} == before
@@ -157,9 +163,16 @@ def test_report_of_a_partly_finished_directory(two_seeds, tmp_path, capsys):
 def test_plots_draw_a_band_over_seeds():
   matplotlib.use("Agg")
   rng = np.random.default_rng(0)
-  histories = [{"train": [[s, 0.1 * s, 3 - 0.1 * s + rng.random()] for s in range(1, 21)],
-                "val": [[s, 0.1 * s, 3 - 0.1 * s + rng.random(), 0.0] for s in (10, 20)]} for _ in range(3)]
+  histories = [
+    {
+      "train": [[s, 0.1 * s, 3 - 0.1 * s + rng.random()] for s in range(1, 21)],
+      "val": [[s, 0.1 * s, 3 - 0.1 * s + rng.random(), 0.0] for s in (10, 20)],
+    }
+    for _ in range(3)
+  ]
   one = collect.Curve("adamw", "adamw", 0.01, {}, histories[0])
   band = one._replace(histories=tuple(histories))
-  count = lambda curve: sum(len(ax.collections) for ax in report.figures([curve], title="t", loss_unit="u")["step"].axes)
+  count = lambda curve: sum(
+    len(ax.collections) for ax in report.figures([curve], title="t", loss_unit="u")["step"].axes
+  )
   assert (count(one), count(band)) == (0, 2)  # one band per panel, none for one seed

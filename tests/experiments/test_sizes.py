@@ -14,11 +14,16 @@ from matopt.experiments import config as config_lib
 from matopt.experiments import metrics, optimizers, runner, sizes, tasks, train, trends
 
 SMALL = {
-    "name": "tiny", "task": "gpt", "steps": 8, "batch_size": 4, "eval_every": 4, "eval_batches": 1,
-    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
-    "data": {"max_bytes": 50_000, "val_percent": 10},
-    "schedule": {"warmup_steps": 2, "decay": "linear"},
-    "optimizers": [{"name": "adamw", "learning_rate": [0.01, 0.03]}, {"name": "muon", "learning_rate": 0.02}],
+  "name": "tiny",
+  "task": "gpt",
+  "steps": 8,
+  "batch_size": 4,
+  "eval_every": 4,
+  "eval_batches": 1,
+  "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
+  "data": {"max_bytes": 50_000, "val_percent": 10},
+  "schedule": {"warmup_steps": 2, "decay": "linear"},
+  "optimizers": [{"name": "adamw", "learning_rate": [0.01, 0.03]}, {"name": "muon", "learning_rate": 0.02}],
 }
 
 
@@ -34,7 +39,9 @@ def test_sizes_key_parsed_and_kept_in_config_json():
   assert "sizes" not in config_lib.to_dict(_parse())  # absent stays absent: older directories still resume
 
 
-@pytest.mark.parametrize("raw, match", [
+@pytest.mark.parametrize(
+  "raw, match",
+  [
     ({"key": "width", "values": [8]}, r"config.sizes.key must name one key of config.model"),
     ({"key": "model.a.b", "values": [8]}, r"one key of config.model"),
     ({"key": "model.width", "values": []}, r"non-empty list of distinct"),
@@ -44,7 +51,8 @@ def test_sizes_key_parsed_and_kept_in_config_json():
     ({"key": "model.width", "values": [8], "steps": 3}, r"unknown key\(s\) \['steps'\]"),
     ({"key": "model.widht", "values": [8]}, r"config.sizes.values\[0\] = 8: .*widht"),
     ({"key": "model.width", "values": [16, 15]}, r"config.sizes.values\[1\] = 15: "),  # 15 is not a multiple of 2 heads
-])
+  ],
+)
 def test_sizes_refusals_name_the_place(raw, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     _parse(sizes=raw)
@@ -80,9 +88,13 @@ def test_transfer_slope_and_best_learning_rate():
   assert trends.transfer_slope([32, 64], [0.03, None]) is None
   lrs = [0.005, 0.01, 0.02, 0.04]
   loss = [(math.log2(lr) - math.log2(0.014)) ** 2 + 2.0 for lr in lrs]  # a parabola in log lr, lowest at 0.014
-  record = {"tuned": {"b2": 0.95},
-            "grid": [*({"learning_rate": lr, "b2": 0.95, "final_val_loss": v} for lr, v in zip(lrs, loss)),
-                     {"learning_rate": 0.01, "b2": 0.99, "final_val_loss": 0.0}]}  # another b2: not on the line
+  record = {
+    "tuned": {"b2": 0.95},
+    "grid": [
+      *({"learning_rate": lr, "b2": 0.95, "final_val_loss": v} for lr, v in zip(lrs, loss)),
+      {"learning_rate": 0.01, "b2": 0.99, "final_val_loss": 0.0},
+    ],
+  }  # another b2: not on the line
   assert trends.best_learning_rate(record) == pytest.approx(0.014)
   record["grid"][1]["final_val_loss"] = None  # a diverged point next to the best: no bracket, the best itself
   assert trends.best_learning_rate(record) == pytest.approx(0.02)
@@ -100,8 +112,7 @@ def test_parabola_minimum():
 
 
 def test_sizes_run_layout_resume_and_report(tmp_path, monkeypatch, capsys):
-  config = _parse(sizes={"key": "model.width", "values": [8, 16], "tokens_per_param": 1.0},
-                  speedup_horizons=[1, 2])
+  config = _parse(sizes={"key": "model.width", "values": [8, 16], "tokens_per_param": 1.0}, speedup_horizons=[1, 2])
   out = tmp_path / "out"
   records = runner.run(config, out, progress=False)
   assert [s["value"] for s in records] == [8, 16]
@@ -116,8 +127,13 @@ def test_sizes_run_layout_resume_and_report(tmp_path, monkeypatch, capsys):
     assert {r["optimizer"] for r in size["records"]} == {"adamw", "muon"}
     assert list((directory / "runs" / "adamw").glob(f"lr_*/seed_0/steps_{2 * size['steps']}/result.json"))
   text = (out / "results.md").read_text()
-  for part in ("| width | params |", "## Final validation loss", "## Speedup over adamw", "## Best learning rate",
-               "| adamw |"):
+  for part in (
+    "| width | params |",
+    "## Final validation loss",
+    "## Speedup over adamw",
+    "## Best learning rate",
+    "| adamw |",
+  ):
     assert part in text
   for name in ("loss_vs_params.png", "speedup_vs_params.png", "lr_transfer.png", "trends.json"):
     assert (out / name).stat().st_size > 0

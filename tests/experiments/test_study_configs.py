@@ -11,19 +11,62 @@ import pytest
 
 from matopt import cli
 
-SHRINK = ["--steps", "3", "--set", "model.layers=1", "--set", "model.seq_len=16", "--set", "batch_size=4",
-          "--set", "eval_every=1", "--set", "eval_batches=1", "--set", "data.max_bytes=40000"]
+SHRINK = [
+  "--steps",
+  "3",
+  "--set",
+  "model.layers=1",
+  "--set",
+  "model.seq_len=16",
+  "--set",
+  "batch_size=4",
+  "--set",
+  "eval_every=1",
+  "--set",
+  "eval_batches=1",
+  "--set",
+  "data.max_bytes=40000",
+]
 STUDIES = {
-    # AdamW keeps its tuned beta2 grid, extended past an edge.
-    "speedup": ["--optimizers", "adamw,muon", "--seeds", "2",
-                "--set", "optimizers.adamw.learning_rate.grid=[0.01,0.02]",
-                "--set", "optimizers.adamw.learning_rate.extend=1", "--set", "speedup_horizons=[1,2]",
-                "--set", "optimizers.muon.learning_rate=[0.03]"],
-    "scaling": ["--optimizers", "adamw,scion", "--seeds", "1", "--set", "sizes.values=[16,32]",
-                "--set", "speedup_horizons=[1,2]",
-                "--set", "optimizers.adamw.learning_rate=[0.01]", "--set", "optimizers.scion.learning_rate=[0.001]"],
-    "lr_transfer": ["--optimizers", "adamw", "--seeds", "1", "--set", "sizes.values=[16,32]",
-                    "--set", "optimizers.adamw.learning_rate=[0.01,0.02]"],
+  # AdamW keeps its tuned beta2 grid, extended past an edge.
+  "speedup": [
+    "--optimizers",
+    "adamw,muon",
+    "--seeds",
+    "2",
+    "--set",
+    "optimizers.adamw.learning_rate.grid=[0.01,0.02]",
+    "--set",
+    "optimizers.adamw.learning_rate.extend=1",
+    "--set",
+    "speedup_horizons=[1,2]",
+    "--set",
+    "optimizers.muon.learning_rate=[0.03]",
+  ],
+  "scaling": [
+    "--optimizers",
+    "adamw,scion",
+    "--seeds",
+    "1",
+    "--set",
+    "sizes.values=[16,32]",
+    "--set",
+    "speedup_horizons=[1,2]",
+    "--set",
+    "optimizers.adamw.learning_rate=[0.01]",
+    "--set",
+    "optimizers.scion.learning_rate=[0.001]",
+  ],
+  "lr_transfer": [
+    "--optimizers",
+    "adamw",
+    "--seeds",
+    "1",
+    "--set",
+    "sizes.values=[16,32]",
+    "--set",
+    "optimizers.adamw.learning_rate=[0.01,0.02]",
+  ],
 }
 
 

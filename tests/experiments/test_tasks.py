@@ -10,8 +10,10 @@ from matopt.experiments import config as config_lib
 from matopt.experiments import optimizers, tasks
 
 BASE = {
-    "steps": 2, "batch_size": 2, "eval_batches": 1,
-    "optimizers": [{"name": "adamw", "learning_rate": 1e-3}],
+  "steps": 2,
+  "batch_size": 2,
+  "eval_batches": 1,
+  "optimizers": [{"name": "adamw", "learning_rate": 1e-3}],
 }
 
 
@@ -20,24 +22,31 @@ def _config(**raw):
 
 
 def test_corpus_shorter_than_a_window():
-  config = _config(task="gpt", model={"layers": 1, "width": 16, "heads": 2, "seq_len": 64},
-                   data={"max_bytes": 60, "val_percent": 10})
-  with pytest.raises(config_lib.ConfigError, match=r"corpus has \d+ bytes, fewer than seq_len \+ 1; raise data.max_bytes"):
+  config = _config(
+    task="gpt", model={"layers": 1, "width": 16, "heads": 2, "seq_len": 64}, data={"max_bytes": 60, "val_percent": 10}
+  )
+  with pytest.raises(
+    config_lib.ConfigError, match=r"corpus has \d+ bytes, fewer than seq_len \+ 1; raise data.max_bytes"
+  ):
     tasks.TASKS["gpt"](config)
 
 
 def test_more_eval_batches_than_validation_images():
   config = dataclasses.replace(_config(task="digits", data={"val_percent": 1}), eval_batches=100)
-  with pytest.raises(config_lib.ConfigError, match=r"config.eval_batches 100 exceeds the 17 validation images; lower it"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"config.eval_batches 100 exceeds the 17 validation images; lower it"
+  ):
     tasks.TASKS["digits"](config)
-
 
 
 @pytest.mark.parametrize("name", sorted(tasks.TASKS))
 def test_every_task_is_a_task(name):
   # What the runner reads of a task and nothing more: the Protocol, checked on a real instance.
-  raw = {"task": name, "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 8} if name == "gpt" else {},
-         "data": {"max_bytes": 20_000, "val_percent": 10} if name == "gpt" else {}}
+  raw = {
+    "task": name,
+    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 8} if name == "gpt" else {},
+    "data": {"max_bytes": 20_000, "val_percent": 10} if name == "gpt" else {},
+  }
   task = tasks.TASKS[name](_config(**raw))
   assert isinstance(task, tasks.Task)
   val_loss, val_aux = 2.0, 0.5

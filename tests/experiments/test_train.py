@@ -20,10 +20,15 @@ def _gpt_task():
   from matopt.experiments import config as config_lib
   from matopt.experiments import optimizers, tasks
 
-  raw = {"task": "gpt", "steps": 4, "batch_size": 2, "eval_batches": 1,
-         "model": {"layers": 2, "width": 16, "heads": 2, "seq_len": 8},
-         "data": {"max_bytes": 20_000, "val_percent": 10},
-         "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}]}
+  raw = {
+    "task": "gpt",
+    "steps": 4,
+    "batch_size": 2,
+    "eval_batches": 1,
+    "model": {"layers": 2, "width": 16, "heads": 2, "seq_len": 8},
+    "data": {"max_bytes": 20_000, "val_percent": 10},
+    "optimizers": [{"name": "muon_clip", "learning_rate": 0.02}],
+  }
   return tasks.TASKS["gpt"](config_lib.parse(raw, catalogue=optimizers.CATALOGUE, tasks=tasks.TASKS))
 
 
@@ -49,8 +54,7 @@ def test_muon_clip_gets_the_models_logits():
   assert seen[0] == {"blocks": {0: {"attn": {"max_logits": ((2,),)}}, 1: {"attn": {"max_logits": ((2,),)}}}}
   # A τ no logit reaches leaves RMS-matched Muon as it is; a small τ changes training.
   plain = _losses(task, matopt.muon(0.02, scale="rms", adam_learning_rate=0.003))
-  never = _losses(task, matopt.muon_clip(0.02, tau=1e9, adam_learning_rate=0.003, **heads),
-                  update_args=("max_logits",))
+  never = _losses(task, matopt.muon_clip(0.02, tau=1e9, adam_learning_rate=0.003, **heads), update_args=("max_logits",))
   np.testing.assert_allclose(never, plain, rtol=1e-6)
   assert not np.allclose(clipped[1:], plain[1:], rtol=1e-4)
 
@@ -80,9 +84,13 @@ def test_named_keeps_only_the_paths_to_one_sown_name():
 
 def test_checkpoints_keep_the_state_tree_and_skip_only_zero_size_leaves(tmp_path):
   # orbax refuses zero-size arrays; such a leaf holds nothing and comes back from `like`.
-  state = {"params": {"w": jnp.arange(6.0).reshape(2, 3)},
-           "opt_state": (optax.ScaleByAdamState(jnp.int32(3), {"w": jnp.ones((2, 3))}, {"w": jnp.zeros((0, 3))}),
-                         optax.EmptyState())}
+  state = {
+    "params": {"w": jnp.arange(6.0).reshape(2, 3)},
+    "opt_state": (
+      optax.ScaleByAdamState(jnp.int32(3), {"w": jnp.ones((2, 3))}, {"w": jnp.zeros((0, 3))}),
+      optax.EmptyState(),
+    ),
+  }
   ckpt = train.Checkpoints(tmp_path / "c")
   ckpt.save(3, state, {"seconds": 1.0})
   like = jax.tree.map(jnp.zeros_like, state)

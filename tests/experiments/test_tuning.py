@@ -13,10 +13,13 @@ from matopt.experiments import optimizers, runner, tasks, tuning
 from matopt.experiments.tuning import Grid, Point
 
 TINY = {
-    "task": "gpt", "steps": 3, "batch_size": 4, "eval_batches": 1,
-    "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
-    "data": {"max_bytes": 50_000, "val_percent": 10},
-    "schedule": {"warmup_steps": 1},
+  "task": "gpt",
+  "steps": 3,
+  "batch_size": 4,
+  "eval_batches": 1,
+  "model": {"layers": 1, "width": 16, "heads": 2, "seq_len": 16},
+  "data": {"max_bytes": 50_000, "val_percent": 10},
+  "schedule": {"warmup_steps": 1},
 }
 
 
@@ -26,10 +29,12 @@ def _parse(optimizers_):
 
 def _fetcher(loss, trained):
   """A fake ``fetch``: one seed whose final val loss is ``loss(point)`` (None: diverged)."""
+
   def fetch(point):
     trained.append(point)
     value = loss(point)
     return {0: {"final_val_loss": value, "diverged": value is None}}
+
   return fetch
 
 
@@ -39,8 +44,9 @@ def _fetcher(loss, trained):
 def test_best_at_the_top_edge_extends_up_until_inside():
   trained = []
   # A valley at 0.1: the grid [0.001, 0.003, 0.01] has its best at the top edge.
-  outcome = tuning.search(Grid((0.001, 0.003, 0.01), extend=5),
-                          _fetcher(lambda p: abs(math.log(p.learning_rate / 0.1)), trained))
+  outcome = tuning.search(
+    Grid((0.001, 0.003, 0.01), extend=5), _fetcher(lambda p: abs(math.log(p.learning_rate / 0.1)), trained)
+  )
   assert [p.learning_rate for p in trained] == [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
   assert outcome.best == Point(0.1) and outcome.extended == (0.03, 0.1, 0.3) and not outcome.at_edge
 
@@ -85,9 +91,10 @@ def test_product_grid_tries_every_point_and_extends_along_the_best_line():
 
 def test_search_reads_only_what_is_there():
   """A report of an interrupted run: an extension point not trained yet ends the search."""
-  outcome = tuning.search(Grid((1.0, 2.0), extend=3),
-                          lambda p: {0: {"final_val_loss": -p.learning_rate, "diverged": False}}
-                          if p.learning_rate < 3 else {})
+  outcome = tuning.search(
+    Grid((1.0, 2.0), extend=3),
+    lambda p: {0: {"final_val_loss": -p.learning_rate, "diverged": False}} if p.learning_rate < 3 else {},
+  )
   assert outcome.best == Point(2.0) and outcome.extended == () and outcome.at_edge
   assert tuning.search(Grid((1.0,)), lambda p: {}) is None
 
@@ -96,12 +103,17 @@ def test_search_reads_only_what_is_there():
 
 
 def test_config_keys_round_trip_and_plain_entries_are_unchanged():
-  config = _parse([
-      {"name": "adamw", "learning_rate": {"grid": [0.003, 0.01, 0.03], "extend": 3},
-       "tune": {"b2": [0.95, 0.99], "schedule.warmup_steps": [0, 2]}},
+  config = _parse(
+    [
+      {
+        "name": "adamw",
+        "learning_rate": {"grid": [0.003, 0.01, 0.03], "extend": 3},
+        "tune": {"b2": [0.95, 0.99], "schedule.warmup_steps": [0, 2]},
+      },
       {"name": "sgd", "learning_rate": {"grid": [0.1], "extend": 1, "factor": 3}},
       {"name": "muon", "learning_rate": [0.01, 0.02]},
-  ])
+    ]
+  )
   adamw = config.optimizers[0]
   assert (adamw.learning_rates, adamw.extend, adamw.factor) == ((0.003, 0.01, 0.03), 3, None)
   assert adamw.tune == {"b2": (0.95, 0.99), "schedule.warmup_steps": (0, 2)}
@@ -109,11 +121,15 @@ def test_config_keys_round_trip_and_plain_entries_are_unchanged():
   assert entries[0]["learning_rate"] == {"grid": [0.003, 0.01, 0.03], "extend": 3}
   assert entries[1]["learning_rate"] == {"grid": [0.1], "extend": 1, "factor": 3.0}
   assert entries[2] == {"name": "muon", "optimizer": "muon", "learning_rate": [0.01, 0.02]}
-  assert tuning.of_entry(entries[0]).ratio() == pytest.approx(math.sqrt(10)) and tuning.of_entry(entries[1]).ratio() == 3.0
+  assert (
+    tuning.of_entry(entries[0]).ratio() == pytest.approx(math.sqrt(10)) and tuning.of_entry(entries[1]).ratio() == 3.0
+  )
   assert len(tuning.of_entry(entries[0]).points()) == 12
 
 
-@pytest.mark.parametrize("entry, match", [
+@pytest.mark.parametrize(
+  "entry, match",
+  [
     ({"learning_rate": {"grid": [0.01, 0.02, 0.08], "extend": 2}}, r"extend needs a geometric grid .* give factor"),
     ({"learning_rate": {"grid": [0.01], "extend": 2}}, r"extend needs a geometric grid"),
     ({"learning_rate": {"grid": [0.01, 0.1], "extend": -1}}, r"learning_rate.extend must be >= 0"),
@@ -124,7 +140,8 @@ def test_config_keys_round_trip_and_plain_entries_are_unchanged():
     ({"learning_rate": 0.01, "b2": 0.9, "tune": {"b2": [0.9, 0.99]}}, r"b2 is also set to 0.9; set it in one place"),
     ({"learning_rate": 0.01, "tune": {"b2": ["x"]}}, r"tune.b2\[0\].b2 must be float"),
     ({"learning_rate": 0.01, "tune": {"schedule.warmup_steps": [-1]}}, r"warmup_steps\[0\] must be >= 0"),
-])
+  ],
+)
 def test_config_refusals(entry, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     _parse([{"name": "adamw", **entry}])
@@ -148,9 +165,11 @@ def extended(tmp_path_factory):
 @pytest.fixture(scope="module")
 def product(tmp_path_factory):
   """adamw tuning b2 and the warmup, then trained to 2× the steps at its choice (the baseline): 5 runs."""
-  return _run(tmp_path_factory, {"name": "adamw", "learning_rate": 0.01,
-                                 "tune": {"b2": [0.9, 0.99], "schedule.warmup_steps": [0, 2]}},
-              speedup_horizons=(1, 2))
+  return _run(
+    tmp_path_factory,
+    {"name": "adamw", "learning_rate": 0.01, "tune": {"b2": [0.9, 0.99], "schedule.warmup_steps": [0, 2]}},
+    speedup_horizons=(1, 2),
+  )
 
 
 def test_edge_extension_trains_past_the_edge_and_flags_the_bound(extended):
@@ -159,8 +178,12 @@ def test_edge_extension_trains_past_the_edge_and_flags_the_bound(extended):
   # A half-decade grid continues 1, 3, 10, 30.
   assert dirs == ["lr_0.0001", "lr_0.0003", "lr_0.001", "lr_0.003"]
   assert sgd["learning_rate"] == 0.003
-  assert sgd["tuning"] == {"learning_rates": [0.0001, 0.0003, 0.001, 0.003], "extend": 2,
-                           "extended": [0.001, 0.003], "at_edge": True}
+  assert sgd["tuning"] == {
+    "learning_rates": [0.0001, 0.0003, 0.001, 0.003],
+    "extend": 2,
+    "extended": [0.001, 0.003],
+    "at_edge": True,
+  }
   assert [g["learning_rate"] for g in sgd["grid"]] == [0.0001, 0.0003, 0.001, 0.003]
   assert "tuned" not in sgd
   table = (out / "results.md").read_text()
@@ -171,8 +194,12 @@ def test_edge_extension_trains_past_the_edge_and_flags_the_bound(extended):
 def test_product_grid_names_each_point_and_reports_the_choice(product):
   _, out, (adamw,) = product
   dirs = sorted(p.name for p in (out / "runs" / "adamw").iterdir())
-  assert dirs == ["lr_0.01-b2_0.9-warmup_steps_0", "lr_0.01-b2_0.9-warmup_steps_2",
-                  "lr_0.01-b2_0.99-warmup_steps_0", "lr_0.01-b2_0.99-warmup_steps_2"]
+  assert dirs == [
+    "lr_0.01-b2_0.9-warmup_steps_0",
+    "lr_0.01-b2_0.9-warmup_steps_2",
+    "lr_0.01-b2_0.99-warmup_steps_0",
+    "lr_0.01-b2_0.99-warmup_steps_2",
+  ]
   assert len(adamw["grid"]) == 4
   best = min(adamw["grid"], key=lambda g: g["final_val_loss"])
   assert adamw["tuned"] == {"b2": best["b2"], "schedule.warmup_steps": best["schedule.warmup_steps"]}
@@ -205,8 +232,10 @@ def test_rerun_and_report_reuse_the_tuning_without_training(extended, monkeypatc
 
 def test_yaml_syntax(tmp_path):
   path = tmp_path / "t.yaml"
-  path.write_text(yaml.safe_dump(TINY) + "optimizers:\n"
-                  "  - {name: adamw, learning_rate: {grid: [0.003, 0.01], extend: 3}, tune: {b2: [0.95, 0.99]}}\n")
+  path.write_text(
+    yaml.safe_dump(TINY) + "optimizers:\n"
+    "  - {name: adamw, learning_rate: {grid: [0.003, 0.01], extend: 3}, tune: {b2: [0.95, 0.99]}}\n"
+  )
   (spec,) = runner.load(path, ["optimizers.adamw.learning_rate.extend=1"]).optimizers
   assert (spec.learning_rates, spec.extend, dict(spec.tune)) == ((0.003, 0.01), 1, {"b2": (0.95, 0.99)})
 
@@ -220,8 +249,11 @@ def test_an_interrupted_grid_is_not_extended_until_it_finishes(tmp_path, monkeyp
     return point.learning_rate != 0.0001 or stop_after is None  # stop_after: lr 0.0001 is cut short
 
   monkeypatch.setattr(runner, "_ensure", ensure)
-  monkeypatch.setattr(runner.collect, "finished_runs", lambda out, name, lr, seeds, steps=None, tuned=():
-                      {0: {"final_val_loss": -lr, "diverged": False}})
+  monkeypatch.setattr(
+    runner.collect,
+    "finished_runs",
+    lambda out, name, lr, seeds, steps=None, tuned=(): {0: {"final_val_loss": -lr, "diverged": False}},
+  )
   job, bars = runner._Job(config, None, None), runner._Progress(False)
   assert not runner._tune(job, config.optimizers[0], tmp_path, bars, stop_after=2)
   assert trained == [0.0001, 0.0003]  # the best so far is at the edge, but the grid is not finished
@@ -241,13 +273,19 @@ def test_a_changed_extend_resumes_the_same_directory(extended, tmp_path, monkeyp
   more = dataclasses.replace(config, optimizers=(dataclasses.replace(spec, extend=3),))
   (sgd,) = runner.run(more, copy, progress=False)
   assert sorted(p.name for p in (copy / "runs" / "sgd").iterdir()) == [
-      "lr_0.0001", "lr_0.0003", "lr_0.001", "lr_0.003", "lr_0.01"]
+    "lr_0.0001",
+    "lr_0.0003",
+    "lr_0.001",
+    "lr_0.003",
+    "lr_0.01",
+  ]
   assert sgd["tuning"]["extend"] == 3 and sgd["tuning"]["extended"] == [0.001, 0.003, 0.01]
   assert json.loads((copy / "config.json").read_text())["optimizers"][0]["learning_rate"]["extend"] == 3
   # No extension (a plain grid): nothing is trained, the choice is among the grid's own rates.
   monkeypatch.setattr(runner.train, "train", lambda *a, **k: pytest.fail("trained again"))
-  (sgd,) = runner.run(dataclasses.replace(config, optimizers=(dataclasses.replace(spec, extend=0),)), copy,
-                      progress=False)
+  (sgd,) = runner.run(
+    dataclasses.replace(config, optimizers=(dataclasses.replace(spec, extend=0),)), copy, progress=False
+  )
   assert sgd["learning_rate"] == 0.0003 and "tuning" not in sgd
   # Anything else about the runs is still a different config.
   other = dataclasses.replace(config, optimizers=(dataclasses.replace(spec, learning_rates=(0.0001, 0.001)),))

@@ -56,11 +56,15 @@ def _batched_lapack_calls(compiled):
   return batched
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda: matopt.shampoo(1e-3, precondition_every=1),
     lambda: matopt.scale_by_shampoo(precondition_every=1, root_method="eigh"),
     lambda: matopt.soap(3e-3, precondition_every=1),
-], ids=["shampoo", "scale_by_shampoo_eigh", "soap"])
+  ],
+  ids=["shampoo", "scale_by_shampoo_eigh", "soap"],
+)
 def test_optimizer_steps_issue_no_batched_lapack(make):
   # Several same-shape matrices (stacked by the transforms) in several shape
   # groups: the tree on which a single-device Shampoo step used to hang.

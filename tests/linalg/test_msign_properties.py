@@ -23,8 +23,7 @@ def _x(batch, m, n, seed, scale=1.0):
 
 
 @hypothesis.settings(deadline=None, max_examples=20)
-@hypothesis.given(log_scale=st.floats(-25, 25), coeffs=st.sampled_from(list(PRESETS)),
-                  **SHAPES)
+@hypothesis.given(log_scale=st.floats(-25, 25), coeffs=st.sampled_from(list(PRESETS)), **SHAPES)
 def test_scale_invariant_and_finite(batch, m, n, seed, log_scale, coeffs):
   # Exactly scale invariant with eps=0. The default ε = 1e-7 is added to
   # ‖X‖_F as in Jordan's code, so it is not (test_newton_schulz.py checks

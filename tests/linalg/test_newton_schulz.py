@@ -69,8 +69,9 @@ def test_documented_bands_hold():
 
 def test_cubic_converges_with_more_steps():
   x = matrix_with_condition(32, 64, 1000.0, seed=4)
-  err = [_rel_err(matopt.msign(jnp.asarray(x, jnp.float32), coeffs="cubic", steps=s), polar_factor(x))
-         for s in (4, 12, 40)]
+  err = [
+    _rel_err(matopt.msign(jnp.asarray(x, jnp.float32), coeffs="cubic", steps=s), polar_factor(x)) for s in (4, 12, 40)
+  ]
   assert err[0] > err[1] > err[2] and err[2] < 1e-4
 
 
@@ -90,16 +91,16 @@ def test_explicit_schedule_equals_preset_and_steps_extend():
   explicit = matopt.msign(x / 1.01, coeffs=sched.coeffs)  # preset also scales ‖x‖ by 1.01
   np.testing.assert_allclose(matopt.msign(x, coeffs="polar_express"), explicit, atol=1e-5)
   assert coefficients.resolve_schedule("polar_express", 10).coeffs.shape == (10, 3)
-  np.testing.assert_array_equal(coefficients.resolve_schedule("polar_express", 10).coeffs[-1],
-                                [1.875, -1.25, 0.375])
+  np.testing.assert_array_equal(coefficients.resolve_schedule("polar_express", 10).coeffs[-1], [1.875, -1.25, 0.375])
   assert coefficients.resolve_schedule("jordan", 3).coeffs.shape == (3, 3)
   assert coefficients.resolve_schedule("jordan", np.int64(3)).coeffs.shape == (3, 3)
 
 
 def test_polar_express_safety_factor_applied():
   rows = coefficients.resolve_schedule("polar_express").coeffs
-  np.testing.assert_allclose(rows[0], [8.28721201814563 / 1.01, -23.595886519098837 / 1.01**3,
-                                       17.300387312530933 / 1.01**5])
+  np.testing.assert_allclose(
+    rows[0], [8.28721201814563 / 1.01, -23.595886519098837 / 1.01**3, 17.300387312530933 / 1.01**5]
+  )
   np.testing.assert_array_equal(rows[7], [1.875, -1.25, 0.375])
 
 
@@ -200,15 +201,19 @@ def test_default_eps_is_the_references(scale, method):
   np.testing.assert_allclose(out, want, rtol=0, atol=2e-5 * np.max(np.abs(want)))
 
 
-@pytest.mark.parametrize(("method", "dtype"), [("newton_schulz", "float32"), ("gram", "bfloat16"),
-                                               ("newton_schulz", "bfloat16")])
+@pytest.mark.parametrize(
+  ("method", "dtype"), [("newton_schulz", "float32"), ("gram", "bfloat16"), ("newton_schulz", "bfloat16")]
+)
 def test_edge_inputs_stay_finite_with_and_without_eps(method, dtype):
   # Zero, rank-1, rank-2 and 1×n inputs at 1e-30, 1 and 1e30 (one batch per
   # shape), with ε = 0 and the default, iterating in the input's dtype:
   # never a NaN, and 0 ↦ 0.
   rng = np.random.default_rng(13)
-  kinds = [np.zeros((6, 8)), np.outer(rng.standard_normal(6), rng.standard_normal(8)),
-           rng.standard_normal((6, 2)) @ rng.standard_normal((2, 8))]
+  kinds = [
+    np.zeros((6, 8)),
+    np.outer(rng.standard_normal(6), rng.standard_normal(8)),
+    rng.standard_normal((6, 2)) @ rng.standard_normal((2, 8)),
+  ]
   scales = (1e-30, 1.0, 1e30)
   msign = jax.jit(matopt.msign, static_argnames=("method", "eps", "compute_dtype"))
   square = np.stack([k * s for k in kinds for s in scales])
@@ -217,15 +222,16 @@ def test_edge_inputs_stay_finite_with_and_without_eps(method, dtype):
     for eps in (0.0, 1e-7):
       out = np.asarray(msign(jnp.asarray(x, dtype), method=method, eps=eps, compute_dtype=dtype), np.float32)
       assert np.all(np.isfinite(out)), (x.shape, eps)
-      assert x is row or np.array_equal(out[:len(scales)], np.zeros_like(out[:len(scales)]))
+      assert x is row or np.array_equal(out[: len(scales)], np.zeros_like(out[: len(scales)]))
 
 
 def test_vector_shaped_matrices():
   v = np.random.default_rng(10).standard_normal((1, 9))
   out = matopt.msign(jnp.asarray(v, jnp.float32), coeffs="polar_express")
   np.testing.assert_allclose(out, v / np.linalg.norm(v), atol=1e-3)
-  np.testing.assert_allclose(matopt.msign(jnp.asarray(v.T, jnp.float32), method="svd"),
-                             (v / np.linalg.norm(v)).T, atol=1e-6)
+  np.testing.assert_allclose(
+    matopt.msign(jnp.asarray(v.T, jnp.float32), method="svd"), (v / np.linalg.norm(v)).T, atol=1e-6
+  )
 
 
 def test_bf16_keeps_dtype_and_accuracy():
@@ -246,22 +252,22 @@ def test_jit_matches_eager():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"coeffs": "quintic"}, "coeffs: unknown Newton–Schulz coefficient preset 'quintic'"),
-        ({"coeffs": np.ones((4, 2))}, r"shape \(k, 3\)"),
-        ({"coeffs": [[1.0, np.nan, 0.0]]}, "finite"),
-        ({"coeffs": [[-1.0, 0.0, 0.0]]}, "a > 0"),
-        ({"coeffs": [["a", "b", "c"]]}, "coeffs must be one of"),
-        ({"coeffs": 3}, r"coeffs: .*shape \(k, 3\)"),
-        ({"eps": float("nan")}, r"eps must lie in \[0.0, inf\]"),
-        ({"eps": -1e-7}, "eps must lie in"),
-        ({"steps": 0}, "steps must be >= 1"),
-        ({"steps": 2.5}, "positive int"),
-        ({"steps": True}, "positive int"),
-        ({"method": "eig"}, "Unknown msign method 'eig'"),
-        ({"method": None}, "Unknown msign method None"),
-    ],
+  "kwargs, match",
+  [
+    ({"coeffs": "quintic"}, "coeffs: unknown Newton–Schulz coefficient preset 'quintic'"),
+    ({"coeffs": np.ones((4, 2))}, r"shape \(k, 3\)"),
+    ({"coeffs": [[1.0, np.nan, 0.0]]}, "finite"),
+    ({"coeffs": [[-1.0, 0.0, 0.0]]}, "a > 0"),
+    ({"coeffs": [["a", "b", "c"]]}, "coeffs must be one of"),
+    ({"coeffs": 3}, r"coeffs: .*shape \(k, 3\)"),
+    ({"eps": float("nan")}, r"eps must lie in \[0.0, inf\]"),
+    ({"eps": -1e-7}, "eps must lie in"),
+    ({"steps": 0}, "steps must be >= 1"),
+    ({"steps": 2.5}, "positive int"),
+    ({"steps": True}, "positive int"),
+    ({"method": "eig"}, "Unknown msign method 'eig'"),
+    ({"method": None}, "Unknown msign method None"),
+  ],
 )
 def test_bad_options_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -291,8 +297,9 @@ def test_gram_flop_ratio_counts_the_products():
   assert newton_schulz.gram_flop_ratio(64, 256, 5, 2) == pytest.approx((28 + 28 + 20) / 90)
 
 
-@pytest.mark.parametrize("shape, expect", [((64, 64), "newton_schulz"), ((48, 192), "gram"), ((192, 48), "gram"),
-                                           ((64, 96), "newton_schulz")])
+@pytest.mark.parametrize(
+  "shape, expect", [((64, 64), "newton_schulz"), ((48, 192), "gram"), ((192, 48), "gram"), ((64, 96), "newton_schulz")]
+)
 def test_auto_method_takes_gram_where_it_saves_flops(shape, expect):
   x = jnp.asarray(matrix_with_condition(*shape, 100.0, seed=5), jnp.float32)
   auto = matopt.msign(x, method="auto")

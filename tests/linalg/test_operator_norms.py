@@ -18,18 +18,25 @@ from tests.helpers import matrix_with_condition, polar_factor
 # Scion's Table 2 in the paper's layout A = (d_out, d_in): norm -> (LMO with
 # the ascent sign, norm). Every registered norm needs an entry (checked below).
 PAPER = {
-    # col_j(A) ↦ √d_out col_j / ‖col_j‖
-    "colnorm": (lambda a: np.sqrt(a.shape[0]) * a / np.linalg.norm(a, axis=0, keepdims=True),
-                lambda a: np.max(np.linalg.norm(a, axis=0)) / np.sqrt(a.shape[0])),
-    # row_i(A) ↦ row_i / (√d_in ‖row_i‖)
-    "rownorm": (lambda a: a / (np.sqrt(a.shape[1]) * np.linalg.norm(a, axis=1, keepdims=True)),
-                lambda a: np.max(np.sqrt(a.shape[1]) * np.linalg.norm(a, axis=1))),
-    # A ↦ √(d_out/d_in) U Vᵀ
-    "spectral": (lambda a: np.sqrt(a.shape[0] / a.shape[1]) * polar_factor(a),
-                 lambda a: np.sqrt(a.shape[1] / a.shape[0]) * np.linalg.norm(a, 2)),
-    "sign": (np.sign, lambda a: np.max(np.abs(a))),
-    "frobenius": (lambda a: a / np.linalg.norm(a), np.linalg.norm),
+  # col_j(A) ↦ √d_out col_j / ‖col_j‖
+  "colnorm": (
+    lambda a: np.sqrt(a.shape[0]) * a / np.linalg.norm(a, axis=0, keepdims=True),
+    lambda a: np.max(np.linalg.norm(a, axis=0)) / np.sqrt(a.shape[0]),
+  ),
+  # row_i(A) ↦ row_i / (√d_in ‖row_i‖)
+  "rownorm": (
+    lambda a: a / (np.sqrt(a.shape[1]) * np.linalg.norm(a, axis=1, keepdims=True)),
+    lambda a: np.max(np.sqrt(a.shape[1]) * np.linalg.norm(a, axis=1)),
+  ),
+  # A ↦ √(d_out/d_in) U Vᵀ
+  "spectral": (
+    lambda a: np.sqrt(a.shape[0] / a.shape[1]) * polar_factor(a),
+    lambda a: np.sqrt(a.shape[1] / a.shape[0]) * np.linalg.norm(a, 2),
+  ),
+  "sign": (np.sign, lambda a: np.max(np.abs(a))),
+  "frobenius": (lambda a: a / np.linalg.norm(a), np.linalg.norm),
 }
+
 
 def paper_lmo(a: np.ndarray, norm: str) -> np.ndarray:
   """Scion's LMO column of Table 2 (ascent sign), A = (d_out, d_in)."""
@@ -138,13 +145,13 @@ def test_bf16_keeps_dtype(norm):
 
 @hypothesis.settings(deadline=None, max_examples=15)
 @hypothesis.given(
-    # Newton–Schulz LMOs are approximate; their identities are checked above with EXACT options.
-    norm=st.sampled_from([n for n in NORMS if n not in EXACT]),
-    batch=st.integers(0, 2),
-    m=st.integers(1, 9),
-    n=st.integers(1, 9),
-    log_scale=st.floats(-25, 25),
-    seed=st.integers(0, 2**16),
+  # Newton–Schulz LMOs are approximate; their identities are checked above with EXACT options.
+  norm=st.sampled_from([n for n in NORMS if n not in EXACT]),
+  batch=st.integers(0, 2),
+  m=st.integers(1, 9),
+  n=st.integers(1, 9),
+  log_scale=st.floats(-25, 25),
+  seed=st.integers(0, 2**16),
 )
 def test_identities_property(norm, batch, m, n, log_scale, seed):
   shape = (2,) * batch + (m, n)

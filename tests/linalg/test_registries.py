@@ -40,9 +40,17 @@ def _toy_dual(g, normalized=False):
 
 @pytest.fixture
 def toy_norm():
-  info = matopt.linalg.register_norm(NormInfo(
-      "toy_frobenius", _toy_lmo, _toy_norm, _toy_dual, options=("normalized",),
-      description="c‖W‖_F, a test double.", reference="tests/linalg/test_registries.py"))
+  info = matopt.linalg.register_norm(
+    NormInfo(
+      "toy_frobenius",
+      _toy_lmo,
+      _toy_norm,
+      _toy_dual,
+      options=("normalized",),
+      description="c‖W‖_F, a test double.",
+      reference="tests/linalg/test_registries.py",
+    )
+  )
   try:
     yield info
   finally:
@@ -53,8 +61,9 @@ def toy_norm():
 def toy_preset():
   # Two rows and a safety factor, so that truncation, repetition and the
   # safety division are all exercised.
-  preset = matopt.linalg.register_preset(Preset(
-      "toy", rows=((2.0, -1.5, 0.5), (1.5, -0.5, 0.0)), steps=14, safety=1.05, source="a test double"))
+  preset = matopt.linalg.register_preset(
+    Preset("toy", rows=((2.0, -1.5, 0.5), (1.5, -0.5, 0.0)), steps=14, safety=1.05, source="a test double")
+  )
   try:
     yield preset
   finally:
@@ -67,8 +76,9 @@ def test_registered_norm_reaches_every_entry_point(toy_norm):
   g = jnp.asarray(np.random.default_rng(0).standard_normal((3, 6, 8)), jnp.float32)
   for normalized in (False, True):
     d = matopt.lmo(g, name, normalized=normalized)
-    np.testing.assert_allclose(jnp.sum(g * d, axis=(-2, -1)), matopt.dual_norm(g, name, normalized=normalized),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      jnp.sum(g * d, axis=(-2, -1)), matopt.dual_norm(g, name, normalized=normalized), rtol=1e-5
+    )
     np.testing.assert_allclose(matopt.norm(d, name, normalized=normalized), 1.0, rtol=1e-5)
   # scale_by_lmo routes the options the record declares (here normalized) and no others.
   tree = {"w1": g[0], "w2": g[1]}
@@ -113,8 +123,10 @@ def test_registered_preset_reaches_every_entry_point(toy_preset):
     np.testing.assert_allclose(matopt.msign(x, coeffs=name, method=method), out, atol=1e-4)
 
   tree = {"w": x}
-  for tx, want in ((matopt.scale_by_msign(coeffs=name), out),
-                   (matopt.scale_by_lmo("spectral", coeffs=name), matopt.lmo(x, "spectral", coeffs=name))):
+  for tx, want in (
+    (matopt.scale_by_msign(coeffs=name), out),
+    (matopt.scale_by_lmo("spectral", coeffs=name), matopt.lmo(x, "spectral", coeffs=name)),
+  ):
     got, _ = tx.update(tree, tx.init(tree))
     np.testing.assert_allclose(got["w"], want, atol=1e-5)
   np.testing.assert_allclose(matopt.lmo(x, "spectral", coeffs=name), out * np.sqrt(30 / 12), atol=1e-5)
@@ -146,16 +158,16 @@ def test_duplicate_names_need_replace(toy_norm, toy_preset):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"rows": ((1.0, 0.0),)}, r"shape \(k, 3\)"),
-        ({"rows": ((-1.0, 0.0, 0.0),)}, "a > 0"),
-        ({"rows": ((np.inf, 0.0, 0.0),)}, "finite"),
-        ({"steps": 0}, "steps must be >= 1"),
-        ({"steps": True}, "steps must be a positive int"),
-        ({"safety": 0.99}, r"safety must lie in \[1.0, inf\)"),
-        ({"name": ""}, "non-empty string"),
-    ],
+  "kwargs, match",
+  [
+    ({"rows": ((1.0, 0.0),)}, r"shape \(k, 3\)"),
+    ({"rows": ((-1.0, 0.0, 0.0),)}, "a > 0"),
+    ({"rows": ((np.inf, 0.0, 0.0),)}, "finite"),
+    ({"steps": 0}, "steps must be >= 1"),
+    ({"steps": True}, "steps must be a positive int"),
+    ({"safety": 0.99}, r"safety must lie in \[1.0, inf\)"),
+    ({"name": ""}, "non-empty string"),
+  ],
 )
 def test_bad_preset_records_raise(kwargs, match):
   fields = {"name": "bad", "rows": ((1.5, -0.5, 0.0),), "steps": 3} | kwargs

@@ -64,13 +64,13 @@ def test_root_error_detects_a_wrong_root():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"p": 0}, "p must be a positive number"),
-        ({"eps": -1.0}, "eps must be a non-negative"),
-        ({"method": "schur"}, r"Unknown root method 'schur'; valid methods are \('eigh', 'newton'\)"),
-        ({"p": 2.5, "method": "newton"}, "needs an integer p"),
-    ],
+  "kwargs, match",
+  [
+    ({"p": 0}, "p must be a positive number"),
+    ({"eps": -1.0}, "eps must be a non-negative"),
+    ({"method": "schur"}, r"Unknown root method 'schur'; valid methods are \('eigh', 'newton'\)"),
+    ({"p": 2.5, "method": "newton"}, "needs an integer p"),
+  ],
 )
 def test_bad_options(kwargs, match):
   with pytest.raises(ValueError, match=match):

@@ -11,26 +11,27 @@ import matopt
 
 def _tree(seed):
   rng = np.random.default_rng(seed)
-  return {"w": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32),
-          "b": jnp.asarray(rng.standard_normal(5), jnp.float32)}
+  return {
+    "w": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32),
+    "b": jnp.asarray(rng.standard_normal(5), jnp.float32),
+  }
 
 
 LR = 0.01
 CAUTIOUS = {
-    "muon": lambda **kw: matopt.muon(LR, adam_learning_rate=LR, **kw),
-    "shampoo": lambda **kw: matopt.shampoo(LR, precondition_every=1, **kw),
-    "soap": lambda **kw: matopt.soap(LR, precondition_every=1, **kw),
-    "signum": lambda **kw: matopt.signum(LR, **kw),
-    "nsgd": lambda **kw: matopt.nsgd(LR, **kw),
-    "clipped_sgd": lambda **kw: matopt.clipped_sgd(LR, **kw),
+  "muon": lambda **kw: matopt.muon(LR, adam_learning_rate=LR, **kw),
+  "shampoo": lambda **kw: matopt.shampoo(LR, precondition_every=1, **kw),
+  "soap": lambda **kw: matopt.soap(LR, precondition_every=1, **kw),
+  "signum": lambda **kw: matopt.signum(LR, **kw),
+  "nsgd": lambda **kw: matopt.nsgd(LR, **kw),
+  "clipped_sgd": lambda **kw: matopt.clipped_sgd(LR, **kw),
 }
 
 
 @pytest.mark.parametrize("name", list(CAUTIOUS))
 def test_optimizers_decay_only_where_update_and_weight_agree(name):
   # Two steps so SOAP (whose first step is zero) decays against a real update.
-  params = {"Dense_0": {"kernel": _tree(6)["w"], "bias": _tree(6)["b"]},
-            "Dense_1": {"kernel": _tree(7)["w"].T}}
+  params = {"Dense_0": {"kernel": _tree(6)["w"], "bias": _tree(6)["b"]}, "Dense_1": {"kernel": _tree(7)["w"].T}}
   grads = [jax.tree.map(lambda p, s=s: jax.random.normal(jax.random.key(s), p.shape), params) for s in (1, 2)]
 
   def second_update(**kw):

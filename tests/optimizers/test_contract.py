@@ -112,7 +112,7 @@ def test_zero_gradients_give_expected_finite_update(name):
 def test_bf16_params_stay_bf16(name):
   entry = REGISTRY[name]
   graphdef, params = _split(jnp.bfloat16)
-  new_params, state, losses, _ = _train(entry.factory(entry.learning_rate), params, _loss_fn(graphdef), 5)
+  new_params, _, losses, _ = _train(entry.factory(entry.learning_rate), params, _loss_fn(graphdef), 5)
   for p in jax.tree.leaves(new_params):
     assert p.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(p, np.float32)))
   assert np.all(np.isfinite(losses))

@@ -28,30 +28,30 @@ class Case(NamedTuple):
   # update() needs the model's attention logits (QK-clip).
   max_logits: bool = False
   # Options that fix shapes: given through static_args, as a user must.
-  static: dict = {}
+  static: dict = {}  # noqa: RUF012 (a NamedTuple field's default, never mutated)
 
 
 # One line per optimizer of matopt.OPTIMIZERS (test_cases_cover_the_registry).
 CASES = {
-    "muon": Case(matopt.muon, 0.02),
-    "normuon": Case(matopt.normuon, 0.02),
-    "adamuon": Case(matopt.adamuon, 0.02),
-    "muon_clip": Case(matopt.muon_clip, 0.02, max_logits=True, static={"head_dim": 4}),
-    "scion": Case(matopt.scion, 0.05),
-    "unconstrained_scion": Case(matopt.unconstrained_scion, 0.05),
-    "signum": Case(matopt.signum, 0.01),
-    "nsgd": Case(matopt.nsgd, 0.1),
-    "clipped_sgd": Case(matopt.clipped_sgd, 0.1),
-    "shampoo": Case(matopt.shampoo, 1e-3, momentum="b1"),
-    "soap": Case(matopt.soap, 3e-3, momentum="b1"),
+  "muon": Case(matopt.muon, 0.02),
+  "normuon": Case(matopt.normuon, 0.02),
+  "adamuon": Case(matopt.adamuon, 0.02),
+  "muon_clip": Case(matopt.muon_clip, 0.02, max_logits=True, static={"head_dim": 4}),
+  "scion": Case(matopt.scion, 0.05),
+  "unconstrained_scion": Case(matopt.unconstrained_scion, 0.05),
+  "signum": Case(matopt.signum, 0.01),
+  "nsgd": Case(matopt.nsgd, 0.1),
+  "clipped_sgd": Case(matopt.clipped_sgd, 0.1),
+  "shampoo": Case(matopt.shampoo, 1e-3, momentum="b1"),
+  "soap": Case(matopt.soap, 3e-3, momentum="b1"),
 }
 NAMES = sorted(CASES)
 # Callable-valued options: what inject_hyperparams would wrongly call as a schedule.
 CALLABLE_OPTIONS = {
-    "labels": matopt.labels.by_role,
-    # None for a scalar (the step count): indistinguishable from the default by value.
-    "dimension_numbers": lambda p: jax.tree.map(lambda x: None, p),
-    "weight_decay_mask": lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
+  "labels": matopt.labels.by_role,
+  # None for a scalar (the step count): indistinguishable from the default by value.
+  "dimension_numbers": lambda p: jax.tree.map(lambda x: None, p),
+  "weight_decay_mask": lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
 }
 
 
@@ -66,12 +66,12 @@ def _normal(shape, seed):
 def _tree():
   """Embedding, a tall and a wide hidden matrix with a bias, a norm scale, a head, and attention."""
   params = {
-      "embed": {"embedding": _normal((12, 6), 0)},
-      "Dense_0": {"kernel": _normal((6, 10), 1), "bias": _normal((10,), 2)},
-      "Dense_1": {"kernel": _normal((10, 7), 3)},
-      "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((7,), 4)},
-      "attn": {"query": {"kernel": _normal((7, 8), 5)}, "key": {"kernel": _normal((7, 8), 6)}},
-      "head": {"kernel": _normal((7, 5), 7)},
+    "embed": {"embedding": _normal((12, 6), 0)},
+    "Dense_0": {"kernel": _normal((6, 10), 1), "bias": _normal((10,), 2)},
+    "Dense_1": {"kernel": _normal((10, 7), 3)},
+    "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((7,), 4)},
+    "attn": {"query": {"kernel": _normal((7, 8), 5)}, "key": {"kernel": _normal((7, 8), 6)}},
+    "head": {"kernel": _normal((7, 5), 7)},
   }
   grads = jax.tree.map(lambda w: _normal(w.shape, 100 + w.size), params)
   return params, grads
@@ -91,7 +91,8 @@ def _extra(case):
 def _inject(case, static_args=(), **options):
   static = {**case.static, **options}
   return optax.inject_hyperparams(case.factory, static_args=(*case.static, *static_args))(
-      learning_rate=case.learning_rate, **static)
+    learning_rate=case.learning_rate, **static
+  )
 
 
 def _plain(case, **options):
@@ -128,7 +129,7 @@ def test_momentum_is_schedulable(name):
   params, grads = _tree()
   extra = _extra(case)
   lo, hi = case.momenta
-  schedule = lambda count: jnp.where(count < 1, lo, hi)  # noqa: E731
+  schedule = lambda count: jnp.where(count < 1, lo, hi)
   tx = _inject(case, **{case.momentum: schedule})
   got = _steps(tx, params, grads, 2, extra)
   state = _plain(case, **{case.momentum: lo}).init(params)
@@ -156,7 +157,7 @@ def _callable_cases():
 @pytest.mark.parametrize("name, option", list(_callable_cases()))
 def test_callable_option_without_static_args_raises(name, option):
   case = CASES[name]
-  params, grads = _tree()
+  params, _ = _tree()
   value = CALLABLE_OPTIONS[option]
   tx = _inject(case, **{option: value})
   with pytest.raises(ValueError, match=rf"{option}.*static_args=\('{option}',\)"):
@@ -168,15 +169,19 @@ def test_callable_option_without_static_args_raises(name, option):
   assert option not in state.hyperparams and "learning_rate" in state.hyperparams
 
 
-@pytest.mark.parametrize("name, option, value", [
+@pytest.mark.parametrize(
+  "name, option, value",
+  [
     *((name, "ns_steps", 4) for name in ("muon", "normuon", "adamuon", "muon_clip", "scion", "unconstrained_scion")),
-    ("muon_clip", "head_dim", 4), ("muon_clip", "kv_heads", 1),
-])
+    ("muon_clip", "head_dim", 4),
+    ("muon_clip", "kv_heads", 1),
+  ],
+)
 def test_injected_shape_option_names_static_args(name, option, value):
   # Newton–Schulz's iteration count and QK-clip's head layout fix Python loops
   # and shapes: a traced value cannot, and the message says what to do.
   case = CASES[name]
-  params, grads = _tree()
+  params, _ = _tree()
   tx = optax.inject_hyperparams(case.factory)(learning_rate=case.learning_rate, **{option: value})
   with pytest.raises(ValueError, match=rf"{option}.*static_args=\('{option}',\)"):
     tx.init(params)
@@ -190,7 +195,9 @@ def test_label_tree_that_is_a_bare_string_is_refused():
     matopt.muon(0.02, labels="vector")
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if "cautious_weight_decay" in inspect.signature(CASES[n].factory).parameters])
+@pytest.mark.parametrize(
+  "name", [n for n in NAMES if "cautious_weight_decay" in inspect.signature(CASES[n].factory).parameters]
+)
 def test_injected_weight_decay_with_cautious_decay(name):
   # weight_decay arrives traced under jit; the cautious rule must not branch on it in Python.
   case = CASES[name]

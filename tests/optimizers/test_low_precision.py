@@ -28,14 +28,17 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 # --- (b) dtypes ----------------------------------------------------------------
 
+
 def _every_kind(dtype):
   """Embedding, hidden matrix and bias, norm scale, head and scalar leaves."""
   leaf = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-  return {"Embed_0": {"embedding": leaf(10, 8)},
-          "Dense_0": {"kernel": leaf(8, 12), "bias": leaf(12)},
-          "LayerNorm_0": {"scale": leaf(12)},
-          "head": {"kernel": leaf(12, 5)},
-          "temperature": leaf()}
+  return {
+    "Embed_0": {"embedding": leaf(10, 8)},
+    "Dense_0": {"kernel": leaf(8, 12), "bias": leaf(12)},
+    "LayerNorm_0": {"scale": leaf(12)},
+    "head": {"kernel": leaf(12, 5)},
+    "temperature": leaf(),
+  }
 
 
 def _signature(tree):
@@ -53,8 +56,11 @@ def test_updates_keep_parameter_dtype_and_state_dtypes_are_stable(name, dtype):
     first = _signature(state)
     for step in range(3):  # past SOAP's and Shampoo's first preconditioning step
       updates, state = jax.eval_shape(tx.update, params, state, params)
-      wrong = {jax.tree_util.keystr(path): str(u.dtype)
-               for path, u in jax.tree_util.tree_leaves_with_path(updates) if u.dtype != dtype}
+      wrong = {
+        jax.tree_util.keystr(path): str(u.dtype)
+        for path, u in jax.tree_util.tree_leaves_with_path(updates)
+        if u.dtype != dtype
+      }
       assert not wrong, f"{name}, step {step}: updates not in {dtype}: {wrong}"
       assert _signature(updates) == _signature(params)
       assert _signature(state) == first, f"{name}, step {step}: state dtypes changed"
@@ -75,9 +81,11 @@ def _net(dtype):
   """Embedding → tanh hidden layer (+ bias) → head (+ bias): every role."""
   k = jax.random.split(jax.random.key(0), 3)
   normal = lambda key, shape, scale: (jax.random.normal(key, shape) * scale).astype(dtype)
-  return {"embed": {"embedding": normal(k[0], (VOCAB, WIDTH), 1.0)},
-          "hidden": {"kernel": normal(k[1], (WIDTH, HIDDEN), WIDTH**-0.5), "bias": jnp.zeros(HIDDEN, dtype)},
-          "head": {"kernel": normal(k[2], (HIDDEN, CLASSES), HIDDEN**-0.5), "bias": jnp.zeros(CLASSES, dtype)}}
+  return {
+    "embed": {"embedding": normal(k[0], (VOCAB, WIDTH), 1.0)},
+    "hidden": {"kernel": normal(k[1], (WIDTH, HIDDEN), WIDTH**-0.5), "bias": jnp.zeros(HIDDEN, dtype)},
+    "head": {"kernel": normal(k[2], (HIDDEN, CLASSES), HIDDEN**-0.5), "bias": jnp.zeros(CLASSES, dtype)},
+  }
 
 
 def _loss(params):

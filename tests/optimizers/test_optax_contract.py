@@ -53,17 +53,17 @@ assert pathlib.Path(common_test.__file__).parent == pathlib.Path(optax.contrib._
 # - shampoo / soap: Adam-grafted / Adam-in-eigenbasis steps, 1e-2 as optax's
 #   Adam-like entries; worst 0.00.
 OPTIMIZERS: dict[str, dict[str, Any]] = {
-    "muon": {"learning_rate": 1e-2, "adam_learning_rate": 1e-2},
-    "normuon": {"learning_rate": 1e-2, "adam_learning_rate": 1e-2},
-    "adamuon": {"learning_rate": 1e-2},
-    "muon_clip": {"learning_rate": 1e-2},
-    "scion": {"learning_rate": 1e-4},
-    "unconstrained_scion": {"learning_rate": 1e-4},
-    "shampoo": {"learning_rate": 1e-2},
-    "soap": {"learning_rate": 1e-2},
-    "signum": {"learning_rate": 1e-3},
-    "nsgd": {"learning_rate": 1e-3},
-    "clipped_sgd": {"learning_rate": 1e-3},
+  "muon": {"learning_rate": 1e-2, "adam_learning_rate": 1e-2},
+  "normuon": {"learning_rate": 1e-2, "adam_learning_rate": 1e-2},
+  "adamuon": {"learning_rate": 1e-2},
+  "muon_clip": {"learning_rate": 1e-2},
+  "scion": {"learning_rate": 1e-4},
+  "unconstrained_scion": {"learning_rate": 1e-4},
+  "shampoo": {"learning_rate": 1e-2},
+  "soap": {"learning_rate": 1e-2},
+  "signum": {"learning_rate": 1e-3},
+  "nsgd": {"learning_rate": 1e-3},
+  "clipped_sgd": {"learning_rate": 1e-3},
 }
 
 # Keys of optax's cases that describe ITS optimizer; the other keys are the
@@ -98,28 +98,33 @@ class Exception_(NamedTuple):
 # A case takes every row it matches (at most one xfail or skip); every row
 # matches at least one case.
 EXCEPTIONS: dict[tuple[str, str, str], Exception_] = {
-    # matopt's modules use PEP 563 (`from __future__ import annotations`;
-    # matopt.experiments.optimizers and tests/test_options.py read the
-    # annotation strings), so inspect.signature shows learning_rate's
-    # annotation as the string "optax.ScalarOrSchedule" and optax's
-    # `annotation in (ScalarOrSchedule, Schedule)` would skip the test.
-    # typing.get_type_hints / inspect.signature(eval_str=True) give the object.
-    (_SCHEDULE, ANY, ANY): Exception_(
-        "annotations", "learning_rate's annotation is the PEP 563 string 'optax.ScalarOrSchedule'; optax compares"
-        " the evaluated object, so the factory's signature is given with eval_str=True"),
-    # QK-clip acts on the attention logits the model saw, so MuonClip's
-    # update requires max_logits= (an empty tree for a model without
-    # attention) and raises without it rather than silently not clipping
-    # (matopt.qk_clip); optax's suite calls update(grads, state, params).
-    (ANY, "muon_clip", ANY): Exception_(
-        "xfail", "update() requires max_logits= (QK-clip's input), which optax's suite does not pass",
-        raises=ValueError),
-    **{(_INJECT, name, ANY): Exception_(
-        "kwargs",
-        "the test's (2, 5, 2) leaf may be a stack of (5, 2) layers or a 1-D conv kernel: matopt refuses to"
-        " guess (views.infer_dimension_numbers) and the user names its view in dimension_numbers",
-        kwargs={"dimension_numbers": _INJECT_VIEWS})
-       for name in ("muon", "normuon", "adamuon", "scion", "unconstrained_scion", "shampoo", "soap")},
+  # matopt's modules use PEP 563 (`from __future__ import annotations`;
+  # matopt.experiments.optimizers and tests/test_options.py read the
+  # annotation strings), so inspect.signature shows learning_rate's
+  # annotation as the string "optax.ScalarOrSchedule" and optax's
+  # `annotation in (ScalarOrSchedule, Schedule)` would skip the test.
+  # typing.get_type_hints / inspect.signature(eval_str=True) give the object.
+  (_SCHEDULE, ANY, ANY): Exception_(
+    "annotations",
+    "learning_rate's annotation is the PEP 563 string 'optax.ScalarOrSchedule'; optax compares"
+    " the evaluated object, so the factory's signature is given with eval_str=True",
+  ),
+  # QK-clip acts on the attention logits the model saw, so MuonClip's
+  # update requires max_logits= (an empty tree for a model without
+  # attention) and raises without it rather than silently not clipping
+  # (matopt.qk_clip); optax's suite calls update(grads, state, params).
+  (ANY, "muon_clip", ANY): Exception_(
+    "xfail", "update() requires max_logits= (QK-clip's input), which optax's suite does not pass", raises=ValueError
+  ),
+  **{
+    (_INJECT, name, ANY): Exception_(
+      "kwargs",
+      "the test's (2, 5, 2) leaf may be a stack of (5, 2) layers or a 1-D conv kernel: matopt refuses to"
+      " guess (views.infer_dimension_numbers) and the user names its view in dimension_numbers",
+      kwargs={"dimension_numbers": _INJECT_VIEWS},
+    )
+    for name in ("muon", "normuon", "adamuon", "scion", "unconstrained_scion", "shampoo", "soap")
+  },
 }
 
 # Marked slow: optax's 30,000-step lax.scan per target (measured 0.03–2.3 s a
@@ -162,8 +167,9 @@ def _optax_tests(test_class: type) -> dict[str, tuple[Any, list[dict[str, Any]],
     case = inspect.getclosurevars(member).nonlocals.get("testcase_params") if fn is not None else None
     if not isinstance(case, Mapping) or "opt_name" not in case or "opt_kwargs" not in case:
       raise RuntimeError(
-          f"optax's {test_class.__name__}.{attr} is not an absl-parameterized test over (opt_name, opt_kwargs):"
-          " this loader cannot run it with matopt's optimizers; adapt tests/optimizers/test_optax_contract.py.")
+        f"optax's {test_class.__name__}.{attr} is not an absl-parameterized test over (opt_name, opt_kwargs):"
+        " this loader cannot run it with matopt's optimizers; adapt tests/optimizers/test_optax_contract.py."
+      )
     own = {k: v for k, v in case.items() if k not in _OPTIMIZER_KEYS}
     _, own_sets, _ = tests.setdefault(fn.__name__, (fn, [], attr))
     if own not in own_sets and all(own.get(k, v) == v for k, v in _WRAPPER_ONLY.items()):
@@ -190,8 +196,11 @@ CASES = _cases()
 
 
 def _exceptions(case: Case) -> dict[tuple[str, str, str], Exception_]:
-  rows = {key: row for key, row in EXCEPTIONS.items()
-          if all(k in (ANY, v) for k, v in zip(key, (case.test, case.optimizer, case.params_id)))}
+  rows = {
+    key: row
+    for key, row in EXCEPTIONS.items()
+    if all(k in (ANY, v) for k, v in zip(key, (case.test, case.optimizer, case.params_id)))
+  }
   if sum(row.kind in ("xfail", "skip") for row in rows.values()) > 1:
     raise RuntimeError(f"{case.id} matches several xfail/skip rows of EXCEPTIONS: {list(rows)}")
   return rows
@@ -228,9 +237,7 @@ def test_loader_picks_up_new_tests_and_refuses_what_it_cannot_run():
   # What a future optax might add: a new parameterized test is collected with
   # its own parameters; a test over no optimizer is an error, not dropped.
   class Future(parameterized.TestCase):
-
-    @parameterized.product([{"opt_name": "x", "opt_kwargs": {}}, {"opt_name": "y", "opt_kwargs": {}}],
-                           size=(1, 2))
+    @parameterized.product([{"opt_name": "x", "opt_kwargs": {}}, {"opt_name": "y", "opt_kwargs": {}}], size=(1, 2))
     def test_new(self, opt_name, opt_kwargs, size):
       del opt_name, opt_kwargs, size
 
@@ -238,11 +245,10 @@ def test_loader_picks_up_new_tests_and_refuses_what_it_cannot_run():
   assert list(tests) == ["test_new"] and tests["test_new"][1] == [{"size": 1}, {"size": 2}]
 
   class Plain(Future):
-
     def test_plain(self):
       pass
 
-  with pytest.raises(RuntimeError, match="Plain.test_plain is not an absl-parameterized test"):
+  with pytest.raises(RuntimeError, match=r"Plain\.test_plain is not an absl-parameterized test"):
     _optax_tests(Plain)
 
 

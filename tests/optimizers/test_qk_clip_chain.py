@@ -36,10 +36,16 @@ def test_muon_clip_is_rms_muon_then_qk_clip():
   for name in ("query", "key"):
     for leaf in ("kernel", "bias"):
       factor = np.sqrt(GAMMA)[:, None]  # kernels (d, heads, d_head) and biases (heads, d_head)
-      np.testing.assert_allclose(stepped["blocks"]["attn"][name][leaf],
-                                 np.asarray(want["blocks"]["attn"][name][leaf]) * factor, rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves((stepped["blocks"]["attn"]["value"], stepped["head"])),
-                  jax.tree.leaves((want["blocks"]["attn"]["value"], want["head"]))):
+      np.testing.assert_allclose(
+        stepped["blocks"]["attn"][name][leaf],
+        np.asarray(want["blocks"]["attn"][name][leaf]) * factor,
+        rtol=1e-5,
+        atol=1e-6,
+      )
+  for a, b in zip(
+    jax.tree.leaves((stepped["blocks"]["attn"]["value"], stepped["head"])),
+    jax.tree.leaves((want["blocks"]["attn"]["value"], want["head"])),
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-6)  # jit vs eager round-off only
   # The second step too (state carried), and forgetting the logits is an error, not a silent no-op.
   jax.jit(tx.update)(grads, state, params, max_logits={"blocks": {"attn": S}})

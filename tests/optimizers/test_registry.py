@@ -46,8 +46,9 @@ def test_matopt_exports_each_registered_factory(name):
 def test_every_optimizer_matopt_exports_is_registered():
   # matopt/__init__.py re-exports the factories by hand, for type checkers:
   # one that is exported but not registered would miss every derived list.
-  exported = {n for n in matopt.__all__
-              if getattr(getattr(matopt, n), "__module__", "").startswith("matopt.optimizers.")}
+  exported = {
+    n for n in matopt.__all__ if getattr(getattr(matopt, n), "__module__", "").startswith("matopt.optimizers.")
+  }
   assert exported == set(OPTIMIZERS)
 
 
@@ -69,7 +70,8 @@ def test_readme_table_names_exactly_the_registered_optimizers():
   (row,) = [line for line in text.splitlines() if line.startswith("| optimizers (")]
   listed = _backticked(row.split("|")[2])
   assert listed == set(OPTIMIZERS), (
-      f"README.md's optimizers row: missing {sorted(set(OPTIMIZERS) - listed)}, unknown {sorted(listed - set(OPTIMIZERS))}")
+    f"README.md's optimizers row: missing {sorted(set(OPTIMIZERS) - listed)}, unknown {sorted(listed - set(OPTIMIZERS))}"
+  )
 
 
 def test_configs_readme_names_every_registered_optimizer_and_only_optax_besides():
@@ -89,6 +91,7 @@ def test_configs_readme_names_every_registered_optimizer_and_only_optax_besides(
 
 
 # --- Muon's variants: muon's options, and their own ------------------------
+
 
 @pytest.mark.parametrize("name", sorted(MUON_VARIANTS))
 def test_muon_variant_takes_every_muon_option(name):

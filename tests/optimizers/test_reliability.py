@@ -19,11 +19,11 @@ NAMES = sorted(REGISTRY)
 def _tree(dtype, seed=0):
   rng = np.random.default_rng(seed)
   shapes = {
-      "embed": {"embedding": (10, 6)},
-      "Dense_0": {"kernel": (6, 6), "bias": (6,)},
-      "row": {"kernel": (1, 8)},
-      "col": {"kernel": (8, 1)},
-      "head": {"kernel": (6, 10)},
+    "embed": {"embedding": (10, 6)},
+    "Dense_0": {"kernel": (6, 6), "bias": (6,)},
+    "row": {"kernel": (1, 8)},
+    "col": {"kernel": (8, 1)},
+    "head": {"kernel": (6, 10)},
   }
   return {k: {n: jnp.asarray(rng.standard_normal(s), dtype) for n, s in d.items()} for k, d in shapes.items()}
 
@@ -40,6 +40,7 @@ def _cases(dtype):
     u = jnp.arange(1, g.shape[0] + 1, dtype=jnp.float32)[:, None]
     v = jnp.linspace(-1, 1, g.shape[1], dtype=jnp.float32)[None, :]
     return u @ v
+
   cases["rank one"] = jax.tree.map(rank_one, base)
   return {k: jax.tree.map(lambda g: g.astype(dtype), v) for k, v in cases.items()}
 
@@ -63,8 +64,9 @@ def test_finite_inputs_give_finite_updates(name, dtype):
 
 
 def _grads(step, params):
-  return jax.tree.map(lambda x: jax.random.normal(jax.random.fold_in(jax.random.key(7), step), x.shape, x.dtype),
-                      params)
+  return jax.tree.map(
+    lambda x: jax.random.normal(jax.random.fold_in(jax.random.key(7), step), x.shape, x.dtype), params
+  )
 
 
 def _run(tx, params, state, steps):
@@ -103,10 +105,14 @@ def test_mixed_rank_tree_routes_each_leaf():
   # kernel to "hidden"; muon then orthogonalises the conv's matrix view and
   # gives the vectors AdamW's first step, −η·sign(g) (m̂/√v̂ = g/|g|).
   rng = np.random.default_rng(3)
-  params = {"conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32),
-                     "bias": jnp.asarray(rng.standard_normal(8), jnp.float32)},
-            "temperature": jnp.asarray(1.5, jnp.float32),
-            "Dense_0": {"kernel": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)}}
+  params = {
+    "conv": {
+      "kernel": jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32),
+      "bias": jnp.asarray(rng.standard_normal(8), jnp.float32),
+    },
+    "temperature": jnp.asarray(1.5, jnp.float32),
+    "Dense_0": {"kernel": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)},
+  }
   labels = matopt.labels.by_role(params)
   assert labels["conv"]["kernel"] == "hidden" and labels["Dense_0"]["kernel"] == "hidden"
   assert labels["conv"]["bias"] == "vector" and labels["temperature"] == "vector"
@@ -130,11 +136,15 @@ def test_random_trees_of_every_rank(name):
   entry = REGISTRY[name]
   rng = np.random.default_rng(sum(map(ord, name)))
   for _ in range(2):
-    shapes = {"temperature": (), "Dense_0": {"bias": (int(rng.integers(1, 6)),)},
-              "Conv_0": {"kernel": tuple(int(d) for d in rng.integers(1, 5, 4))},
-              "Dense_1": {"kernel": tuple(int(d) for d in rng.integers(1, 7, 2))}}
-    params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes,
-                          is_leaf=lambda s: isinstance(s, tuple))
+    shapes = {
+      "temperature": (),
+      "Dense_0": {"bias": (int(rng.integers(1, 6)),)},
+      "Conv_0": {"kernel": tuple(int(d) for d in rng.integers(1, 5, 4))},
+      "Dense_1": {"kernel": tuple(int(d) for d in rng.integers(1, 7, 2))},
+    }
+    params = jax.tree.map(
+      lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes, is_leaf=lambda s: isinstance(s, tuple)
+    )
     labels = matopt.labels.by_role(params)
     for leaf, label in zip(jax.tree.leaves(params), jax.tree.leaves(labels)):
       assert (label == "vector") == (leaf.ndim < 2), (leaf.shape, label)

@@ -16,11 +16,11 @@ PEAK = 0.02
 SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, PEAK, 4, 20)
 # The Muon family: hidden matrices take Muon, the rest the auxiliary AdamW.
 FACTORIES = {
-    "muon": matopt.muon,
-    "normuon": matopt.normuon,
-    "adamuon": matopt.adamuon,
-    # No attention here: QK-clip, given no logits to clip, leaves Muon's step as is.
-    "muon_clip": lambda learning_rate, **kw: _no_logits(matopt.muon_clip(learning_rate, **kw)),
+  "muon": matopt.muon,
+  "normuon": matopt.normuon,
+  "adamuon": matopt.adamuon,
+  # No attention here: QK-clip, given no logits to clip, leaves Muon's step as is.
+  "muon_clip": lambda learning_rate, **kw: _no_logits(matopt.muon_clip(learning_rate, **kw)),
 }
 AUX = ("embed/embedding", "Dense_0/bias", "LayerNorm_0/scale", "head/kernel")
 
@@ -35,11 +35,11 @@ def _normal(shape, seed):
 
 def _params():
   return {
-      "embed": {"embedding": _normal((12, 6), 0)},
-      "Dense_0": {"kernel": _normal((6, 10), 1), "bias": _normal((10,), 2)},
-      "Dense_1": {"kernel": _normal((10, 7), 3)},
-      "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((7,), 4)},
-      "head": {"kernel": _normal((7, 5), 5)},
+    "embed": {"embedding": _normal((12, 6), 0)},
+    "Dense_0": {"kernel": _normal((6, 10), 1), "bias": _normal((10,), 2)},
+    "Dense_1": {"kernel": _normal((10, 7), 3)},
+    "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((7,), 4)},
+    "head": {"kernel": _normal((7, 5), 5)},
   }
 
 
@@ -75,8 +75,9 @@ def test_schedule_shapes_every_leaf(name):
     assert np.any(scheduled[1][path] != 0), path
 
 
-@pytest.mark.parametrize("name, ratio", [("muon", 3e-4 / 0.02), ("normuon", 3e-4 / 0.02), ("adamuon", 1.0),
-                                         ("muon_clip", 1.0)])
+@pytest.mark.parametrize(
+  "name, ratio", [("muon", 3e-4 / 0.02), ("normuon", 3e-4 / 0.02), ("adamuon", 1.0), ("muon_clip", 1.0)]
+)
 def test_constant_rate_gives_adamw_the_documented_share(name, ratio):
   # "shape" scale: Jordan's 3e-4 for AdamW beside 0.02 for Muon, as before;
   # "rms" scale (adamuon, muon_clip): one rate for both (Liu et al. 2025).
@@ -117,8 +118,9 @@ def test_injected_learning_rate_reaches_adamw():
     # atol at 1e-6 of the leaf's largest entry: the injected β is a float32
     # array, so (1 − β) rounds differently from the Python float's and
     # Newton–Schulz passes that on to entries near 0 (3e-5 relative seen).
-    np.testing.assert_allclose(got[path], ref[path], rtol=1e-5, atol=1e-6 * float(np.max(np.abs(ref[path]))),
-                               err_msg=path)
+    np.testing.assert_allclose(
+      got[path], ref[path], rtol=1e-5, atol=1e-6 * float(np.max(np.abs(ref[path]))), err_msg=path
+    )
   warm = optax.inject_hyperparams(matopt.muon)(learning_rate=SCHEDULE)
   u, _ = jax.jit(warm.update)(_grads(params, 0), warm.init(params), params)
   for x in jax.tree.leaves(u):
@@ -141,8 +143,19 @@ def test_experiment_build_schedules_the_derived_adam_rate():
 
 
 def _rate_options():
-  for name in ("muon", "normuon", "adamuon", "muon_clip", "scion", "unconstrained_scion", "signum", "nsgd",
-               "clipped_sgd", "shampoo", "soap"):
+  for name in (
+    "muon",
+    "normuon",
+    "adamuon",
+    "muon_clip",
+    "scion",
+    "unconstrained_scion",
+    "signum",
+    "nsgd",
+    "clipped_sgd",
+    "shampoo",
+    "soap",
+  ):
     for option in inspect.signature(getattr(matopt, name)).parameters:
       if option.endswith("learning_rate"):
         yield pytest.param(name, option, id=f"{name}-{option}")

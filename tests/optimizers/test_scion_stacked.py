@@ -23,7 +23,14 @@ def test_stacked_bias_equals_separate_layers(build):
   u_separate, _ = tx.update(separate_grads, tx.init(separate), separate)
   for i in range(3):
     np.testing.assert_allclose(u_stacked["blocks"]["bias"][i], u_separate[f"layer{i}"]["bias"], rtol=1e-5, atol=1e-7)
-  rms = jnp.sqrt(jnp.mean(jnp.square(u_stacked["blocks"]["bias"] - (0.0 if build is matopt.unconstrained_scion else -0.1 * stacked["blocks"]["bias"])), axis=1))
+  rms = jnp.sqrt(
+    jnp.mean(
+      jnp.square(
+        u_stacked["blocks"]["bias"] - (0.0 if build is matopt.unconstrained_scion else -0.1 * stacked["blocks"]["bias"])
+      ),
+      axis=1,
+    )
+  )
   assert float(rms.max() / rms.min()) < 1.01
 
 
@@ -45,4 +52,6 @@ def test_stacked_hidden_layers_take_dimension_numbers(build):
   tx = build(0.1)
   u_separate, _ = tx.update(separate_grads, tx.init(separate), separate)
   for i in range(3):
-    np.testing.assert_allclose(u_stacked["blocks"]["kernel"][i], u_separate[f"layer{i}"]["kernel"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      u_stacked["blocks"]["kernel"][i], u_separate[f"layer{i}"]["kernel"], rtol=1e-5, atol=1e-6
+    )

@@ -27,13 +27,12 @@ def jordan_newton_schulz(g, steps=5, eps=1e-7):
 def _problem(seed=0):
   rng = np.random.default_rng(seed)
   params = {
-      "Embed_0": {"embedding": rng.standard_normal((10, 6))},
-      "Dense_0": {"kernel": rng.standard_normal((6, 12)), "bias": rng.standard_normal(12)},
-      "head": {"kernel": rng.standard_normal((12, 10))},
+    "Embed_0": {"embedding": rng.standard_normal((10, 6))},
+    "Dense_0": {"kernel": rng.standard_normal((6, 12)), "bias": rng.standard_normal(12)},
+    "head": {"kernel": rng.standard_normal((12, 10))},
   }
   grads = [
-      {k: {n: rng.standard_normal(v.shape) for n, v in d.items()} for k, d in params.items()}
-      for _ in range(STEPS)
+    {k: {n: rng.standard_normal(v.shape) for n, v in d.items()} for k, d in params.items()} for _ in range(STEPS)
   ]
   return params, grads
 
@@ -64,8 +63,11 @@ def _adamw(w, gs, lr, b1, b2, eps, wd):
 def test_muon(nesterov, scale):
   params, grads = _problem()
   lr, beta, wd, adam_lr = 0.02, 0.95, 0.1, 3e-3
-  got = _run(matopt.muon(lr, momentum=beta, nesterov=nesterov, scale=scale, weight_decay=wd,
-                         adam_learning_rate=adam_lr), params, grads)
+  got = _run(
+    matopt.muon(lr, momentum=beta, nesterov=nesterov, scale=scale, weight_decay=wd, adam_learning_rate=adam_lr),
+    params,
+    grads,
+  )
   w = params["Dense_0"]["kernel"].copy()
   buf = np.zeros_like(w)
   fan_in, fan_out = w.shape
@@ -96,7 +98,7 @@ def test_normuon_and_adamuon_match_reference_code(variant):
   buf, v = np.zeros_like(p), None
   for t, g in enumerate(grads, start=1):
     g = g["Dense_0"]["kernel"].T
-    buf = buf + (1 - beta) * (g - buf)           # buf.lerp_(g, 1 - beta)
+    buf = buf + (1 - beta) * (g - buf)  # buf.lerp_(g, 1 - beta)
     n = g + beta * (buf - g)  # g.lerp_(buf, beta), Nesterov
     u = jordan_newton_schulz(np.sign(n) if variant == "adamuon_sign" else n)
     if variant == "normuon":
@@ -123,10 +125,12 @@ def test_scion(constrained):
   radii = {"embedding": 2.0, "hidden": 3.0, "head": 50.0, "vector": 1.5}
   factory = matopt.scion if constrained else matopt.unconstrained_scion
   got = _run(factory(lr, momentum=beta, radii=radii, coeffs="polar_express", ns_steps=12), params, grads)
-  leaves = {("Embed_0", "embedding"): ("embedding", "colnorm"),
-            ("Dense_0", "kernel"): ("hidden", "spectral"),
-            ("Dense_0", "bias"): ("vector", "colnorm"),
-            ("head", "kernel"): ("head", "sign")}
+  leaves = {
+    ("Embed_0", "embedding"): ("embedding", "colnorm"),
+    ("Dense_0", "kernel"): ("hidden", "spectral"),
+    ("Dense_0", "bias"): ("vector", "colnorm"),
+    ("head", "kernel"): ("head", "sign"),
+  }
   for (k, n), (role, norm) in leaves.items():
     w = params[k][n].copy()
     d = np.zeros_like(w)
@@ -145,11 +149,17 @@ def test_signum_nsgd_clipped():
   lr, beta, wd = 0.01, 0.9, 0.05
   flat = lambda t: [t[k][n] for k in sorted(t) for n in sorted(t[k])]
   for name, tx, direction in [
-      ("signum", matopt.signum(lr, momentum=beta, weight_decay=wd), lambda ms: [np.sign(m) for m in ms]),
-      ("nsgd", matopt.nsgd(lr, momentum=beta, weight_decay=wd),
-       lambda ms: [m / np.sqrt(sum(np.sum(x * x) for x in ms)) for m in ms]),
-      ("clipped_sgd", matopt.clipped_sgd(lr, max_norm=0.5, momentum=beta, weight_decay=wd),
-       lambda ms: [m * min(1.0, 0.5 / np.sqrt(sum(np.sum(x * x) for x in ms))) for m in ms]),
+    ("signum", matopt.signum(lr, momentum=beta, weight_decay=wd), lambda ms: [np.sign(m) for m in ms]),
+    (
+      "nsgd",
+      matopt.nsgd(lr, momentum=beta, weight_decay=wd),
+      lambda ms: [m / np.sqrt(sum(np.sum(x * x) for x in ms)) for m in ms],
+    ),
+    (
+      "clipped_sgd",
+      matopt.clipped_sgd(lr, max_norm=0.5, momentum=beta, weight_decay=wd),
+      lambda ms: [m * min(1.0, 0.5 / np.sqrt(sum(np.sum(x * x) for x in ms))) for m in ms],
+    ),
   ]:
     got = flat(_run(tx, params, grads))
     ws = [w.copy() for w in flat(params)]
@@ -162,24 +172,27 @@ def test_signum_nsgd_clipped():
 
 
 @pytest.mark.parametrize(
-    "build, match",
-    [
-        (lambda: matopt.muon(0.02, momentum=1.0), r"momentum must lie in \[0.0, 1.0\)"),
-        (lambda: matopt.muon(0.02, scale="spectral"), "valid scales are"),
-        (lambda: matopt.muon(0.02, coeffs="fast"), "valid presets are"),
-        (lambda: matopt.muon(0.02, weight_decay=-1.0), "weight_decay must lie in"),
-        (lambda: matopt.scion(0.1, momentum=1.0), r"momentum must lie in \[0.0, 1.0\)"),
-        (lambda: matopt.muon(0.02, ns_steps=0), r"ns_steps must be >= 1, got 0"),
-        (lambda: matopt.scion(0.1, ns_steps=2.5), r"ns_steps must be a positive int or None \(the coeffs preset's default\)"),
-        (lambda: matopt.scion(0.1, recipe="audio"), "valid recipes are"),
-        (lambda: matopt.scion(0.1, norms={"hiden": "spectral"}), r"norms has unknown roles \['hiden'\]"),
-        (lambda: matopt.scion(0.1, norms={"hidden": "l2"}), "valid norms are"),
-        (lambda: matopt.unconstrained_scion(0.1, radii={"head": 0.0}), r"radii\['head'\] must lie in"),
-        (lambda: matopt.signum(0.1, momentum=-0.1), "momentum must lie in"),
-        (lambda: matopt.nsgd(0.1, scope="row"), "valid scopes are"),
-        (lambda: matopt.clipped_sgd(0.1, max_norm=-1.0), "max_norm must lie in"),
-        (lambda: matopt.muon(0.02, momentum="high"), "momentum must be a number"),
-    ],
+  "build, match",
+  [
+    (lambda: matopt.muon(0.02, momentum=1.0), r"momentum must lie in \[0.0, 1.0\)"),
+    (lambda: matopt.muon(0.02, scale="spectral"), "valid scales are"),
+    (lambda: matopt.muon(0.02, coeffs="fast"), "valid presets are"),
+    (lambda: matopt.muon(0.02, weight_decay=-1.0), "weight_decay must lie in"),
+    (lambda: matopt.scion(0.1, momentum=1.0), r"momentum must lie in \[0.0, 1.0\)"),
+    (lambda: matopt.muon(0.02, ns_steps=0), r"ns_steps must be >= 1, got 0"),
+    (
+      lambda: matopt.scion(0.1, ns_steps=2.5),
+      r"ns_steps must be a positive int or None \(the coeffs preset's default\)",
+    ),
+    (lambda: matopt.scion(0.1, recipe="audio"), "valid recipes are"),
+    (lambda: matopt.scion(0.1, norms={"hiden": "spectral"}), r"norms has unknown roles \['hiden'\]"),
+    (lambda: matopt.scion(0.1, norms={"hidden": "l2"}), "valid norms are"),
+    (lambda: matopt.unconstrained_scion(0.1, radii={"head": 0.0}), r"radii\['head'\] must lie in"),
+    (lambda: matopt.signum(0.1, momentum=-0.1), "momentum must lie in"),
+    (lambda: matopt.nsgd(0.1, scope="row"), "valid scopes are"),
+    (lambda: matopt.clipped_sgd(0.1, max_norm=-1.0), "max_norm must lie in"),
+    (lambda: matopt.muon(0.02, momentum="high"), "momentum must be a number"),
+  ],
 )
 def test_construction_errors(build, match):
   with pytest.raises(ValueError, match=match):
@@ -194,14 +207,18 @@ def test_unknown_role_label_names_leaf():
 
 
 @pytest.mark.parametrize(
-    "build, direction",
-    [
-        (lambda lr, wd: matopt.shampoo(lr, weight_decay=wd, precondition_every=1),
-         lambda: matopt.scale_by_shampoo(precondition_every=1, b1=0.95, beta=0.95, eps=1e-12)),
-        (lambda lr, wd: matopt.soap(lr, weight_decay=wd, precondition_every=1),
-         lambda: matopt.scale_by_soap(precondition_every=1)),
-    ],
-    ids=["shampoo", "soap"],
+  "build, direction",
+  [
+    (
+      lambda lr, wd: matopt.shampoo(lr, weight_decay=wd, precondition_every=1),
+      lambda: matopt.scale_by_shampoo(precondition_every=1, b1=0.95, beta=0.95, eps=1e-12),
+    ),
+    (
+      lambda lr, wd: matopt.soap(lr, weight_decay=wd, precondition_every=1),
+      lambda: matopt.scale_by_soap(precondition_every=1),
+    ),
+  ],
+  ids=["shampoo", "soap"],
 )
 def test_preconditioners_decay_decoupled_and_partition_by_role(build, direction):
   params, grads = _problem(3)
@@ -222,8 +239,8 @@ def test_preconditioners_decay_decoupled_and_partition_by_role(build, direction)
   # Per role: the preconditioner on hidden matrices, AdamW elsewhere.
   adamw = optax.adamw(0.003, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
   routed = matopt.partition(
-      {"hidden": build(lr, wd), "embedding": adamw, "head": adamw, "vector": adamw},
-      matopt.labels.by_role)
+    {"hidden": build(lr, wd), "embedding": adamw, "head": adamw, "vector": adamw}, matopt.labels.by_role
+  )
   got = _run(routed, params, grads)
   np.testing.assert_allclose(got["Dense_0"]["kernel"], p["Dense_0"]["kernel"], atol=1e-5)
   for k, n in [("Embed_0", "embedding"), ("head", "kernel"), ("Dense_0", "bias")]:

@@ -13,14 +13,14 @@ LR = 0.05
 WD = 0.1
 # Every optimizer with a weight_decay option.
 FACTORIES = {
-    "muon": matopt.muon,
-    "normuon": matopt.normuon,
-    "adamuon": matopt.adamuon,
-    "signum": matopt.signum,
-    "nsgd": matopt.nsgd,
-    "clipped_sgd": matopt.clipped_sgd,
-    "shampoo": matopt.shampoo,
-    "soap": matopt.soap,
+  "muon": matopt.muon,
+  "normuon": matopt.normuon,
+  "adamuon": matopt.adamuon,
+  "signum": matopt.signum,
+  "nsgd": matopt.nsgd,
+  "clipped_sgd": matopt.clipped_sgd,
+  "shampoo": matopt.shampoo,
+  "soap": matopt.soap,
 }
 VECTORS = ("Dense_0/bias", "LayerNorm_0/scale", "blocks/LayerNorm_0/scale", "blocks/Dense_0/bias")
 
@@ -32,12 +32,11 @@ def _normal(shape, seed):
 def _params():
   # Matrices (embedding, hidden, head) and vectors, stacked (L, d) ones (nn.scan) included.
   return {
-      "embed": {"embedding": _normal((12, 6), 0)},
-      "Dense_0": {"kernel": _normal((6, 10), 1), "bias": _normal((10,), 2)},
-      "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((10,), 3)},
-      "blocks": {"Dense_0": {"bias": _normal((3, 10), 5)},
-                 "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((3, 10), 6)}},
-      "head": {"kernel": _normal((10, 4), 7)},
+    "embed": {"embedding": _normal((12, 6), 0)},
+    "Dense_0": {"kernel": _normal((6, 10), 1), "bias": _normal((10,), 2)},
+    "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((10,), 3)},
+    "blocks": {"Dense_0": {"bias": _normal((3, 10), 5)}, "LayerNorm_0": {"scale": 1.0 + 0.1 * _normal((3, 10), 6)}},
+    "head": {"kernel": _normal((10, 4), 7)},
   }
 
 
@@ -97,7 +96,7 @@ def test_mask_decays_what_it_selects(name):
 def test_muon_uses_its_own_labels_for_the_default():
   # A leaf the user labels "vector" is not decayed, whatever its shape.
   params = _params()
-  labels = lambda p: {**matopt.labels.by_role(p), "head": {"kernel": "vector"}}  # noqa: E731
+  labels = lambda p: {**matopt.labels.by_role(p), "head": {"kernel": "vector"}}
   tx = matopt.muon(LR, weight_decay=WD, labels=labels)
   decay = _decayed_by(_zero_grad_update(tx, params), _flat(params))
   assert decay["head/kernel"] == 0.0 and decay["embed/embedding"] > 0.0

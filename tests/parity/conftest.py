@@ -15,9 +15,6 @@ _PACKAGES = ("torch", "muon", "optax_shampoo", "pytorch_optimizer", "heavyball",
 _MISSING = [name for name in _PACKAGES if importlib.util.find_spec(name) is None]
 
 if _MISSING and os.environ.get("MATOPT_PARITY") == "required":
-  raise ImportError(
-      f"MATOPT_PARITY=required but {', '.join(_MISSING)} not installed:"
-      " pip install -e '.[dev,parity]'"
-  )
+  raise ImportError(f"MATOPT_PARITY=required but {', '.join(_MISSING)} not installed: pip install -e '.[dev,parity]'")
 
 collect_ignore_glob = ["test_*.py"] if _MISSING else []

@@ -116,10 +116,12 @@ def _one_torch_thread():
 def float32_newton_schulz(monkeypatch):
   """Every reference's Newton–Schulz in float32 (see the module docstring)."""
   original = jordan.zeropower_via_newtonschulz5
-  monkeypatch.setattr(jordan, "zeropower_via_newtonschulz5",
-                      lambda g, steps: original(g.as_subclass(_KeepPrecision), steps))
-  monkeypatch.setattr(TIMM, "zeropower_via_newtonschulz",
-                      functools.partial(TIMM.zeropower_via_newtonschulz, dtype=torch.float32))
+  monkeypatch.setattr(
+    jordan, "zeropower_via_newtonschulz5", lambda g, steps: original(g.as_subclass(_KeepPrecision), steps)
+  )
+  monkeypatch.setattr(
+    TIMM, "zeropower_via_newtonschulz", functools.partial(TIMM.zeropower_via_newtonschulz, dtype=torch.float32)
+  )
   po_float32 = functools.partial(po_matrix.zero_power_via_newton_schulz_5, dtype=torch.float32)
   for module in (po_base, po_adamuon, po_normuon):
     monkeypatch.setattr(module, "zero_power_via_newton_schulz_5", po_float32)
@@ -190,8 +192,16 @@ def _relative_errors(ours, theirs, w0, outliers: int = 0) -> tuple[float, float]
   return float(diffs[len(diffs) - 1 - outliers]) / size, float(diffs[-1]) / size
 
 
-def _compare(tx, references: dict, shapes: dict, tol: float, leaves: dict | None = None,
-             grad_norms: tuple = (None,), outliers: int = 0, outlier_tol: float = 0.0) -> None:
+def _compare(
+  tx,
+  references: dict,
+  shapes: dict,
+  tol: float,
+  leaves: dict | None = None,
+  grad_norms: tuple = (None,),
+  outliers: int = 0,
+  outlier_tol: float = 0.0,
+) -> None:
   """Asserts matopt's trajectory is within ``tol`` of each reference's (relative, see above).
 
   ``leaves`` names, per reference, the leaves it runs (default: all); leaves
@@ -291,11 +301,26 @@ def test_muon_jordan_timm_pytorch_optimizer(float32_newton_schulz):
   del float32_newton_schulz
   tx = matopt.muon(LR, momentum=0.95, nesterov=True, scale="shape", weight_decay=0.1, labels=_hidden)
   references = {
-      "jordan": lambda ps: jordan.SingleDeviceMuon(ps, lr=LR, weight_decay=0.1, momentum=0.95),
-      "timm": lambda ps: TIMM.Muon(ps, lr=LR, momentum=0.95, nesterov=True, ns_coefficients="original",
-                                   adjust_lr_fn="original", weight_decay=0.1, algo="muon"),
-      "pytorch_optimizer": lambda ps: PoMuon([{"params": ps, "use_muon": True}], lr=LR, momentum=0.95, nesterov=True,
-                                             ns_coeffs="original", use_adjusted_lr=False, weight_decay=0.1),
+    "jordan": lambda ps: jordan.SingleDeviceMuon(ps, lr=LR, weight_decay=0.1, momentum=0.95),
+    "timm": lambda ps: TIMM.Muon(
+      ps,
+      lr=LR,
+      momentum=0.95,
+      nesterov=True,
+      ns_coefficients="original",
+      adjust_lr_fn="original",
+      weight_decay=0.1,
+      algo="muon",
+    ),
+    "pytorch_optimizer": lambda ps: PoMuon(
+      [{"params": ps, "use_muon": True}],
+      lr=LR,
+      momentum=0.95,
+      nesterov=True,
+      ns_coeffs="original",
+      use_adjusted_lr=False,
+      weight_decay=0.1,
+    ),
   }
   _compare(tx, references, SHAPES | CONV, 2e-5, leaves={"jordan": tuple(SHAPES)})
   # At ‖G‖_F ≈ 1e-4 and 1e-6 Jordan's ε = 1e-7 (added to ‖N‖_F, N his EMA
@@ -306,8 +331,9 @@ def test_muon_jordan_timm_pytorch_optimizer(float32_newton_schulz):
   # with the msign fix alone. timm and pytorch_optimizer divide
   # by max(‖N‖_F, ε) instead: matopt's eps=0, see
   # test_msign_clamp_of_timm_and_pytorch_optimizer_is_eps_zero.
-  _compare(tx, {"jordan": references["jordan"]}, SHAPES | CONV, 2e-5, leaves={"jordan": tuple(SHAPES)},
-           grad_norms=(1e-4, 1e-6))
+  _compare(
+    tx, {"jordan": references["jordan"]}, SHAPES | CONV, 2e-5, leaves={"jordan": tuple(SHAPES)}, grad_norms=(1e-4, 1e-6)
+  )
 
 
 def test_muon_rms_scale_and_schedule_timm_pytorch_optimizer(float32_newton_schulz):
@@ -319,13 +345,29 @@ def test_muon_rms_scale_and_schedule_timm_pytorch_optimizer(float32_newton_schul
   del float32_newton_schulz
   quintic = TIMM._COEFFICIENTS["quintic"]
   assert quintic == po_matrix.NS_COEFFICIENTS["quintic"]
-  tx = matopt.muon(LR, momentum=0.95, nesterov=False, coeffs=np.asarray(quintic), scale="rms", weight_decay=0.1,
-                   labels=_hidden)
+  tx = matopt.muon(
+    LR, momentum=0.95, nesterov=False, coeffs=np.asarray(quintic), scale="rms", weight_decay=0.1, labels=_hidden
+  )
   references = {
-      "timm": lambda ps: TIMM.Muon(ps, lr=LR, momentum=0.95, nesterov=False, ns_coefficients="quintic",
-                                   adjust_lr_fn="match_rms_adamw", weight_decay=0.1, algo="muon"),
-      "pytorch_optimizer": lambda ps: PoMuon([{"params": ps, "use_muon": True}], lr=LR, momentum=0.95, nesterov=False,
-                                             ns_coeffs="quintic", use_adjusted_lr=True, weight_decay=0.1),
+    "timm": lambda ps: TIMM.Muon(
+      ps,
+      lr=LR,
+      momentum=0.95,
+      nesterov=False,
+      ns_coefficients="quintic",
+      adjust_lr_fn="match_rms_adamw",
+      weight_decay=0.1,
+      algo="muon",
+    ),
+    "pytorch_optimizer": lambda ps: PoMuon(
+      [{"params": ps, "use_muon": True}],
+      lr=LR,
+      momentum=0.95,
+      nesterov=False,
+      ns_coeffs="quintic",
+      use_adjusted_lr=True,
+      weight_decay=0.1,
+    ),
   }
   _compare(tx, references, SHAPES | CONV, 2e-5)
 
@@ -366,13 +408,25 @@ def test_adamuon_pytorch_optimizer_and_timm(float32_newton_schulz):
   # at ε = 1e-10 that changes no entry measurably. Measured (all but 3
   # entries; all): 4.9e-6, 1.3e-5 (pytorch_optimizer); 6.3e-6, 4.6e-5 (timm).
   del float32_newton_schulz
-  tx = matopt.adamuon(LR, b2=0.95, eps=1e-10, momentum=0.9, nesterov=False, scale="rms", weight_decay=0.1,
-                      labels=_hidden)
+  tx = matopt.adamuon(
+    LR, b2=0.95, eps=1e-10, momentum=0.9, nesterov=False, scale="rms", weight_decay=0.1, labels=_hidden
+  )
   references = {
-      "pytorch_optimizer": lambda ps: AdaMuon([{"params": ps, "use_muon": True}], lr=LR, betas=(0.9, 0.95), eps=1e-10,
-                                              use_adjusted_lr=True, weight_decay=0.1),
-      "timm": lambda ps: TIMM.Muon(ps, lr=LR, momentum=0.9, nesterov=False, ns_coefficients="original", eps=1e-10,
-                                   adjust_lr_fn="match_rms_adamw", betas=(0.9, 0.95), weight_decay=0.1, algo="adamuon"),
+    "pytorch_optimizer": lambda ps: AdaMuon(
+      [{"params": ps, "use_muon": True}], lr=LR, betas=(0.9, 0.95), eps=1e-10, use_adjusted_lr=True, weight_decay=0.1
+    ),
+    "timm": lambda ps: TIMM.Muon(
+      ps,
+      lr=LR,
+      momentum=0.9,
+      nesterov=False,
+      ns_coefficients="original",
+      eps=1e-10,
+      adjust_lr_fn="match_rms_adamw",
+      betas=(0.9, 0.95),
+      weight_decay=0.1,
+      algo="adamuon",
+    ),
   }
   _compare(tx, references, SHAPES | CONV, 2e-5, outliers=3, outlier_tol=0.05)
 
@@ -385,10 +439,28 @@ def test_adamuon_without_bias_correction_timm(float32_newton_schulz):
   # correction the same run differs by 3e-4 (all but 3): at ε = 1e-7 the
   # correction's √(1 − b2^t) moves ε against entries of O near 1e-6.
   del float32_newton_schulz
-  tx = matopt.adamuon(LR, b2=0.95, eps=1e-7, bias_correction=False, momentum=0.95, nesterov=True, scale="rms",
-                      weight_decay=0.1, labels=_hidden)
-  reference = lambda ps: TIMM.Muon(ps, lr=LR, momentum=0.95, nesterov=True, ns_coefficients="original",
-                                   adjust_lr_fn="match_rms_adamw", betas=(0.9, 0.95), weight_decay=0.1, algo="adamuon")
+  tx = matopt.adamuon(
+    LR,
+    b2=0.95,
+    eps=1e-7,
+    bias_correction=False,
+    momentum=0.95,
+    nesterov=True,
+    scale="rms",
+    weight_decay=0.1,
+    labels=_hidden,
+  )
+  reference = lambda ps: TIMM.Muon(
+    ps,
+    lr=LR,
+    momentum=0.95,
+    nesterov=True,
+    ns_coefficients="original",
+    adjust_lr_fn="match_rms_adamw",
+    betas=(0.9, 0.95),
+    weight_decay=0.1,
+    algo="adamuon",
+  )
   _compare(tx, {"timm": reference}, SHAPES | CONV, 2e-5, outliers=3, outlier_tol=0.05)
 
 

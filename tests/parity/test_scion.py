@@ -66,26 +66,30 @@ def _t(x):
 @pytest.fixture
 def float32_newton_schulz(monkeypatch):
   """pytorch-optimizer's own Newton–Schulz, at its ``dtype=torch.float32``."""
-  monkeypatch.setattr(po_scion, "zero_power_via_newton_schulz_5",
-                      functools.partial(zero_power_via_newton_schulz_5, dtype=torch.float32))
+  monkeypatch.setattr(
+    po_scion, "zero_power_via_newton_schulz_5", functools.partial(zero_power_via_newton_schulz_5, dtype=torch.float32)
+  )
 
 
 # --- LMOs, one matrix at a time ---------------------------------------------
+
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_lmos_match_pytorch_optimizer(shape):
   a = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
   w = a.T  # matopt's layout
   cases = {
-      # reference LMO on A (transposed back)    matopt LMO on W = Aᵀ
-      "Col": (po_scion.Col().lmo(_t(a)).numpy().T, matopt.lmo(w, "colnorm")),
-      "Row": (po_scion.Row().lmo(_t(a)).numpy().T, matopt.lmo(w, "rownorm")),
-      "Row(normalized=False)": (po_scion.Row(normalized=False).lmo(_t(a)).numpy().T,
-                                matopt.lmo(w, "rownorm") * np.sqrt(w.shape[0])),
-      "Sign": (po_scion.Sign().lmo(_t(a)).numpy().T, matopt.lmo(w, "sign", normalized=True)),
-      "Sign(normalize=False)": (po_scion.Sign(normalize=False).lmo(_t(a)).numpy().T, matopt.lmo(w, "sign")),
-      # An embedding table (vocab, dim) has one layout in both libraries.
-      "Col(transpose=True)": (po_scion.Col(transpose=True).lmo(_t(a)).numpy(), matopt.lmo(a, "colnorm")),
+    # reference LMO on A (transposed back)    matopt LMO on W = Aᵀ
+    "Col": (po_scion.Col().lmo(_t(a)).numpy().T, matopt.lmo(w, "colnorm")),
+    "Row": (po_scion.Row().lmo(_t(a)).numpy().T, matopt.lmo(w, "rownorm")),
+    "Row(normalized=False)": (
+      po_scion.Row(normalized=False).lmo(_t(a)).numpy().T,
+      matopt.lmo(w, "rownorm") * np.sqrt(w.shape[0]),
+    ),
+    "Sign": (po_scion.Sign().lmo(_t(a)).numpy().T, matopt.lmo(w, "sign", normalized=True)),
+    "Sign(normalize=False)": (po_scion.Sign(normalize=False).lmo(_t(a)).numpy().T, matopt.lmo(w, "sign")),
+    # An embedding table (vocab, dim) has one layout in both libraries.
+    "Col(transpose=True)": (po_scion.Col(transpose=True).lmo(_t(a)).numpy(), matopt.lmo(a, "colnorm")),
   }
   for name, (ref, mine) in cases.items():
     assert _rel(ref, mine) < ROUND_OFF, name
@@ -130,12 +134,12 @@ def test_conv_spectral_scale_departs_by_sqrt_kernel_area(float32_newton_schulz):
 VOCAB, DIM, STEPS = 11, 6, 5
 # torch name, torch shape, matopt path, role
 LEAVES = [
-    ("wte", (VOCAB, DIM), ("embed", "embedding"), "embedding"),
-    ("h0", (9, DIM), ("h0", "kernel"), "hidden"),      # Linear(6 → 9): tall
-    ("h1", (DIM, 9), ("h1", "kernel"), "hidden"),      # Linear(9 → 6): wide
-    ("h2", (DIM, DIM), ("h2", "kernel"), "hidden"),
-    ("head", (VOCAB, DIM), ("lm_head", "kernel"), "head"),
-    ("bias", (VOCAB,), ("lm_head", "bias"), "vector"),
+  ("wte", (VOCAB, DIM), ("embed", "embedding"), "embedding"),
+  ("h0", (9, DIM), ("h0", "kernel"), "hidden"),  # Linear(6 → 9): tall
+  ("h1", (DIM, 9), ("h1", "kernel"), "hidden"),  # Linear(9 → 6): wide
+  ("h2", (DIM, DIM), ("h2", "kernel"), "hidden"),
+  ("head", (VOCAB, DIM), ("lm_head", "kernel"), "head"),
+  ("bias", (VOCAB,), ("lm_head", "bias"), "vector"),
 ]
 
 
@@ -146,8 +150,7 @@ def _to_flax(name, x):
 def _problem(seed=0, dtype=np.float32):
   rng = np.random.default_rng(seed)
   init = {name: rng.standard_normal(shape).astype(dtype) for name, shape, _, _ in LEAVES}
-  grads = [{name: rng.standard_normal(shape).astype(dtype) for name, shape, _, _ in LEAVES}
-           for _ in range(STEPS)]
+  grads = [{name: rng.standard_normal(shape).astype(dtype) for name, shape, _, _ in LEAVES} for _ in range(STEPS)]
   return init, grads
 
 
@@ -197,12 +200,19 @@ def _pytorch_optimizer_groups(params):
   # Scion's language recipe (matopt's "language" defaults): ColNorm on the
   # embedding, Spectral on hidden layers, normalised Sign on the head, BiasRMS.
   return [
-      {"params": [params["wte"]], "norm_type": po_scion.LMONorm.COL,
-       "norm_kwargs": {"transpose": True}, "scale": RADII["embedding"]},
-      {"params": [params[n] for n in ("h0", "h1", "h2")], "norm_type": po_scion.LMONorm.SPECTRAL,
-       "scale": RADII["hidden"]},
-      {"params": [params["head"]], "norm_type": po_scion.LMONorm.SIGN, "scale": RADII["head"]},
-      {"params": [params["bias"]], "norm_type": po_scion.LMONorm.BIAS, "scale": RADII["vector"]},
+    {
+      "params": [params["wte"]],
+      "norm_type": po_scion.LMONorm.COL,
+      "norm_kwargs": {"transpose": True},
+      "scale": RADII["embedding"],
+    },
+    {
+      "params": [params[n] for n in ("h0", "h1", "h2")],
+      "norm_type": po_scion.LMONorm.SPECTRAL,
+      "scale": RADII["hidden"],
+    },
+    {"params": [params["head"]], "norm_type": po_scion.LMONorm.SIGN, "scale": RADII["head"]},
+    {"params": [params["bias"]], "norm_type": po_scion.LMONorm.BIAS, "scale": RADII["vector"]},
   ]
 
 
@@ -230,8 +240,11 @@ def _matopt_language(constrained: bool, seed: int):
 def test_scion_matches_pytorch_optimizer_scion(constrained, foreach, float32_newton_schulz):
   init, grads = _problem()
   mine = _matopt_language(constrained, 0)
-  ref = _run_torch(lambda p: SCION(_pytorch_optimizer_groups(p), lr=LR, momentum=ALPHA,
-                                   constraint=constrained, foreach=foreach), init, grads)
+  ref = _run_torch(
+    lambda p: SCION(_pytorch_optimizer_groups(p), lr=LR, momentum=ALPHA, constraint=constrained, foreach=foreach),
+    init,
+    grads,
+  )
   _assert_histories(ref, mine, 1e-5)
 
 
@@ -239,8 +252,7 @@ def test_scion_matches_published_bfloat16_newton_schulz():
   # As published: the hidden layers differ by the bfloat16 iteration only.
   init, grads = _problem()
   mine = _matopt_language(True, 0)
-  ref = _run_torch(lambda p: SCION(_pytorch_optimizer_groups(p), lr=LR, momentum=ALPHA, constraint=True),
-                   init, grads)
+  ref = _run_torch(lambda p: SCION(_pytorch_optimizer_groups(p), lr=LR, momentum=ALPHA, constraint=True), init, grads)
   _assert_histories(ref, mine, 1e-5, spectral_tol=BF16_NS)
   deltas = [_rel(r[n] - init[n], m[n] - init[n]) for r, m in zip(ref, mine) for n in ("h0", "h1", "h2")]
   assert max(deltas) > NS_ROUND_OFF  # bfloat16 visible in the hidden steps, nowhere else
@@ -250,8 +262,9 @@ def test_scion_light_matches(float32_newton_schulz):
   # Momentum kept in the gradient buffers (Σ (1−α)^k g = d/α): the same steps.
   init, grads = _problem()
   mine = _matopt_language(False, 0)
-  ref = _run_torch(lambda p: SCIONLight(_pytorch_optimizer_groups(p), lr=LR, momentum=ALPHA),
-                   init, grads, accumulate=True)
+  ref = _run_torch(
+    lambda p: SCIONLight(_pytorch_optimizer_groups(p), lr=LR, momentum=ALPHA), init, grads, accumulate=True
+  )
   _assert_histories(ref, mine, 1e-5)
 
 
@@ -259,8 +272,12 @@ def test_auto_norm_is_spectral_for_matrices_and_rms_for_vectors(float32_newton_s
   # LMONorm.AUTO in one group: matopt's spectral for every matrix role (the
   # embedding and head included) and ColNorm on the (1, n) row for vectors.
   init, grads = _problem(3)
-  tx = matopt.unconstrained_scion(LR, momentum=BETA, norms={"embedding": "spectral", "head": "spectral"},
-                                  radii=dict.fromkeys(matopt.labels.ROLES, 2.0))
+  tx = matopt.unconstrained_scion(
+    LR,
+    momentum=BETA,
+    norms={"embedding": "spectral", "head": "spectral"},
+    radii=dict.fromkeys(matopt.labels.ROLES, 2.0),
+  )
   mine = _run_matopt(tx, init, grads)
   # torch's embedding table (vocab, dim) would be read as (d_out, d_in): give
   # the reference the (dim, vocab) torch-Linear layout of the same matrix.
@@ -273,8 +290,13 @@ def test_auto_norm_is_spectral_for_matrices_and_rms_for_vectors(float32_newton_s
 
 
 # heavyball: You Jiacheng's 5-step coefficients, as heavyball.utils.zeropower_via_newtonschulz5 uses them.
-HEAVYBALL_NS = [(4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
-                (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)]
+HEAVYBALL_NS = [
+  (4.0848, -6.8946, 2.9270),
+  (3.9505, -6.3029, 2.6377),
+  (3.7418, -5.5913, 2.3037),
+  (2.8769, -3.1427, 1.2046),
+  (2.8366, -3.0525, 1.2012),
+]
 
 
 def test_heavyball_scion_matches(monkeypatch):
@@ -303,9 +325,13 @@ def test_heavyball_scion_matches(monkeypatch):
   assert _rel(init["h0"], start["h0"]) > 0.5
 
   with jax.enable_x64(True):
-    tx = matopt.unconstrained_scion(LR, momentum=BETA, norms=dict.fromkeys(("embedding", "head"), "spectral"),
-                                    radii=dict.fromkeys(matopt.labels.ROLES, scale),
-                                    coeffs=np.asarray(HEAVYBALL_NS))
+    tx = matopt.unconstrained_scion(
+      LR,
+      momentum=BETA,
+      norms=dict.fromkeys(("embedding", "head"), "spectral"),
+      radii=dict.fromkeys(matopt.labels.ROLES, scale),
+      coeffs=np.asarray(HEAVYBALL_NS),
+    )
     start_flax = dict(start, wte=start["wte"].T)
     mine = _run_matopt(tx, start_flax, [dict(g, wte=g["wte"].T) for g in grads])
   for r in ref:

@@ -75,10 +75,14 @@ def _promoting_while_loop(cond_fun, body_fun, init_val):
 def reference():
   """``optax_shampoo.distributed_shampoo``, importable and runnable on jax 0.10."""
   with pytest.MonkeyPatch.context() as mp:
-    for name, fn in (("tree_map", jax.tree.map), ("tree_flatten", jax.tree_util.tree_flatten),
-                     ("tree_unflatten", jax.tree_util.tree_unflatten)):
+    for name, fn in (
+      ("tree_map", jax.tree.map),
+      ("tree_flatten", jax.tree_util.tree_flatten),
+      ("tree_unflatten", jax.tree_util.tree_unflatten),
+    ):
       mp.setattr(jax, name, fn, raising=False)
     from optax_shampoo import distributed_shampoo as ds  # pylint: disable=g-import-not-at-top
+
     lax = types.SimpleNamespace(**{k: getattr(jax.lax, k) for k in dir(jax.lax) if not k.startswith("_")})
     lax.while_loop = _promoting_while_loop
     mp.setattr(ds, "lax", lax)
@@ -87,8 +91,9 @@ def reference():
 
 def _grads(shapes, scale=1.0, seed=0):
   rng = np.random.default_rng(seed)
-  return [{k: jnp.asarray(scale * rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
-          for _ in range(STEPS)]
+  return [
+    {k: jnp.asarray(scale * rng.standard_normal(s), jnp.float32) for k, s in shapes.items()} for _ in range(STEPS)
+  ]
 
 
 class _Runner:
@@ -119,8 +124,13 @@ class _Runner:
 
 def _reference(ds, shapes, **kw):
   # Learning rate 1, no weight decay: the update is minus the direction.
-  options = {"block_size": 1024, "beta1": 0.0, "nesterov": False, "best_effort_shape_interpretation": False,
-             "generate_training_metrics": False}
+  options = {
+    "block_size": 1024,
+    "beta1": 0.0,
+    "nesterov": False,
+    "best_effort_shape_interpretation": False,
+    "generate_training_metrics": False,
+  }
   return _Runner(ds.distributed_shampoo(1.0, **options | kw), shapes, sign=-1.0, reference=True)
 
 
@@ -133,8 +143,13 @@ def _errors(mine, ref):
 # reference's step 2 (0-based) = matopt's call 3, roots every 2 steps
 # (reference: steps 0, 2, 4 = calls 1, 3, 5; matopt: calls 3, 5 — the same
 # roots wherever they are used). ε = 1e-6 is the reference's default.
-A_REF = {"beta2": 1.0, "graft_type": 1, "matrix_epsilon": 1e-6, "start_preconditioning_step": 2,
-         "preconditioning_compute_steps": 2}
+A_REF = {
+  "beta2": 1.0,
+  "graft_type": 1,
+  "matrix_epsilon": 1e-6,
+  "start_preconditioning_step": 2,
+  "preconditioning_compute_steps": 2,
+}
 A_MINE = {"beta": 1.0, "graft": "sgd", "eps": 1e-6, "start_preconditioning_step": 3, "precondition_every": 2}
 # B: EMA statistics, RMSprop graft (its EMA is beta2 in the reference),
 # Nesterov heavy ball 0.9 (optax.trace after matopt), blocks of 10, roots
@@ -145,11 +160,27 @@ A_MINE = {"beta": 1.0, "graft": "sgd", "eps": 1e-6, "start_preconditioning_step"
 # leaf has a 10×10 block of κ ≈ 9e3, whose float32 eigh root (matopt) is 2e-5
 # off float64 where the reference's Newton root is 2e-6 off; this shape and
 # seed keep every block well conditioned.
-B_REF = {"beta1": 0.9, "nesterov": True, "beta2": 0.95, "graft_type": 3, "diagonal_epsilon": 1e-10,
-         "matrix_epsilon": 1e-4, "block_size": 10, "start_preconditioning_step": 0,
-         "preconditioning_compute_steps": 1}
-B_MINE = {"beta": 0.95, "graft": "rmsprop", "graft_b2": 0.95, "graft_eps": 1e-10, "eps": 1e-4, "block_size": 10,
-          "start_preconditioning_step": 1, "precondition_every": 1}
+B_REF = {
+  "beta1": 0.9,
+  "nesterov": True,
+  "beta2": 0.95,
+  "graft_type": 3,
+  "diagonal_epsilon": 1e-10,
+  "matrix_epsilon": 1e-4,
+  "block_size": 10,
+  "start_preconditioning_step": 0,
+  "preconditioning_compute_steps": 1,
+}
+B_MINE = {
+  "beta": 0.95,
+  "graft": "rmsprop",
+  "graft_b2": 0.95,
+  "graft_eps": 1e-10,
+  "eps": 1e-4,
+  "block_size": 10,
+  "start_preconditioning_step": 1,
+  "precondition_every": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +202,9 @@ def test_running_sum_sgd_graft_start_step_and_schedule_match(config_a):
 
 def test_blocks_rmsprop_graft_per_tensor_and_heavy_ball_match(config_b):
   ref = config_b
-  mine = _Runner(optax.chain(matopt.scale_by_shampoo(**B_MINE, graft_per_block=False),
-                             optax.trace(0.9, nesterov=True)), BLOCKED)
+  mine = _Runner(
+    optax.chain(matopt.scale_by_shampoo(**B_MINE, graft_per_block=False), optax.trace(0.9, nesterov=True)), BLOCKED
+  )
   grads = _grads(BLOCKED, seed=1)
   errors = _errors(mine.run(grads), ref.run(grads))
   assert max(errors) < ROUND_OFF, errors  # measured ≤ 1.9e-6

@@ -11,8 +11,10 @@ import matopt
 
 def _tree(seed):
   rng = np.random.default_rng(seed)
-  return {"w": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32),
-          "b": jnp.asarray(rng.standard_normal(5), jnp.float32)}
+  return {
+    "w": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32),
+    "b": jnp.asarray(rng.standard_normal(5), jnp.float32),
+  }
 
 
 def test_plain_decay_is_optax():
@@ -45,10 +47,13 @@ def test_cautious_decay_keeps_bf16():
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(got))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
     ({"weight_decay": -0.1}, "weight_decay"),
     ({"weight_decay": 0.1, "cautious": "yes"}, "cautious must be True or False"),
-])
+  ],
+)
 def test_bad_options_raise_at_construction(kwargs, message):
   with pytest.raises(ValueError, match=message):
     matopt.add_decayed_weights(**kwargs)

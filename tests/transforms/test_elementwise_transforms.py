@@ -14,8 +14,8 @@ import matopt
 def _tree(scale=1.0):
   rng = np.random.default_rng(0)
   return {
-      "w": jnp.asarray(rng.standard_normal((4, 16)) * scale, jnp.float32),
-      "b": jnp.asarray(rng.standard_normal(16) * scale, jnp.float32),
+    "w": jnp.asarray(rng.standard_normal((4, 16)) * scale, jnp.float32),
+    "b": jnp.asarray(rng.standard_normal(16) * scale, jnp.float32),
   }
 
 
@@ -90,8 +90,9 @@ def test_partition_checks_labels():
   tx = matopt.partition({"hidden": optax.sgd(0.1)}, matopt.labels.by_role)
   with pytest.raises(ValueError, match=r"Leaf 'Dense_0/bias' has label 'vector'.*only for \('hidden',\)"):
     tx.init(tree)
-  tx = matopt.partition({"hidden": optax.sgd(0.1), "vector": optax.set_to_zero()},
-                        functools.partial(matopt.labels.by_role))
+  tx = matopt.partition(
+    {"hidden": optax.sgd(0.1), "vector": optax.set_to_zero()}, functools.partial(matopt.labels.by_role)
+  )
   out, _ = tx.update(tree, tx.init(tree))
   np.testing.assert_array_equal(out["Dense_0"]["bias"], 0.0)
   np.testing.assert_allclose(out["Dense_0"]["kernel"], -0.1)

@@ -46,9 +46,12 @@ def test_two_sided_skips_placeholders():
 def test_split_join_round_trip_keeps_masked_leaves():
   params = {"a": jnp.zeros((3, 4)), "m": optax.MaskedNode(), "n": None, "v": jnp.zeros(5)}
   leaves, treedef = kron.leaves_of(params)
-  per_leaf = [leaf if leaf is None or isinstance(leaf, optax.MaskedNode)
-              else (kron.init_factors((1,), 3, 4, True, True) if leaf.ndim == 2 else kron.no_factors())
-              for leaf in leaves]
+  per_leaf = [
+    leaf
+    if leaf is None or isinstance(leaf, optax.MaskedNode)
+    else (kron.init_factors((1,), 3, 4, True, True) if leaf.ndim == 2 else kron.no_factors())
+    for leaf in leaves
+  ]
   trees = kron.join(treedef, per_leaf)
   assert trees.stats_left["a"].shape == (1, 3, 3) and trees.right["a"].shape == (1, 4, 4)
   assert isinstance(trees.left["m"], optax.MaskedNode) and trees.left["n"] is None

@@ -16,9 +16,9 @@ from tests.helpers import matrix_with_condition
 def _tree():
   rng = np.random.default_rng(0)
   return {
-      "embed": jnp.asarray(rng.standard_normal((10, 6)), jnp.float32),
-      "hidden": jnp.asarray(rng.standard_normal((6, 6)), jnp.float32),
-      "head": jnp.asarray(rng.standard_normal((6, 10)), jnp.float32),
+    "embed": jnp.asarray(rng.standard_normal((10, 6)), jnp.float32),
+    "hidden": jnp.asarray(rng.standard_normal((6, 6)), jnp.float32),
+    "head": jnp.asarray(rng.standard_normal((6, 10)), jnp.float32),
   }
 
 
@@ -34,8 +34,7 @@ def test_pytree_of_norms():
 
 def test_callable_norms_and_normalized_sign():
   tree = _tree()
-  tx = matopt.scale_by_lmo(lambda p: {k: "sign" if k == "head" else "frobenius" for k in p},
-                           normalized=True)
+  tx = matopt.scale_by_lmo(lambda p: {k: "sign" if k == "head" else "frobenius" for k in p}, normalized=True)
   out, _ = tx.update(tree, tx.init(tree))
   np.testing.assert_allclose(out["head"], np.sign(tree["head"]) / 6)
   np.testing.assert_allclose(out["hidden"], tree["hidden"] / np.linalg.norm(tree["hidden"]), rtol=1e-6)
@@ -51,8 +50,8 @@ def test_bias_as_row_is_rms_normalisation():
 def test_inside_multi_transform():
   tree = _tree()
   tx = optax.multi_transform(
-      {"a": matopt.scale_by_lmo("rownorm"), "b": optax.identity()},
-      {"embed": "b", "hidden": "a", "head": "a"},
+    {"a": matopt.scale_by_lmo("rownorm"), "b": optax.identity()},
+    {"embed": "b", "hidden": "a", "head": "a"},
   )
   out, _ = tx.update(tree, tx.init(tree))
   np.testing.assert_array_equal(out["embed"], tree["embed"])
@@ -80,8 +79,10 @@ def test_errors():
 @pytest.mark.parametrize("method", METHODS)
 def test_spectral_method_choices_are_msigns(method):
   # A wide leaf (1:4) and a square one: "auto" runs the Gram iteration on the first only.
-  tree = {"wide": jnp.asarray(matrix_with_condition(16, 64, 100.0, seed=1), jnp.float32),
-          "square": jnp.asarray(matrix_with_condition(12, 12, 100.0, seed=2), jnp.float32)}
+  tree = {
+    "wide": jnp.asarray(matrix_with_condition(16, 64, 100.0, seed=1), jnp.float32),
+    "square": jnp.asarray(matrix_with_condition(12, 12, 100.0, seed=2), jnp.float32),
+  }
   tx = matopt.scale_by_lmo("spectral", method=method, coeffs="polar_express")
   out, _ = jax.jit(tx.update)(tree, tx.init(tree))
   for k, g in tree.items():

@@ -16,16 +16,19 @@ from matopt.linalg import METHODS, PRESETS
 def _tree():
   rng = np.random.default_rng(0)
   return {
-      "dense": {"kernel": jnp.asarray(rng.standard_normal((12, 20)), jnp.float32)},
-      "conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)},
-      "stack": jnp.asarray(rng.standard_normal((3, 6, 10)), jnp.float32),
+    "dense": {"kernel": jnp.asarray(rng.standard_normal((12, 20)), jnp.float32)},
+    "conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)},
+    "stack": jnp.asarray(rng.standard_normal((3, 6, 10)), jnp.float32),
   }
 
 
 def test_each_leaf_is_msign_of_its_view():
   tree = _tree()
-  dn = {"dense": {"kernel": None}, "conv": {"kernel": None},
-        "stack": MuonDimensionNumbers(reduction_axis=1, output_axis=2)}
+  dn = {
+    "dense": {"kernel": None},
+    "conv": {"kernel": None},
+    "stack": MuonDimensionNumbers(reduction_axis=1, output_axis=2),
+  }
   tx = matopt.scale_by_msign(coeffs="polar_express", dimension_numbers=dn)
   out, _ = jax.jit(tx.update)(tree, tx.init(tree))
   ref = functools.partial(matopt.msign, coeffs="polar_express")
@@ -62,13 +65,13 @@ def test_masked_vectors_are_skipped():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"coeffs": "nope"}, "valid presets are"),
-        ({"steps": -1}, "steps must be >= 1"),
-        ({"method": "qr"}, "Unknown msign method"),
-        ({"dimension_numbers": {"w": (0, 1)}}, "dimension_numbers must be None"),
-    ],
+  "kwargs, match",
+  [
+    ({"coeffs": "nope"}, "valid presets are"),
+    ({"steps": -1}, "steps must be >= 1"),
+    ({"method": "qr"}, "Unknown msign method"),
+    ({"dimension_numbers": {"w": (0, 1)}}, "dimension_numbers must be None"),
+  ],
 )
 def test_construction_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):

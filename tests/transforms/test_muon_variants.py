@@ -36,19 +36,27 @@ def _inputs(shape, steps=4, seed=0):
   # the wrong axis cannot pass (after an exact msign, a tall matrix's columns
   # are all unit vectors).
   rng = np.random.default_rng(seed)
-  return [rng.standard_normal(shape) * rng.uniform(0.1, 3, shape[1]) * rng.uniform(0.5, 2, (shape[0], 1))
-          for _ in range(steps)]
+  return [
+    rng.standard_normal(shape) * rng.uniform(0.1, 3, shape[1]) * rng.uniform(0.5, 2, (shape[0], 1))
+    for _ in range(steps)
+  ]
 
 
-@pytest.mark.parametrize(("make", "reference"), [
+@pytest.mark.parametrize(
+  ("make", "reference"),
+  [
     (lambda: matopt.scale_by_normuon(), _normuon_reference),
     (lambda: matopt.scale_by_normuon(b2=0.5, eps=1e-6), lambda x: _normuon_reference(x, 0.5, 1e-6)),
     (lambda: matopt.scale_by_adamuon(), _adamuon_reference),
     (lambda: matopt.scale_by_adamuon(b2=0.9), lambda x: _adamuon_reference(x, 0.9)),
     # The current reference code's step: no bias correction (and b2 = momentum).
-    (lambda: matopt.scale_by_adamuon(b2=0.95, eps=1e-3, bias_correction=False),
-     lambda x: _adamuon_reference(x, 0.95, 1e-3, bias_correction=False)),
-], ids=["normuon", "normuon_b2", "adamuon", "adamuon_b2", "adamuon_no_bias_correction"])
+    (
+      lambda: matopt.scale_by_adamuon(b2=0.95, eps=1e-3, bias_correction=False),
+      lambda x: _adamuon_reference(x, 0.95, 1e-3, bias_correction=False),
+    ),
+  ],
+  ids=["normuon", "normuon_b2", "adamuon", "adamuon_b2", "adamuon_no_bias_correction"],
+)
 @pytest.mark.parametrize("shape", [(12, 5), (5, 12), (8, 8)])
 def test_matches_reference_over_steps(make, reference, shape):
   os_ = _inputs(shape)
@@ -85,7 +93,7 @@ def test_split_view_is_per_block(make):
   for o in os_:
     o = jnp.asarray(o, jnp.float32)
     got, fs = fused_tx.update({"w": o}, fs)
-    want, ps = parts_tx.update({k: o[:, 6 * i:6 * (i + 1)] for i, k in enumerate("qkv")}, ps)
+    want, ps = parts_tx.update({k: o[:, 6 * i : 6 * (i + 1)] for i, k in enumerate("qkv")}, ps)
     np.testing.assert_allclose(got["w"], jnp.concatenate([want[k] for k in "qkv"], axis=1), rtol=1e-5, atol=1e-7)
 
 

@@ -21,8 +21,8 @@ def _standard_promotion():
 def _tree(seed=0):
   k = jax.random.split(jax.random.key(seed), 4)
   return {
-      "Dense_0": {"kernel": jax.random.normal(k[0], (6, 3)), "bias": jax.random.normal(k[1], (3,))},
-      "Dense_1": {"kernel": jax.random.normal(k[2], (3, 7)), "bias": jax.random.normal(k[3], (7,))},
+    "Dense_0": {"kernel": jax.random.normal(k[0], (6, 3)), "bias": jax.random.normal(k[1], (3,))},
+    "Dense_1": {"kernel": jax.random.normal(k[2], (3, 7)), "bias": jax.random.normal(k[3], (7,))},
   }
 
 
@@ -46,8 +46,7 @@ def _scale_by_extra():
 def test_extra_args_reach_inner_transforms_through_chain():
   params, grads = _tree(0), _tree(1)
   labels = lambda p: jax.tree.map(lambda x: "matrix" if x.ndim == 2 else "vector", p)
-  tx = optax.chain(matopt.partition({"matrix": _scale_by_extra(), "vector": optax.sgd(0.5)}, labels),
-                   optax.scale(-1.0))
+  tx = optax.chain(matopt.partition({"matrix": _scale_by_extra(), "vector": optax.sgd(0.5)}, labels), optax.scale(-1.0))
   assert isinstance(tx, optax.GradientTransformationExtraArgs)
   state = tx.init(params)
   updates, _ = jax.jit(tx.update)(grads, state, params, factor=jnp.float32(3.0))
@@ -61,9 +60,13 @@ def test_extra_args_reach_qk_clip_in_a_partition():
   # itself inside optax.chain, must see the logits (τ = 1 < 4: clipped).
   d, heads, dh = 8, 2, 4
   k = jax.random.split(jax.random.key(0), 3)
-  params = {"attn": {"query": {"kernel": jax.random.normal(k[0], (d, heads * dh))},
-                     "key": {"kernel": jax.random.normal(k[1], (d, heads * dh))}},
-            "norm": {"scale": jnp.ones(d)}}
+  params = {
+    "attn": {
+      "query": {"kernel": jax.random.normal(k[0], (d, heads * dh))},
+      "key": {"kernel": jax.random.normal(k[1], (d, heads * dh))},
+    },
+    "norm": {"scale": jnp.ones(d)},
+  }
   grads = jax.tree.map(lambda x: 0.1 * jnp.cos(x), params)
   clip = matopt.muon_clip(0.02, tau=1.0, head_dim=dh)
   routed = lambda p: jax.tree.map(lambda x: "clip" if x.ndim == 2 else "rest", p)
@@ -102,10 +105,12 @@ def test_mask_compatible_extra_args_as_in_optax():
     def update_fn(updates, state, params=None, *, extra=None, **_):
       del params
       return jax.tree.map(jnp.add, updates, extra), state
+
     return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update_fn)
 
-  tx = matopt.partition({"matrix": add_extra(), "vector": optax.identity()}, param_labels=labels,
-                        mask_compatible_extra_args=True)
+  tx = matopt.partition(
+    {"matrix": add_extra(), "vector": optax.identity()}, param_labels=labels, mask_compatible_extra_args=True
+  )
   extra = _tree(5)
   got, _ = tx.update(params, tx.init(params), params, extra=extra)
   np.testing.assert_allclose(got["Dense_1"]["kernel"], params["Dense_1"]["kernel"] + extra["Dense_1"]["kernel"])
@@ -116,7 +121,8 @@ def test_labels_checked_at_init_and_old_keyword_kept():
   params = _tree(0)
   with pytest.raises(ValueError, match=r"Leaf 'Dense_1/bias' has label 'vector'.*only for \('hidden',\)"):
     matopt.partition({"hidden": optax.sgd(0.1)}, param_labels=matopt.labels.by_role).init(
-        {"Dense_1": params["Dense_1"]})
+      {"Dense_1": params["Dense_1"]}
+    )
   # The name before optax's (``labels=``) still works.
   tx = matopt.partition({"hidden": optax.sgd(0.1), "vector": optax.set_to_zero()}, labels=matopt.labels.by_role)
   out, _ = tx.update(params, tx.init(params))

@@ -19,8 +19,10 @@ def _normal(shape, seed):
 
 def _attn(seed=0):
   # nnx.MultiHeadAttention layout: kernels (d, heads, d_head), biases (heads, d_head).
-  return {name: {"kernel": _normal((D, H, DH), seed + i), "bias": _normal((H, DH), seed + 10 + i)}
-          for i, name in enumerate(("query", "key", "value"))}
+  return {
+    name: {"kernel": _normal((D, H, DH), seed + i), "bias": _normal((H, DH), seed + 10 + i)}
+    for i, name in enumerate(("query", "key", "value"))
+  }
 
 
 def _logits(p, x):
@@ -35,10 +37,14 @@ def _step(tx, params, max_logits):
   return optax.apply_updates(params, updates), optax.apply_updates(params, clipped)
 
 
-@pytest.mark.parametrize("logits_tree", [
+@pytest.mark.parametrize(
+  "logits_tree",
+  [
     lambda s: {"blocks": {"0": {"attn": s}}},
     lambda s: {"blocks": {"0": {"attn": {"max_logits": (s,)}}}},  # what nnx.sow gives
-], ids=["module_path", "sow_path"])
+  ],
+  ids=["module_path", "sow_path"],
+)
 def test_each_head_logits_shrink_by_gamma(logits_tree):
   params = {"blocks": {"0": {"attn": _attn()}}, "head": {"kernel": _normal((D, 5), 7)}}
   plain, clipped = _step(matopt.qk_clip(TAU), params, logits_tree(S))
@@ -57,8 +63,9 @@ def test_flat_and_fused_kernels_with_head_dim():
   _, clipped = _step(matopt.qk_clip(TAU, head_dim=DH), {"attn": flat}, {"attn": S})
   plain, _ = _step(matopt.qk_clip(TAU, head_dim=DH), {"attn": flat}, {"attn": jnp.zeros(H)})  # nothing above τ
   q = clipped["attn"]["query"]["kernel"].reshape(D, H, DH)
-  np.testing.assert_allclose(q, np.asarray(plain["attn"]["query"]["kernel"]).reshape(D, H, DH) * np.sqrt(GAMMA)[:, None],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    q, np.asarray(plain["attn"]["query"]["kernel"]).reshape(D, H, DH) * np.sqrt(GAMMA)[:, None], rtol=1e-6
+  )
   # Fused [Q | K | V]: Q and K heads scaled, V left alone.
   fused = {"attn": {"qkv": {"kernel": jnp.concatenate([flat[n]["kernel"] for n in ("query", "key", "value")], -1)}}}
   tx = matopt.qk_clip(TAU, query="qkv", key="qkv", head_dim=DH)
@@ -78,7 +85,9 @@ def test_stacked_layers():
   plain, clipped = _step(matopt.qk_clip(TAU), {"attn": attn}, {"attn": s})
   g = np.ones((layers, 1, H, 1))
   g[0, 0, :, 0] = np.sqrt(GAMMA)
-  np.testing.assert_allclose(clipped["attn"]["query"]["kernel"], np.asarray(plain["attn"]["query"]["kernel"]) * g, rtol=1e-6)
+  np.testing.assert_allclose(
+    clipped["attn"]["query"]["kernel"], np.asarray(plain["attn"]["query"]["kernel"]) * g, rtol=1e-6
+  )
 
 
 def test_heads_below_tau_and_finite_inputs_leave_weights():
@@ -90,13 +99,16 @@ def test_heads_below_tau_and_finite_inputs_leave_weights():
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(clipped))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
     ({"tau": 0.0}, "tau"),
     ({"query": ""}, "query must be the name of a child module"),
     ({"head_dim": 0}, "head_dim must be None or a positive int"),
     ({"kv_heads": 0}, "kv_heads must be None or a positive int"),
     ({"query": "qkv", "key": "qkv"}, "fused QKV kernel .* needs head_dim"),
-])
+  ],
+)
 def test_bad_options_raise_at_construction(kwargs, message):
   with pytest.raises(ValueError, match=message):
     matopt.qk_clip(**kwargs)
@@ -112,19 +124,28 @@ def test_bad_calls_name_the_problem():
     tx.update(params, state, max_logits={"blocks": {"attn": S}})
   with pytest.raises(ValueError, match="no parameters named 'query' under max_logits path 'mlp'"):
     tx.update(params, state, params, max_logits={"mlp": S})
-  with pytest.raises(ValueError, match="leaf 'blocks/attn/(query|key)/(kernel|bias)' of shape .* no head axis of size 5"):
+  with pytest.raises(
+    ValueError, match=r"leaf 'blocks/attn/(query|key)/(kernel|bias)' of shape .* no head axis of size 5"
+  ):
     tx.update(params, state, params, max_logits={"blocks": {"attn": jnp.ones(5)}})
-  with pytest.raises(ValueError, match=r"leaf 'blocks/attn/.*' of shape \(.*\) does not start with .* \(2,\)\. A stacked"):
+  with pytest.raises(
+    ValueError, match=r"leaf 'blocks/attn/.*' of shape \(.*\) does not start with .* \(2,\)\. A stacked"
+  ):
     tx.update(params, state, params, max_logits={"blocks": {"attn": jnp.ones((2, H))}})
-  with pytest.raises(ValueError, match="two max_logits leaves for attention module 'blocks/attn'. Report one"):
+  with pytest.raises(ValueError, match=r"two max_logits leaves for attention module 'blocks/attn'\. Report one"):
     tx.update(params, state, params, max_logits={"blocks": {"attn": {"a": S, "b": S}}})
   flat = {"attn": {"query": {"kernel": jnp.ones((D, H * DH + 1))}, "key": {"kernel": jnp.ones((D, H * DH))}}}
-  with pytest.raises(ValueError, match=r"leaf 'attn/query/kernel' of shape \(8, 13\): last axis must be 1×4 heads×3 = 12"):
+  with pytest.raises(
+    ValueError, match=r"leaf 'attn/query/kernel' of shape \(8, 13\): last axis must be 1×4 heads×3 = 12"
+  ):
     matopt.qk_clip(TAU, head_dim=DH).update(flat, state, flat, max_logits={"attn": S})
   with pytest.raises(ValueError, match="pass head_dim="):
-    tx.update({"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
-              state, {"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
-              max_logits={"attn": S})
+    tx.update(
+      {"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
+      state,
+      {"attn": {"query": {"kernel": jnp.ones((D, H * DH))}, "key": {"kernel": jnp.ones((D, H * DH))}}},
+      max_logits={"attn": S},
+    )
 
 
 KV = 2  # grouped-query attention: each key head serves H // KV query heads
@@ -137,8 +158,11 @@ def _gqa_logits(q_kernel, k_kernel, x):
 
 
 def test_grouped_query_heads_take_all_of_gamma():
-  attn = {"query": {"kernel": _normal((D, H, DH), 0)}, "key": {"kernel": _normal((D, KV, DH), 1)},
-          "value": {"kernel": _normal((D, KV, DH), 2)}}
+  attn = {
+    "query": {"kernel": _normal((D, H, DH), 0)},
+    "key": {"kernel": _normal((D, KV, DH), 1)},
+    "value": {"kernel": _normal((D, KV, DH), 2)},
+  }
   plain, clipped = _step(matopt.qk_clip(TAU, kv_heads=KV), {"attn": attn}, {"attn": S})
   x = _normal((6, D), 3)
   before = _gqa_logits(plain["attn"]["query"]["kernel"], plain["attn"]["key"]["kernel"], x)
@@ -157,9 +181,9 @@ def test_grouped_fused_kernel():
   tx = matopt.qk_clip(TAU, query="qkv", key="qkv", head_dim=DH, kv_heads=KV)
   plain, clipped = _step(tx, {"attn": {"qkv": {"kernel": w}}}, {"attn": S})
   new, old = np.asarray(clipped["attn"]["qkv"]["kernel"]), np.asarray(plain["attn"]["qkv"]["kernel"])
-  q_new, q_old = new[:, :H * DH].reshape(D, H, DH), old[:, :H * DH].reshape(D, H, DH)
+  q_new, q_old = new[:, : H * DH].reshape(D, H, DH), old[:, : H * DH].reshape(D, H, DH)
   np.testing.assert_allclose(q_new, q_old * GAMMA[:, None], rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(new[:, H * DH:], old[:, H * DH:])
+  np.testing.assert_array_equal(new[:, H * DH :], old[:, H * DH :])
   bad = {"attn": {"qkv": {"kernel": _normal((D, 3 * H * DH), 5)}}}
   with pytest.raises(ValueError, match=r"last axis must be \(heads \+ 2·kv_heads\)×head_dim = \(4 \+ 2×2\)×3 = 24"):
     tx.update(bad, tx.init(bad), bad, max_logits={"attn": S})

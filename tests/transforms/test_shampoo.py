@@ -46,20 +46,26 @@ def np_shampoo(grads, *, beta, exponent, eps, every, start, b1, graft, b2=0.95, 
 
 
 @pytest.mark.parametrize(
-    "kw",
-    [
-        dict(beta=0.9, exponent=0.25, eps=1e-4, every=1, start=1, b1=0.0, graft="none"),
-        dict(beta=1.0, exponent=0.25, eps=1e-4, every=2, start=1, b1=0.9, graft="adam"),
-        dict(beta=0.5, exponent=0.5, eps=1e-3, every=1, start=3, b1=0.5, graft="rmsprop"),
-        dict(beta=0.95, exponent=0.25, eps=1e-4, every=3, start=2, b1=0.9, graft="sgd"),
-    ],
+  "kw",
+  [
+    dict(beta=0.9, exponent=0.25, eps=1e-4, every=1, start=1, b1=0.0, graft="none"),
+    dict(beta=1.0, exponent=0.25, eps=1e-4, every=2, start=1, b1=0.9, graft="adam"),
+    dict(beta=0.5, exponent=0.5, eps=1e-3, every=1, start=3, b1=0.5, graft="rmsprop"),
+    dict(beta=0.95, exponent=0.25, eps=1e-4, every=3, start=2, b1=0.9, graft="sgd"),
+  ],
 )
 def test_matches_numpy_transcription(kw):
   rng = np.random.default_rng(0)
   grads = [rng.standard_normal((6, 9)) for _ in range(5)]
-  tx = scale_by_shampoo(beta=kw["beta"], exponent=kw["exponent"], eps=kw["eps"],
-                        precondition_every=kw["every"], start_preconditioning_step=kw["start"],
-                        b1=kw["b1"], graft=kw["graft"])
+  tx = scale_by_shampoo(
+    beta=kw["beta"],
+    exponent=kw["exponent"],
+    eps=kw["eps"],
+    precondition_every=kw["every"],
+    start_preconditioning_step=kw["start"],
+    b1=kw["b1"],
+    graft=kw["graft"],
+  )
   state = tx.init({"w": jnp.zeros((6, 9))})
   update = jax.jit(tx.update)
   expected = np_shampoo(grads, **kw)
@@ -72,8 +78,7 @@ def test_matches_numpy_transcription(kw):
 def test_no_accumulation_is_msign(shape):
   g = jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
   dn = matopt.DimensionNumbers(1, 2) if len(shape) == 3 else None
-  tx = scale_by_shampoo(beta=0.0, exponent=0.25, eps=1e-12, precondition_every=1, graft="none",
-                        dimension_numbers=dn)
+  tx = scale_by_shampoo(beta=0.0, exponent=0.25, eps=1e-12, precondition_every=1, graft="none", dimension_numbers=dn)
   u, _ = tx.update({"w": g}, tx.init({"w": g}))
   np.testing.assert_allclose(u["w"], matopt.msign(g, method="svd"), atol=5e-4)
 
@@ -86,10 +91,12 @@ def test_blocks_are_preconditioned_independently():
   assert state.stats_left["w"].shape == (1, 2, 3, 4, 4)
   for i in range(2):
     for j in range(3):
-      block = g[4 * i:4 * i + 4, 4 * j:4 * j + 4]
-      np.testing.assert_allclose(u["w"][4 * i:4 * i + 4, 4 * j:4 * j + 4],
-                                 matopt.msign(jnp.asarray(block, jnp.float32), method="svd"),
-                                 atol=5e-3)  # float32 eigh of G Gᵀ squares κ
+      block = g[4 * i : 4 * i + 4, 4 * j : 4 * j + 4]
+      np.testing.assert_allclose(
+        u["w"][4 * i : 4 * i + 4, 4 * j : 4 * j + 4],
+        matopt.msign(jnp.asarray(block, jnp.float32), method="svd"),
+        atol=5e-3,
+      )  # float32 eigh of G Gᵀ squares κ
 
 
 def test_graft_per_block_or_per_matrix():
@@ -117,10 +124,11 @@ def test_graft_per_block_or_per_matrix():
 def test_large_sides_skip_preconditioning_and_vectors_take_graft():
   rng = np.random.default_rng(3)
   params = {"w": jnp.zeros((4, 32)), "b": jnp.zeros(5)}
-  grads = {"w": jnp.asarray(rng.standard_normal((4, 32)), jnp.float32),
-           "b": jnp.asarray(rng.standard_normal(5), jnp.float32)}
-  tx = scale_by_shampoo(beta=0.0, eps=1e-12, precondition_every=1, graft="sgd", max_precond_dim=16,
-                        block_size=None)
+  grads = {
+    "w": jnp.asarray(rng.standard_normal((4, 32)), jnp.float32),
+    "b": jnp.asarray(rng.standard_normal(5), jnp.float32),
+  }
+  tx = scale_by_shampoo(beta=0.0, eps=1e-12, precondition_every=1, graft="sgd", max_precond_dim=16, block_size=None)
   u, state = tx.update(grads, tx.init(params))
   assert state.stats_right["w"].shape == ()
   np.testing.assert_array_equal(u["b"], grads["b"])
@@ -162,16 +170,16 @@ def test_state_dtypes_and_structure_stable():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"beta": 1.5}, r"beta must lie in \[0.0, 1.0\]"),
-        ({"exponent": 0.0}, "exponent must lie in"),
-        ({"graft": "adagrad"}, r"Unknown graft 'adagrad'; valid grafts are"),
-        ({"root_method": "svd"}, "Unknown root_method"),
-        ({"precondition_every": 0}, "precondition_every must be an int >= 1"),
-        ({"block_size": 0}, "block_size must be an int >= 1 or None"),
-        ({"b1": 1.0}, r"b1 must lie in \[0.0, 1.0\)"),
-    ],
+  "kwargs, match",
+  [
+    ({"beta": 1.5}, r"beta must lie in \[0.0, 1.0\]"),
+    ({"exponent": 0.0}, "exponent must lie in"),
+    ({"graft": "adagrad"}, r"Unknown graft 'adagrad'; valid grafts are"),
+    ({"root_method": "svd"}, "Unknown root_method"),
+    ({"precondition_every": 0}, "precondition_every must be an int >= 1"),
+    ({"block_size": 0}, "block_size must be an int >= 1 or None"),
+    ({"b1": 1.0}, r"b1 must lie in \[0.0, 1.0\)"),
+  ],
 )
 def test_construction_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):

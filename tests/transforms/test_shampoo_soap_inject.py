@@ -15,15 +15,22 @@ import matopt
 optax_promotion = jax.numpy_dtype_promotion("standard")
 
 FACTORIES = {
-    "shampoo": matopt.shampoo,
-    "soap": matopt.soap,
-    # Non-default values of every traceable option, so that none is ignored.
-    "shampoo_options": lambda learning_rate: matopt.shampoo(
-        learning_rate, b1=0.5, beta=1.0, exponent=0.5, eps=1e-6, precondition_every=3,
-        start_preconditioning_step=2, weight_decay=0.1),
-    "soap_options": lambda learning_rate: matopt.soap(
-        learning_rate, b1=0.0, b2=0.9, eps=1e-6, precondition_every=3, start_preconditioning_step=1,
-        weight_decay=0.0),
+  "shampoo": matopt.shampoo,
+  "soap": matopt.soap,
+  # Non-default values of every traceable option, so that none is ignored.
+  "shampoo_options": lambda learning_rate: matopt.shampoo(
+    learning_rate,
+    b1=0.5,
+    beta=1.0,
+    exponent=0.5,
+    eps=1e-6,
+    precondition_every=3,
+    start_preconditioning_step=2,
+    weight_decay=0.1,
+  ),
+  "soap_options": lambda learning_rate: matopt.soap(
+    learning_rate, b1=0.0, b2=0.9, eps=1e-6, precondition_every=3, start_preconditioning_step=1, weight_decay=0.0
+  ),
 }
 
 
@@ -88,12 +95,19 @@ def test_momentum_and_period_are_schedulable():
   assert not np.allclose(roots[2], eye)  # first root at step 2
 
 
-@pytest.mark.parametrize("factory, option", [
+@pytest.mark.parametrize(
+  "factory, option",
+  [
     (matopt.shampoo, "block_size"),
     (matopt.soap, "max_precond_dim"),
-    (lambda learning_rate, max_precond_dim=None: optax.chain(
-        matopt.scale_by_shampoo(max_precond_dim=max_precond_dim), optax.scale(-learning_rate)), "max_precond_dim"),
-])
+    (
+      lambda learning_rate, max_precond_dim=None: optax.chain(
+        matopt.scale_by_shampoo(max_precond_dim=max_precond_dim), optax.scale(-learning_rate)
+      ),
+      "max_precond_dim",
+    ),
+  ],
+)
 def test_injected_shape_option_names_static_args(factory, option):
   with optax_promotion:
     tx = optax.inject_hyperparams(factory)(learning_rate=1e-2, **{option: 4})

@@ -73,7 +73,6 @@ def test_diagonal_gradients_equal_adam_from_step_two():
     np.testing.assert_allclose(s, u["w"], atol=2e-4)
 
 
-
 def test_second_moment_follows_eigenvalue_order_when_it_changes():
   # The dominant coordinate swaps halfway, so refreshed bases permute their
   # columns; Adam equality holds only if v is permuted with them.
@@ -91,6 +90,7 @@ def test_second_moment_follows_eigenvalue_order_when_it_changes():
       u, adam_state = adam.update({"w": jnp.asarray(g, jnp.float32)}, adam_state)
     np.testing.assert_allclose(s, u["w"], atol=1e-3, err_msg=f"step {t}")
 
+
 # Square gradients: after one rectangular gradient the longer side's
 # statistic is rank deficient and eigh may pick any basis of its null space,
 # so two correct implementations can differ there.
@@ -98,7 +98,9 @@ def test_second_moment_follows_eigenvalue_order_when_it_changes():
 def test_matches_numpy_transcription(shape):
   rng = np.random.default_rng(1)
   grads = [rng.standard_normal(shape) for _ in range(7)]
-  got, _ = _run(scale_by_soap(b1=0.9, b2=0.95, eps=1e-3, precondition_every=2, start_preconditioning_step=1), grads, shape)
+  got, _ = _run(
+    scale_by_soap(b1=0.9, b2=0.95, eps=1e-3, precondition_every=2, start_preconditioning_step=1), grads, shape
+  )
   want = np_soap(grads, b1=0.9, b2=0.95, eps=1e-3, every=2)
   for t, (a, b) in enumerate(zip(got, want)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3, err_msg=f"step {t + 1}")
@@ -113,8 +115,10 @@ def test_vectors_get_adam_and_long_sides_stay_unrotated():
   adam = optax.scale_by_adam(b1=0.95, b2=0.95, eps=1e-3)
   astate = adam.init(params)
   for t in range(4):
-    g = {"b": jnp.asarray(rng.standard_normal(4), jnp.float32),
-         "w": jnp.asarray(rng.standard_normal((3, 20)), jnp.float32)}
+    g = {
+      "b": jnp.asarray(rng.standard_normal(4), jnp.float32),
+      "w": jnp.asarray(rng.standard_normal((3, 20)), jnp.float32),
+    }
     u, state = tx.update(g, state)
     if t:
       with optax_promotion:
@@ -153,8 +157,10 @@ def test_faster_than_adam_on_ill_conditioned_least_squares():
   # The reference's start (bases from step 1), the setting this margin was
   # set for: with the default start (step 5 here) the best loss is 0.58×
   # Adam's instead of 0.44× (both at η = 0.1).
-  best_soap = min(final_loss(optax.chain(scale_by_soap(precondition_every=5, start_preconditioning_step=1),
-                                         optax.scale(-lr))) for lr in lrs)
+  best_soap = min(
+    final_loss(optax.chain(scale_by_soap(precondition_every=5, start_preconditioning_step=1), optax.scale(-lr)))
+    for lr in lrs
+  )
   with optax_promotion:
     best_adam = min(final_loss(optax.adam(lr, b1=0.95, b2=0.95)) for lr in lrs)
   assert best_soap < 0.5 * best_adam, (best_soap, best_adam)
@@ -183,14 +189,14 @@ def test_zero_gradients_are_finite_zero():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"b1": 1.0}, r"b1 must lie in \[0.0, 1.0\)"),
-        ({"b2": -0.1}, "b2 must lie in"),
-        ({"shampoo_beta": 1.0}, "shampoo_beta must lie in"),
-        ({"precondition_every": 0}, "precondition_every must be an int >= 1"),
-        ({"max_precond_dim": 2.5}, "max_precond_dim must be an int >= 1"),
-    ],
+  "kwargs, match",
+  [
+    ({"b1": 1.0}, r"b1 must lie in \[0.0, 1.0\)"),
+    ({"b2": -0.1}, "b2 must lie in"),
+    ({"shampoo_beta": 1.0}, "shampoo_beta must lie in"),
+    ({"precondition_every": 0}, "precondition_every must be an int >= 1"),
+    ({"max_precond_dim": 2.5}, "max_precond_dim must be an int >= 1"),
+  ],
 )
 def test_construction_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):

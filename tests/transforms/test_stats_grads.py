@@ -68,10 +68,12 @@ def test_shampoo_statistics_from_stats_grads_momentum_from_grads():
   _, state = _steps(_shampoo(), n=1, stats=S)
   for name in ("tall", "wide"):
     s = S[name]
-    np.testing.assert_allclose(state.stats_left[name][0, 0, 0], (1 - BETA) * s @ s.T, rtol=1e-5, atol=1e-7,
-                               err_msg=name)
-    np.testing.assert_allclose(state.stats_right[name][0, 0, 0], (1 - BETA) * s.T @ s, rtol=1e-5, atol=1e-7,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      state.stats_left[name][0, 0, 0], (1 - BETA) * s @ s.T, rtol=1e-5, atol=1e-7, err_msg=name
+    )
+    np.testing.assert_allclose(
+      state.stats_right[name][0, 0, 0], (1 - BETA) * s.T @ s, rtol=1e-5, atol=1e-7, err_msg=name
+    )
   _assert_trees_equal(state.mu, jax.tree.map(lambda g: (1 - B1) * g, G))
   # Three steps: the statistics are those of a run fed S as the gradient;
   # the momentum and the graft's moment are the plain run's on G; the
@@ -121,7 +123,8 @@ def test_wrappers_forward_stats_grads(wrapper):
       tx = optax.chain(_shampoo(), optax.scale(-0.1))
     elif wrapper == "inject":
       tx = optax.inject_hyperparams(matopt.shampoo, static_args=("block_size",))(
-          learning_rate=0.1, beta=BETA, block_size=64)
+        learning_rate=0.1, beta=BETA, block_size=64
+      )
     else:
       # MultiSteps forwards extra args unchanged (not accumulated): the inner
       # update at the emitting mini-step sees that call's stats_grads.
@@ -165,8 +168,9 @@ def test_nnx_optimizer_forwards_stats_grads():
     grads = nnx.state(model, nnx.Param)
     s = jax.tree.map(lambda x: x + 1.0, grads)
     opt.update(model, grads, stats_grads=s)
-  found = [x for x in jax.tree.leaves(opt.opt_state, is_leaf=lambda x: hasattr(x, "stats_left"))
-           if hasattr(x, "stats_left")]
+  found = [
+    x for x in jax.tree.leaves(opt.opt_state, is_leaf=lambda x: hasattr(x, "stats_left")) if hasattr(x, "stats_left")
+  ]
   kernel = found[0].stats_left["kernel"]
   kernel = getattr(kernel, "get_value", lambda: kernel)()
   k = s["kernel"].get_value()
@@ -174,11 +178,15 @@ def test_nnx_optimizer_forwards_stats_grads():
 
 
 @pytest.mark.parametrize("make", [_shampoo, _soap], ids=["shampoo", "soap"])
-@pytest.mark.parametrize("bad, match", [
+@pytest.mark.parametrize(
+  "bad, match",
+  [
     ({**S, "tall": S["tall"][:, :2]}, r"'tall' has shape \(6, 2\)"),
     ({"tall": S["tall"], "wide": S["wide"]}, "no leaf 'bias'"),
     ({**S, "extra": S["bias"]}, "leaf 'extra'"),
-], ids=["shape", "missing", "extra"])
+  ],
+  ids=["shape", "missing", "extra"],
+)
 def test_mismatched_stats_grads_name_the_leaf(make, bad, match):
   tx = make()
   with pytest.raises(ValueError, match=match):
@@ -191,10 +199,10 @@ def test_explicit_mesh_equals_no_mesh():
   want = update(G, tx.init(PARAMS), S)
   mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,), devices=jax.devices()[:2])
   place = lambda t: jax.tree.map(
-      lambda a: jax.device_put(a, NamedSharding(mesh, P("data") if a.shape[0] % 2 == 0 else P())), t)
+    lambda a: jax.device_put(a, NamedSharding(mesh, P("data") if a.shape[0] % 2 == 0 else P())), t
+  )
   with jax.set_mesh(mesh):
     state = tx.init(place(PARAMS))
     got = jax.jit(lambda g, s, st, p: tx.update(g, s, p, stats_grads=st))(place(G), state, place(S), place(PARAMS))
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(got)), jax.tree.leaves(want),
-                          strict=True):
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(got)), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))

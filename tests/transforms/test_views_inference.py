@@ -25,8 +25,10 @@ def _normal(key, shape):
 
 # Item 6: axes out of range are an error naming the leaf, never wrapped.
 
-@pytest.mark.parametrize("dn", [views.DimensionNumbers(1, 2), views.DimensionNumbers(0, -3),
-                                views.DimensionNumbers((0, 5), 1)])
+
+@pytest.mark.parametrize(
+  "dn", [views.DimensionNumbers(1, 2), views.DimensionNumbers(0, -3), views.DimensionNumbers((0, 5), 1)]
+)
 def test_out_of_range_axes_name_the_leaf(dn):
   with pytest.raises(ValueError, match=r"'blocks/w'.*\(3, 4\).*out of range for ndim 2"):
     views.make_view((3, 4), dn, "blocks/w")
@@ -43,6 +45,7 @@ def test_negative_axes_index_like_python():
 
 
 # Item 3: vectors of rank 2, per-head attention kernels, stacked kernels.
+
 
 class _Block(nnx.Module):
   def __init__(self, rngs):
@@ -83,8 +86,10 @@ def _tokens():
 
 
 def test_rank_two_vectors_have_no_matrix_view():
-  tree = {"attn": {"query": {"bias": _normal(0, (2, 4))}}, "blocks": {"norm": {"scale": _normal(1, (3, 8))},
-          "ln": {"weight": _normal(2, (3, 8))}}}
+  tree = {
+    "attn": {"query": {"bias": _normal(0, (2, 4))}},
+    "blocks": {"norm": {"scale": _normal(1, (3, 8))}, "ln": {"weight": _normal(2, (3, 8))}},
+  }
   assert views.resolve_views(None, tree, transform="t", vectors_ok=True) == [None, None, None]
   with pytest.raises(ValueError, match=r"leaf 'attn/query/bias' has shape \(2, 4\).*a vector"):
     views.resolve_views(None, tree, transform="scale_by_msign")
@@ -97,10 +102,12 @@ def test_multi_head_attention_kernels_are_their_dense_matrices():
   q, out = _normal(0, (8, 2, 4)), _normal(1, (2, 4, 8))
   tree = {"attn": {"query": {"kernel": q}, "out": {"kernel": out}}}
   got, _ = matopt.scale_by_msign(method="svd").update(tree, optax.EmptyState())
-  np.testing.assert_allclose(got["attn"]["query"]["kernel"],
-                             matopt.msign(q.reshape(8, 8), method="svd").reshape(8, 2, 4), atol=1e-5)
-  np.testing.assert_allclose(got["attn"]["out"]["kernel"],
-                             matopt.msign(out.reshape(8, 8), method="svd").reshape(2, 4, 8), atol=1e-5)
+  np.testing.assert_allclose(
+    got["attn"]["query"]["kernel"], matopt.msign(q.reshape(8, 8), method="svd").reshape(8, 2, 4), atol=1e-5
+  )
+  np.testing.assert_allclose(
+    got["attn"]["out"]["kernel"], matopt.msign(out.reshape(8, 8), method="svd").reshape(2, 4, 8), atol=1e-5
+  )
 
 
 def test_stacked_kernel_is_refused_with_the_view_to_pass():
@@ -130,7 +137,9 @@ def test_refusal_shows_the_axis_names_the_model_library_recorded():
 
 def test_stacked_attention_kernel_is_refused():
   tree = {"blocks": {"attn": {"query": {"kernel": _normal(0, (3, 8, 2, 4))}}}}
-  with pytest.raises(ValueError, match=r"'blocks/attn/query/kernel'.*DimensionNumbers\(reduction_axis=1, output_axis=\(2, 3\)\)"):
+  with pytest.raises(
+    ValueError, match=r"'blocks/attn/query/kernel'.*DimensionNumbers\(reduction_axis=1, output_axis=\(2, 3\)\)"
+  ):
     matopt.scale_by_msign().init(tree)
 
 
@@ -143,10 +152,10 @@ def standard_promotion():
 
 
 _OPTIMIZERS = {
-    "muon": lambda **kw: matopt.muon(0.02, **kw),
-    "scion": lambda **kw: matopt.scion(2.0 ** -12, **kw),
-    "shampoo": lambda **kw: matopt.shampoo(0.01, **kw),
-    "soap": lambda **kw: matopt.soap(0.01, **kw),
+  "muon": lambda **kw: matopt.muon(0.02, **kw),
+  "scion": lambda **kw: matopt.scion(2.0**-12, **kw),
+  "shampoo": lambda **kw: matopt.shampoo(0.01, **kw),
+  "soap": lambda **kw: matopt.soap(0.01, **kw),
 }
 
 
@@ -191,8 +200,9 @@ def test_muon_on_stacked_model_orthogonalises_each_layer(standard_promotion):
   for i in range(3):
     np.testing.assert_allclose(-updates["blocks"]["linear"]["kernel"][i], matopt.msign(g[i]), atol=1e-5)
   q = grads["attn"]["query"]["kernel"]  # (d, heads, d_head): msign of the (d, heads·d_head) matrix
-  np.testing.assert_allclose(-updates["attn"]["query"]["kernel"], matopt.msign(q.reshape(8, 8)).reshape(q.shape),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    -updates["attn"]["query"]["kernel"], matopt.msign(q.reshape(8, 8)).reshape(q.shape), atol=1e-5
+  )
   # Stacked norm scales and per-head biases go to AdamW, whose first step has
   # the same magnitude in every entry (no orthogonalisation).
   for u in (updates["blocks"]["norm"]["scale"], updates["attn"]["query"]["bias"]):
@@ -208,8 +218,9 @@ def test_dimension_numbers_by_path_checks_its_rules():
 
 # The HF GPT-2 Conv1D layout (README): kernels are (fan_out, fan_in).
 
+
 def test_hf_gpt2_conv1d_view():
-  transformers = pytest.importorskip("transformers", reason="the dev extra installs transformers<5")
+  pytest.importorskip("transformers", reason="the dev extra installs transformers<5")
   from transformers.models.gpt2.modeling_flax_gpt2 import FlaxConv1D
 
   x = _normal(3, (2, 5))
@@ -232,4 +243,4 @@ def test_hf_gpt2_conv1d_view():
   split = matopt.DimensionNumbers(reduction_axis=1, output_axis=0, output_split=3)
   got, _ = matopt.scale_by_msign(dimension_numbers=split).update({"w": g}, optax.EmptyState())
   for b in range(3):
-    np.testing.assert_allclose(got["w"][4 * b:4 * (b + 1)], matopt.msign(g[4 * b:4 * (b + 1)].T).T, atol=1e-5)
+    np.testing.assert_allclose(got["w"][4 * b : 4 * (b + 1)], matopt.msign(g[4 * b : 4 * (b + 1)].T).T, atol=1e-5)
