@@ -413,7 +413,8 @@ def train(
     log.reset(run.history)  # a resumed run's file holds what its checkpoint holds
   # matopt's transforms spread their matrix work over the mesh they trace
   # under. (jax.set_mesh takes effect when called, so it is called here.)
-  with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+  # The log closes its event files when training ends, however it ends.
+  with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh), log or contextlib.nullcontext():
     wall_start = time.perf_counter()
     wall = lambda: run.wall_before + time.perf_counter() - wall_start
     # Compiled ahead of time so step times (and the time axis of the plots)

@@ -3,7 +3,9 @@
 import json
 import math
 
+import numpy as np
 import optax
+import pytest
 
 from matopt.experiments import config as config_lib
 from matopt.experiments import logs, optimizers, tasks, train
@@ -65,3 +67,55 @@ def test_non_finite_values_are_null_and_peaks_join_their_step(tmp_path):
   log.flush(history)
   log.flush(history)  # nothing new: nothing written twice
   assert [r.get("train_loss", "val") for r in _read(tmp_path / "sub" / logs.FILE)] == [2.0, None, "val", 1.0]
+
+
+def _events(directory):
+  """(tag, step, wall time, value) of every scalar in a directory's event files (TFRecord framing)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  out = []
+  for path in sorted(directory.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+      i += 12 + n + 4  # length, its crc, the record, its crc
+      out += [(v.tag, event.step, event.wall_time, v.simple_value) for v in event.summary.value]
+  return out
+
+
+def test_tensorboard_events_hold_the_same_scalars_and_a_resume_rewrites_them(tmp_path):
+  pytest.importorskip("tensorboardX", reason="the [experiments] extra installs tensorboardX")
+  task = _digits_task()
+  whole = train.train(task, optax.sgd(0.1), steps=6, seed=0, eval_every=3, run_dir=tmp_path / "whole")
+  events = _events(tmp_path / "whole" / logs.TENSORBOARD)
+  train_events = [(s, w, v) for t, s, w, v in events if t == "train/loss"]
+  want = [(h[0], h[1], h[2]) for h in whole["history"]["train"]]
+  assert [s for s, _, _ in train_events] == [s for s, _, _ in want]
+  np.testing.assert_allclose([(w, v) for _, w, v in train_events], [(w, v) for _, w, v in want], rtol=1e-6)
+  val = [(s, v) for t, s, _, v in events if t == "val/loss"]
+  np.testing.assert_allclose(val, [(h[0], h[2]) for h in whole["history"]["val"]], rtol=1e-6)
+  assert {t for t, *_ in events} >= {"train/loss", "val/loss"}
+  # Interrupted after 4 steps (checkpoint at 2) and resumed: each step once, as uninterrupted.
+  halves = tmp_path / "halves"
+  train.train(task, optax.sgd(0.1), steps=6, seed=0, eval_every=3, run_dir=halves, checkpoint_every=2, stop_after=4)
+  train.train(task, optax.sgd(0.1), steps=6, seed=0, eval_every=3, run_dir=halves, checkpoint_every=2)
+  resumed = [(s, v) for t, s, _, v in _events(halves / logs.TENSORBOARD) if t == "train/loss"]
+  np.testing.assert_allclose(resumed, [(s, v) for s, _, v in train_events], rtol=1e-6)
+
+
+def test_tensorboard_off_writes_no_events_and_dict_aux_gets_a_tag_per_key(tmp_path):
+  pytest.importorskip("tensorboardX", reason="the [experiments] extra installs tensorboardX")
+  history = {"train": [[1, 0.5, 2.0]], "val": [[1, 0.5, 1.5, {"acc": 0.25}]]}
+  with logs.MetricsLog(tmp_path / "off" / logs.FILE, tensorboard=False) as log:
+    log.reset(history)
+  assert not (tmp_path / "off" / logs.TENSORBOARD).exists()
+  with logs.MetricsLog(tmp_path / "on" / logs.FILE, tensorboard=True) as log:
+    log.reset(history)
+  assert sorted((t, s, v) for t, s, _, v in _events(tmp_path / "on" / logs.TENSORBOARD)) == [
+    ("train/loss", 1, 2.0),
+    ("val/aux/acc", 1, 0.25),
+    ("val/loss", 1, 1.5),
+  ]
