@@ -109,6 +109,11 @@ _MARKS = (
   (("mesh", "slow"), "tests/test_readme.py", "the README's snippets step an nnx model and shard on a mesh: 4.2 s"),
   (
     ("slow",),
+    "tests/test_docs.py::test_getting_started_snippets_run",
+    "docs/getting_started.md's nnx and linen loops: ~3 s",
+  ),
+  (
+    ("slow",),
     "tests/test_labels_models.py",
     "transformers' Flax models; importing transformers (and torch) alone takes 4 s a worker",
   ),

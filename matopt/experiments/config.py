@@ -132,12 +132,12 @@ class Config:
 
   @property
   def run_seeds(self) -> tuple[int, ...]:
-    """The seeds every optimizer runs with: ``seeds``, else ``(seed,)``."""
+    """The seeds every optimizer runs with (``seeds``, else ``(seed,)``)."""
     return self.seeds if self.seeds is not None else (self.seed,)
 
   @property
   def baseline_name(self) -> str | None:
-    """The baseline entry's name: ``baseline``, else ``adamw`` when present, else None."""
+    """The baseline entry's name (``baseline``, else ``adamw`` when present, else None)."""
     if self.baseline is not None:
       return self.baseline
     return "adamw" if any(s.name == "adamw" for s in self.optimizers) else None

@@ -113,8 +113,13 @@ def _checked(cls: type, raw: Mapping[str, Any], where: str) -> Any:
   return obj
 
 
-def _sections(model_cls: type, data_cls: type, model: Mapping[str, Any], data: Mapping[str, Any],
-              choices: Mapping[str, tuple[str, ...]]) -> tuple[Any, Any]:
+def _sections(
+  model_cls: type,
+  data_cls: type,
+  model: Mapping[str, Any],
+  data: Mapping[str, Any],
+  choices: Mapping[str, tuple[str, ...]],
+) -> tuple[Any, Any]:
   """Check ``model:`` and ``data:``: keys, types, positive ints, the named
   string choices of the model, and ``val_percent`` in (0, 100)."""
   m = _checked(model_cls, model, "config.model")
@@ -166,25 +171,39 @@ class GPTTask:
     self.config = config
     self.model_cfg, self.data_cfg = self.check(config.model, config.data)
     self.train, self.val = data_lib.stdlib_corpus(
-        max_bytes=self.data_cfg.max_bytes, val_percent=self.data_cfg.val_percent)
+      max_bytes=self.data_cfg.max_bytes, val_percent=self.data_cfg.val_percent
+    )
     length = self.model_cfg.seq_len + 1
     for split, corpus in (("train", self.train), ("validation", self.val)):
       if len(corpus) <= length:
-        raise ConfigError(f"The {split} corpus has {count(len(corpus), 'byte')}, fewer than seq_len + 1; raise data.max_bytes.")
-    starts = data_lib.random_starts(config.seed, 2, 0, config.eval_batches * config.batch_size,
-                                    len(self.val), length)
+        raise ConfigError(
+          f"The {split} corpus has {count(len(corpus), 'byte')}, fewer than seq_len + 1; raise data.max_bytes."
+        )
+    starts = data_lib.random_starts(config.seed, 2, 0, config.eval_batches * config.batch_size, len(self.val), length)
     self._val = data_lib.windows(self.val, starts, length).reshape(config.eval_batches, config.batch_size, length)
     self.units_per_step = config.batch_size * self.model_cfg.seq_len
 
   def model_options(self) -> dict[str, Any]:
     """Scion's language recipe; QK-clip's heads in the fused ``qkv`` kernels of :class:`models.Attention`."""
-    return {"recipe": "language", "query": "qkv", "key": "qkv",
-            "head_dim": self.model_cfg.width // self.model_cfg.heads}
+    return {
+      "recipe": "language",
+      "query": "qkv",
+      "key": "qkv",
+      "head_dim": self.model_cfg.width // self.model_cfg.heads,
+    }
 
   def make_model(self, seed: int, *, report: Collection[str] = ()) -> nnx.Module:
     m = self.model_cfg
-    return models.GPT(vocab=256, width=m.width, layers=m.layers, heads=m.heads, seq_len=m.seq_len,
-                      positions=m.positions, rngs=nnx.Rngs(seed), report_logits="max_logits" in report)
+    return models.GPT(
+      vocab=256,
+      width=m.width,
+      layers=m.layers,
+      heads=m.heads,
+      seq_len=m.seq_len,
+      positions=m.positions,
+      rngs=nnx.Rngs(seed),
+      report_logits="max_logits" in report,
+    )
 
   def train_batch(self, step: int, seed: int | None = None) -> np.ndarray:
     length = self.model_cfg.seq_len + 1
@@ -245,8 +264,10 @@ class DigitsTask:
     # The whole validation split, cut into eval_batches equal batches (the rest dropped).
     per = len(yv) // config.eval_batches
     if per == 0:
-      raise ConfigError(f"config.eval_batches {config.eval_batches} exceeds the {count(len(yv), 'validation image')};"
-                        " lower it, or raise config.data.val_percent.")
+      raise ConfigError(
+        f"config.eval_batches {config.eval_batches} exceeds the {count(len(yv), 'validation image')};"
+        " lower it, or raise config.data.val_percent."
+      )
     n = per * config.eval_batches
     self._val = (xv[:n].reshape(config.eval_batches, per, 8, 8, 1), yv[:n].reshape(config.eval_batches, per))
     self.units_per_step = config.batch_size
@@ -288,4 +309,5 @@ class DigitsTask:
     return {"val_accuracy": val_aux}
 
 
+#: Every task by its config name (``task:`` in a YAML config).
 TASKS: dict[str, type[Task]] = {"gpt": GPTTask, "digits": DigitsTask}

@@ -152,7 +152,7 @@ def _newton_schulz_gram(x: jax.Array, schedule: jax.Array, restart_every: int = 
   """
   k = schedule.shape[0]
   for start in range(0, k, restart_every):
-    x = _gram_segment(x, schedule[start:start + restart_every])
+    x = _gram_segment(x, schedule[start : start + restart_every])
   return x
 
 
@@ -166,13 +166,13 @@ def _msign_svd(x: jax.Array) -> jax.Array:
 
 
 def msign(
-    x: ArrayLike,
-    *,
-    coeffs: str | ArrayLike = "jordan",
-    steps: int | None = None,
-    method: str = "newton_schulz",
-    eps: float = 1e-7,
-    compute_dtype: DTypeLike | None = None,
+  x: ArrayLike,
+  *,
+  coeffs: str | ArrayLike = "jordan",
+  steps: int | None = None,
+  method: str = "newton_schulz",
+  eps: float = 1e-7,
+  compute_dtype: DTypeLike | None = None,
 ) -> jax.Array:
   r"""Matrix sign (orthogonal polar factor) of the last two axes of ``x``.
 
@@ -192,13 +192,13 @@ def msign(
   singular values geomspace(1, 1/κ) by ``benchmarks/msign_bands.py``; the
   exact answer is 1):
 
-  ==================  ======  ====================  ====================
-  preset              steps   κ = 10                κ = 1000
-  ==================  ======  ====================  ====================
-  ``"jordan"``        5       [0.68, 1.13]          [0.11, 1.20]
-  ``"polar_express"`` 8       [0.999999, 1.000001]  [0.93, 1.000001]
-  ``"cubic"``         12      [0.97, 1.0]           [0.03, 1.0]
-  ==================  ======  ====================  ====================
+  ===================  ======  ====================  ====================
+  preset               steps   κ = 10                κ = 1000
+  ===================  ======  ====================  ====================
+  ``"jordan"``         5       [0.68, 1.13]          [0.11, 1.20]
+  ``"polar_express"``  8       [0.999999, 1.000001]  [0.93, 1.000001]
+  ``"cubic"``          12      [0.97, 1.0]           [0.03, 1.0]
+  ===================  ======  ====================  ====================
 
   Jordan's quintic trades convergence for speed: it never settles at 1 but
   pushes small singular values up fastest; Polar Express is minimax-optimal
@@ -220,7 +220,7 @@ def msign(
       and :func:`matopt.scale_by_lmo` default to ``"auto"`` for speed),
       ``"gram"`` (the same polynomial iteration
       run on the m×m Gram matrix; fewer FLOPs for wide or tall matrices,
-      more for square ones: :func:`gram_flop_ratio`; restarted every 2
+      more for square ones: ``matopt.linalg.newton_schulz.gram_flop_ratio``; restarted every 2
       steps only for schedules that converge tightly, such as Polar
       Express). Its distance to UVᵀ is the plain iteration's, but without
       restarts (Jordan's schedule) it strays further from the polynomial
@@ -277,8 +277,8 @@ def msign(
   x = jnp.asarray(x)
   if x.ndim < 2:
     raise ValueError(
-        f"msign needs an array with at least 2 axes (..., m, n), got shape"
-        f" {x.shape}; view vectors as (1, n) matrices explicitly if intended."
+      f"msign needs an array with at least 2 axes (..., m, n), got shape"
+      f" {x.shape}; view vectors as (1, n) matrices explicitly if intended."
     )
   return _msign(x, schedule, method, eps, compute_dtype_for(x.dtype, compute_dtype))
 
@@ -288,7 +288,7 @@ def resolve_method(method: str, schedule: Schedule, m: int, n: int) -> str:
 
   ``"auto"`` takes the Gram iteration where it needs at most
   ``GRAM_AUTO_RATIO`` of the plain iteration's FLOPs
-  (:func:`gram_flop_ratio`, with the schedule's restart policy); other
+  (``matopt.linalg.newton_schulz.gram_flop_ratio``, with the schedule's restart policy); other
   methods are returned as given.
   """
   if method != "auto":
@@ -299,11 +299,11 @@ def resolve_method(method: str, schedule: Schedule, m: int, n: int) -> str:
 
 
 def _msign(
-    x: jax.Array,
-    schedule: Schedule,
-    method: str,
-    eps: float,
-    dtype: jnp.dtype,
+  x: jax.Array,
+  schedule: Schedule,
+  method: str,
+  eps: float,
+  dtype: jnp.dtype,
 ) -> jax.Array:
   """:func:`msign` after validation (for callers that validated already)."""
   out_dtype = x.dtype
