@@ -76,7 +76,8 @@ def _eigh_root(a: jax.Array, p: float, eps: float) -> jax.Array:
   # round-off: raised to that level they become equal, so the root acts as
   # one multiple of the identity on the numerical null space, whatever basis
   # eigh picked there, instead of amplifying round-off by up to ridge^{-1/p}.
-  noise = a.shape[-1] * jnp.finfo(a.dtype).eps * lam_max
+  # In a's dtype: a Python/NumPy scalar here would promote float32 to float64 under x64 on numpy 1.x.
+  noise = jnp.asarray(a.shape[-1] * jnp.finfo(a.dtype).eps, a.dtype) * lam_max
   w = jnp.maximum(w, noise) + _ridge(a, eps, lam_max)
   return (q * w[..., None, :] ** (-1.0 / p)) @ jnp.swapaxes(q, -1, -2)
 

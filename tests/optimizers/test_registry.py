@@ -8,7 +8,6 @@ import re
 import types
 import typing
 
-import chex
 import jax
 import numpy as np
 import optax
@@ -84,6 +83,7 @@ def test_configs_readme_names_every_registered_optimizer_and_only_optax_besides(
   assert not missing, f"configs/README.md does not list {missing}"
   # The others are optax's baselines (adamw, sgd...) and the runner's own
   # entries (shampoo_gn, soap_gn: registered optimizers fed other statistics).
+  pytest.importorskip("flax", reason="the runner's catalogue needs the [experiments] extra")
   from matopt.experiments.optimizers import CATALOGUE
 
   unknown = sorted(n for n in listed - set(OPTIMIZERS) if not callable(getattr(optax, n, None)) and n not in CATALOGUE)
@@ -118,7 +118,7 @@ def test_muon_variant_annotations_resolve_like_muons(name):
   evaluated = inspect.signature(variant, eval_str=True).parameters
   assert evaluated["learning_rate"].annotation is optax.ScalarOrSchedule
   assert evaluated["coeffs"].annotation == inspect.signature(muon, eval_str=True).parameters["coeffs"].annotation
-  hints = typing.get_type_hints(variant, localns={"ArrayTree": chex.ArrayTree})
+  hints = typing.get_type_hints(variant, localns={"ArrayTree": optax.Params})
   assert hints["ns_steps"] == int | None and hints["momentum"] is float
 
 
