@@ -109,6 +109,17 @@ _MARKS = (
   (("slow",), "tests/test_examples.py", "trains the qk_clip_nnx example twice: 10 s"),
   (("mesh", "slow"), "tests/test_readme.py", "the README's snippets step an nnx model and shard on a mesh: 4.2 s"),
   (
+    ("mesh", "slow"),
+    "tests/benchmarks/test_comm_bytes.py::test_(quick_mode_moves_exactly_the_minimum|all_gather_and_all_to_all_bytes"
+    "|all_reduce_on_a_mesh_axis_and_collective_permute_bytes|a_collective_in_a_loop_counts_each_trip)",
+    "compiles shard_maps, or matopt.muon's step, on the 8 host devices: 0.4–6 s",
+  ),
+  (
+    ("mesh",),
+    "tests/benchmarks/test_comm_bytes.py::test_minimum_counts_each_layout_and_the_padding",
+    "device_put on a mesh: 0.01 s",
+  ),
+  (
     ("slow",),
     "tests/test_docs.py::test_getting_started_snippets_run",
     "docs/getting_started.md's nnx and linen loops: ~3 s",
