@@ -174,19 +174,27 @@ def map_stacked(
       pad = -count % mesh.size
       if pad:  # zero entries, in each stack's own layout
         stacks = tuple(jnp.pad(s, ((0, pad),) + ((0, 0),) * (s.ndim - 1)) for s in stacks)
-      results = _local(fn, key, mesh)(*(_distribute(s, mesh) for s in stacks))
       if explicit:
+        moved = [_into_stack(s, mesh) for s in stacks]
+        order, path = moved[0][1], moved[0][2]
+        stacks = tuple(m[0] if m[1] == order else jax.sharding.reshard(m[0], PartitionSpec(order)) for m in moved)
+        results = _local(fn, key, mesh, PartitionSpec(order))(*stacks)
         # Slicing an axis split over the mesh is refused under explicit
         # axes (``count`` need not divide by the device count): bring each
-        # stack back to the members' own matrix layout first (one all-to-all
-        # when they agree, replicated otherwise or when they are replicated).
+        # stack back to the members' own matrix layout first, retracing the
+        # way in one mesh axis at a time (replicated when they disagree or
+        # when an output has another shape).
         targets = [_explicit_sharding(operands[i][0]) for i in members]
         specs = {tuple(t.spec)[1:] if t is not None else (None,) * len(shape) for t in targets}
         inner = specs.pop() if len(specs) == 1 else (None,) * len(shape)
         results = tuple(
-          jax.sharding.reshard(r, PartitionSpec(None, *inner) if r.shape[1:] == shape else PartitionSpec())
+          jax.sharding.reshard(_out_of_stack(r, path), PartitionSpec(None, *inner))
+          if r.shape[1:] == shape
+          else jax.sharding.reshard(r, PartitionSpec())
           for r in results
         )
+      else:
+        results = _local(fn, key, mesh)(*(_distribute(s, mesh) for s in stacks))
       results = tuple(r[:count] for r in results)
     elif explicit:
       results = _auto_axes(fn, key, stacks)
@@ -240,15 +248,61 @@ def _like(new: jax.Array, old: jax.Array) -> jax.Array:
   return shard_alike(old, new)[1]
 
 
-def _local(fn, key, mesh):
+def _entry_axes(entry) -> tuple[str, ...]:
+  return () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+
+
+def _into_stack(
+  stack: jax.Array, mesh: jax.sharding.AbstractMesh
+) -> tuple[jax.Array, tuple[str, ...], list[PartitionSpec]]:
+  """Explicit axes: the stack's leading axis over every device, one mesh axis at a time.
+
+  A matrix axis split over two mesh axes (``P(None, "data", "model")``) cannot
+  go to ``P(("data", "model"), None, None)`` in one step: XLA's partitioner
+  replicates the whole stack on every device and slices it (8× the bytes on a
+  (4, 2) mesh, ``benchmarks/comm_bytes.py``). Moving one mesh axis at a time
+  from the matrix axes to the leading axis makes each step an all-to-all
+  within that axis's groups.
+
+  Returns:
+    The stack laid out ``P(order)``, ``order`` (the moved axes, then the
+    axes the stack was replicated over, which cost only a local slice), and
+    the specs it passed through, for :func:`_out_of_stack`.
+  """
+  spec = list(jax.typeof(stack).sharding.spec)
+  spec += [None] * (stack.ndim - len(spec))
+  lead = list(_entry_axes(spec[0]))
+  path = [PartitionSpec(*spec)]
+  for d in range(1, stack.ndim):
+    for axis in _entry_axes(spec[d]):
+      rest = tuple(a for a in _entry_axes(spec[d]) if a != axis)
+      spec[d] = rest if len(rest) > 1 else (rest[0] if rest else None)
+      lead.append(axis)
+      spec[0] = tuple(lead)
+      path.append(PartitionSpec(*spec))
+      stack = jax.sharding.reshard(stack, path[-1])
+  order = (*lead, *(a for a in mesh.axis_names if a not in lead))
+  return jax.sharding.reshard(stack, PartitionSpec(order)), order, path
+
+
+def _out_of_stack(stack: jax.Array, path: list[PartitionSpec]) -> jax.Array:
+  """The way :func:`_into_stack` came, backwards: a gather over the axes the
+  stack was replicated over, then one mesh axis at a time back to its place."""
+  for spec in reversed(path):
+    stack = jax.sharding.reshard(stack, spec)
+  return stack
+
+
+def _local(fn, key, mesh, spec: PartitionSpec | None = None):
   """``fn`` run by each device on its own slice of the stacks.
 
   Under ``shard_map`` every device sees only its whole matrices, so data-
   dependent loops (the Newton root's convergence test) stop per device and
   no collective runs inside them; the only communication is the all-to-all
-  into and out of the stack layout.
+  into and out of the stack layout. ``spec`` is that layout, the leading
+  axis over every mesh axis (in the mesh's order unless given).
   """
-  spec = PartitionSpec(mesh.axis_names)
+  spec = PartitionSpec(mesh.axis_names) if spec is None else spec
   return jax.shard_map(
     lambda *stacks: tuple(fn(stacks, key)), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False
   )

@@ -110,8 +110,14 @@ _MARKS = (
   (("mesh", "slow"), "tests/test_readme.py", "the README's snippets step an nnx model and shard on a mesh: 4.2 s"),
   (
     ("mesh", "slow"),
+    "tests/test_multiprocess.py",
+    "2 and 4 jax.distributed processes on localhost (gloo) compile each optimizer's sharded step: 33–93 s",
+  ),
+  (
+    ("mesh", "slow"),
     "tests/benchmarks/test_comm_bytes.py::test_(quick_mode_moves_exactly_the_minimum|all_gather_and_all_to_all_bytes"
-    "|all_reduce_on_a_mesh_axis_and_collective_permute_bytes|a_collective_in_a_loop_counts_each_trip)",
+    "|all_reduce_on_a_mesh_axis_and_collective_permute_bytes|a_collective_in_a_loop_counts_each_trip"
+    "|a_two_axis_layout_moves_one_mesh_axis_at_a_time)",
     "compiles shard_maps, or matopt.muon's step, on the 8 host devices: 0.4–6 s",
   ),
   (
