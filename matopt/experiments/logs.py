@@ -29,6 +29,8 @@ from typing import Any
 
 FILE = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+# TensorBoard tags of the history's scalars; an update-argument peak is train/<key>.
+_TAGS = {"train_loss": "train/loss", "val_loss": "val/loss", "val_aux": "val/aux"}
 
 
 def _finite(x: Any) -> Any:
@@ -89,7 +91,7 @@ class MetricsLog:
     for key, value in record.items():
       if key in ("step", "seconds"):
         continue
-      tag = {"train_loss": "train/loss", "val_loss": "val/loss", "val_aux": "val/aux"}.get(key, f"train/{key}")
+      tag = _TAGS.get(key, f"train/{key}")
       values = {f"{tag}/{k}": v for k, v in value.items()} if isinstance(value, Mapping) else {tag: value}
       for name, x in values.items():
         if isinstance(x, int | float):  # a task's aux may be None (no auxiliary metric)
