@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +92,28 @@ def _parser() -> argparse.ArgumentParser:
   )
   run.add_argument("--overwrite", action="store_true", help="discard earlier runs in --out")
   run.add_argument("--quiet", action="store_true", help="no progress bars")
+  several = run.add_argument_group(
+    "several processes",
+    "Run the config's mesh as several JAX processes (jax.distributed), one per host; process 0 writes "
+    "the files and --out must be a directory all of them see. See docs/sharding.md.",
+  )
+  several.add_argument(
+    "--processes",
+    type=int,
+    metavar="N",
+    help="start N processes on this machine, each with mesh size / N CPU devices, and wait for them "
+    "(the logs of processes 1.. go to OUT/processes/)",
+  )
+  several.add_argument(
+    "--coordinator", metavar="HOST:PORT", help="join a run: process 0's host and a free port there (all processes)"
+  )
+  several.add_argument("--num-processes", type=int, metavar="N", help="join a run of N processes")
+  several.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N - 1")
+  several.add_argument(
+    "--distributed",
+    action="store_true",
+    help="join a run, with JAX finding what is not given of the three above (SLURM, Open MPI, Cloud TPU)",
+  )
   report = commands.add_parser(
     "report",
     help="re-render results.json, results.md and plots of a run directory",
@@ -183,6 +206,42 @@ def _readme(files: Sequence[str], *, check: bool) -> int:
   return 0
 
 
+def _without_processes(argv: Sequence[str]) -> list[str]:
+  """``argv`` without ``--processes N`` (or ``--processes=N``)."""
+  kept, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+    elif arg == "--processes":
+      skip = True
+    elif not arg.startswith("--processes="):
+      kept.append(arg)
+  return kept
+
+
+def _launch(config, out: Path, count: int, argv: Sequence[str]) -> int:
+  """``matopt run ... --processes N``: the same command as N processes of one mesh
+  (:func:`matopt.experiments.processes.launch`)."""
+  from matopt.experiments import processes
+  from matopt.experiments.config import ConfigError
+
+  if count < 1:
+    raise ConfigError(f"--processes must be a positive number of processes, got {count}.")
+  if config.mesh is None:
+    raise ConfigError(
+      "--processes needs a config with a mesh (mesh: {shape: [...], axes: [...]}): the processes share one "
+      "mesh of all their devices, e.g. configs/gpt_mesh.yaml."
+    )
+  size = math.prod(config.mesh.shape)
+  if size % count:
+    raise ConfigError(
+      f"--processes {count} does not divide config.mesh.shape {list(config.mesh.shape)} ({size} devices): each "
+      f"process holds the same number of devices; use a divisor of {size}."
+    )
+  command = [sys.executable, "-m", "matopt", *_without_processes(argv), "--out", str(out)]
+  return processes.launch(command, processes=count, local_devices=size // count, log_dir=out / "processes")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:  # a core install (`pip install matopt`) has the optimizers, not the runner
@@ -196,23 +255,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _report(args.dir)
   if args.command == "readme":
     return _readme(args.files, check=args.check)
+  joined = args.distributed or any(x is not None for x in (args.coordinator, args.num_processes, args.process_id))
+  if args.processes is not None and joined:
+    print(
+      "matopt: error: --processes starts the processes itself; --coordinator, --num-processes, --process-id "
+      "and --distributed are for joining processes started otherwise. Pass one or the other.",
+      file=sys.stderr,
+    )
+    return 2
   # Imported after parsing so --help does not wait for JAX.
-  from matopt.experiments import runner
+  from matopt.experiments import processes, runner
   from matopt.experiments.config import ConfigError, count
 
+  if joined:  # before anything starts a JAX backend
+    processes.initialize(coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
   try:
     config = runner.override(
-      runner.load(_resolve(args.config), overrides=args.set),
+      runner.load(_resolve(args.config), overrides=args.set, check_devices=args.processes is None),
       steps=args.steps,
       seed=args.seed,
       seeds=args.seeds,
       optimizers=args.optimizers.split(",") if args.optimizers else None,
     )
     out = Path(args.out or Path("runs") / config.name)
+    if args.processes is not None:
+      return _launch(config, out, args.processes, argv if argv is not None else sys.argv[1:])
     records = runner.run(config, out, overwrite=args.overwrite, progress=not args.quiet)
   except ConfigError as e:
     print(f"matopt: error: {e}", file=sys.stderr)
     return 2
+  if not processes.is_main():
+    return 0  # process 0 prints
   print((out / "results.md").read_text())
   written = (
     f"{out / 'trends.json'} ({count(len(records), 'size')}, each in {out / 'sizes'})"

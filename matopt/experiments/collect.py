@@ -38,7 +38,8 @@ def machine() -> dict[str, str]:
     "platform": platform.platform(),
     "processor": platform.processor() or platform.machine(),
     "cpus": str(os.cpu_count()),
-    "device": f"{device.platform}:{getattr(device, 'device_kind', '?')} x{jax.device_count()}",
+    "device": f"{device.platform}:{getattr(device, 'device_kind', '?')} x{jax.device_count()}"
+    + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""),
     "jax": jax.__version__,
     "python": platform.python_version(),
     "date": datetime.date.today().isoformat(),

@@ -252,8 +252,8 @@ def _schedule(raw: Any) -> Schedule:
   return schedule
 
 
-def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
-  """Check ``mesh:`` against the devices JAX sees and the batch size."""
+def _mesh_spec(raw: Any, batch_size: int, *, check_devices: bool = True) -> MeshSpec | None:
+  """Check ``mesh:`` against the batch size and (``check_devices``) the devices JAX sees."""
   if raw is None:
     return None
   fields = check_fields(MeshSpec, raw, "config.mesh")
@@ -267,15 +267,16 @@ def _mesh_spec(raw: Any, batch_size: int) -> MeshSpec | None:
     check_positive(f"config.mesh.shape[{i}]", size)
   if len(set(axes)) != len(axes) or not all(axes):
     raise ConfigError(f"config.mesh.axes must be distinct non-empty names, got {list(axes)}.")
-  import jax  # here, not at import: reading a config should not start a backend otherwise
+  if check_devices:
+    import jax  # here, not at import: reading a config should not start a backend otherwise
 
-  devices = jax.device_count()
-  if math.prod(shape) != devices:
-    raise ConfigError(
-      f"config.mesh.shape {list(shape)} holds {count(math.prod(shape), 'device')}, but JAX sees {devices} "
-      f"({jax.default_backend()}); use a shape whose product is {devices}, remove config.mesh, or on "
-      f"CPU start with XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(shape)}."
-    )
+    devices = jax.device_count()
+    if math.prod(shape) != devices:
+      raise ConfigError(
+        f"config.mesh.shape {list(shape)} holds {count(math.prod(shape), 'device')}, but JAX sees {devices} "
+        f"({jax.default_backend()}); use a shape whose product is {devices}, remove config.mesh, or on "
+        f"CPU start with XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(shape)}."
+      )
   if batch_size % shape[0]:
     raise ConfigError(
       f"config.batch_size {batch_size} must be a multiple of config.mesh.shape[0] = {shape[0]} "
@@ -448,7 +449,7 @@ def check_seeds_and_baseline(config: Config, *, seed_given: bool = True) -> None
     )
 
 
-def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -> Config:
+def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any], check_devices: bool = True) -> Config:
   """A checked :class:`Config` from the mapping a YAML file holds.
 
   Args:
@@ -457,6 +458,9 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
       ``update_args`` (:mod:`matopt.experiments.optimizers`).
     tasks: task name → class with ``check(model, data)`` and ``update_args``
       (:class:`matopt.experiments.tasks.Task`).
+    check_devices: check that ``mesh:`` holds as many devices as JAX sees
+      (which starts a backend). ``matopt run --processes N`` reads the config
+      without this check, before the processes that hold the devices start.
   """
   top = check_fields(Config, raw, "config", skip=("optimizers", "schedule", "mesh", "sizes"))
   if top["task"] not in tasks:
@@ -472,7 +476,7 @@ def parse(raw: Any, *, catalogue: Mapping[str, Any], tasks: Mapping[str, Any]) -
       top[key] = tuple(top[key])
   schedule = _schedule(raw.get("schedule", {}))
   specs = _optimizer_specs(raw["optimizers"], catalogue)
-  mesh = _mesh_spec(raw.get("mesh"), top["batch_size"])
+  mesh = _mesh_spec(raw.get("mesh"), top["batch_size"], check_devices=check_devices)
   config = Config(**top, optimizers=specs, schedule=schedule, mesh=mesh)
   check_seeds_and_baseline(config, seed_given="seed" in raw)
   tasks[config.task].check(config.model, config.data)

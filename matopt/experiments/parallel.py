@@ -65,14 +65,28 @@ def batch_sharding(x: Any, mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(axis) if axis else PartitionSpec())
 
 
+def place(x: Any, sharding: NamedSharding) -> jax.Array:
+  """``x`` (the same value in every process) as a global array laid out by ``sharding``.
+
+  In one process, ``jax.device_put``. When the mesh spans processes
+  (:mod:`matopt.experiments.processes`), each process copies only the blocks
+  its own devices hold (``jax.make_array_from_callback``): no data crosses
+  processes, and the global array is the one a single process would build.
+  """
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def place_params(params: Any, mesh: jax.sharding.Mesh) -> Any:
   """``params`` placed by :func:`param_sharding`."""
-  return jax.tree.map(lambda x: jax.device_put(x, param_sharding(x, mesh)), params)
+  return jax.tree.map(lambda x: place(x, param_sharding(x, mesh)), params)
 
 
 def place_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
   """A batch (an array or a tuple of them) placed by :func:`batch_sharding`."""
-  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(x, mesh)), batch)
+  return jax.tree.map(lambda x: place(x, batch_sharding(x, mesh)), batch)
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -34,17 +34,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matopt.experiments import collect, parallel, report, tasks, train, trends, tuning
+from matopt.experiments import collect, parallel, processes, report, tasks, train, trends, tuning
 from matopt.experiments import config as config_lib
 from matopt.experiments import optimizers as optimizers_lib
 from matopt.experiments.config import Config, ConfigError
 
 
-def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+def load(path: str | Path, overrides: Sequence[str] = (), *, check_devices: bool = True) -> Config:
   """Read a config, apply ``--set`` overrides (``optimizers.0.learning_rate=0.02``,
   :func:`matopt.experiments.config.apply_override`) and check it against the
-  optimizer catalogue and the tasks."""
-  return config_lib.load(path, overrides=overrides, catalogue=optimizers_lib.CATALOGUE, tasks=tasks.TASKS)
+  optimizer catalogue and the tasks (and, with ``check_devices``, its mesh
+  against the devices JAX sees)."""
+  return config_lib.load(
+    path, overrides=overrides, catalogue=optimizers_lib.CATALOGUE, tasks=tasks.TASKS, check_devices=check_devices
+  )
 
 
 def override(
@@ -110,8 +113,15 @@ def prepare_out_dir(out: Path, config: Config, overwrite: bool) -> None:
   ``extend`` may change: the runs it bounds stay what they were, and the
   search re-derives the extension from them. Optimizer entries may be
   added: the others' runs are reused as they are."""
-  path = out / "config.json"
   want = json.loads(json.dumps(config_lib.to_dict(config)))
+  # Every process checks (so each raises the same error); process 0 writes.
+  _check_out_dir(out, want, overwrite)
+  processes.barrier(f"checked {out}")  # no process reads config.json while process 0 rewrites it
+  processes.on_main(_write_out_dir, out, want, overwrite, name=f"prepared {out}")
+
+
+def _check_out_dir(out: Path, want: dict, overwrite: bool) -> None:
+  path = out / "config.json"
   if path.exists() and not overwrite:
     have = json.loads(path.read_text())
     if not _same_runs(have, want):
@@ -120,6 +130,9 @@ def prepare_out_dir(out: Path, config: Config, overwrite: bool) -> None:
         f"{out} holds runs of a different config (differs in {changed}); pass --out with a new "
         "directory, or --overwrite to discard them."
       )
+
+
+def _write_out_dir(out: Path, want: dict, overwrite: bool) -> None:
   if overwrite and out.exists():
     import shutil
 
@@ -140,7 +153,7 @@ def prepare_out_dir(out: Path, config: Config, overwrite: bool) -> None:
       elif target.exists():
         target.unlink()
   out.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(want, indent=2) + "\n")
+  (out / "config.json").write_text(json.dumps(want, indent=2) + "\n")
 
 
 class _Progress:
@@ -261,8 +274,8 @@ def _ensure(
     return True
   run_dir.mkdir(parents=True, exist_ok=True)
   result = job.train(spec, point, seed, run_dir, bars, stop_after, steps)
-  if result["complete"]:
-    collect.write_json(done, result)
+  if result["complete"]:  # the next decisions read it, in every process
+    processes.on_main(collect.write_json, done, result, name=f"finished {run_dir}")
   return result["complete"]
 
 
@@ -345,14 +358,17 @@ def run(
     for point in tuning.of_entry(config_lib.entry_dict(spec)).points():
       job.build(spec, point)
   prepare_out_dir(out, config, overwrite)
-  _write_meta(out, job)
+  processes.on_main(_write_meta, out, job, name=f"meta {out}")
   complete = True
-  with _Progress(progress) as bars:
+  with _Progress(progress and processes.is_main()) as bars:
     for spec in config.optimizers:
       complete &= _tune(job, spec, out, bars, stop_after)
     if complete and len(config.speedup_horizons) > 1:
       complete = _horizons(job, out, bars, stop_after)
-  return report.render(out) if complete else []
+  if not complete:
+    return []
+  processes.on_main(report.render, out, name=f"results {out}")
+  return collect.read_json(out / "results.json")  # what render returns, in every process
 
 
 def _write_meta(out: Path, job: _Job) -> None:

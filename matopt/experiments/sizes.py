@@ -23,7 +23,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from matopt.experiments import collect, runner, tasks, trends
+from matopt.experiments import collect, processes, runner, tasks, trends
 from matopt.experiments.config import Config
 
 
@@ -84,18 +84,16 @@ def run(
   derived = [derive(config, value) for value in config.sizes.values]  # every size checked before training
   runner.prepare_out_dir(out, config, overwrite)
   task = tasks.TASKS[config.task]
-  collect.write_json(
-    out / "meta.json",
-    {
-      "unit": task.unit,
-      "loss_unit": task.loss_unit,
-      "machine": collect.machine(),
-      "sizes": [info for _, info in derived],
-    },
+  meta = {"unit": task.unit, "loss_unit": task.loss_unit, "machine": collect.machine()}
+  processes.on_main(
+    collect.write_json, out / "meta.json", {**meta, "sizes": [info for _, info in derived]}, name=f"meta {out}"
   )
   complete = True
   for size_config, info in derived:
     complete &= bool(
       runner.run(size_config, out / info["dir"], overwrite=overwrite, progress=progress, stop_after=stop_after)
     )
-  return trends.render(out, rerender_sizes=False) if complete else []  # each size rendered as it finished
+  if not complete:
+    return []
+  processes.on_main(trends.render, out, rerender_sizes=False, name=f"trends {out}")  # each size rendered already
+  return collect.read_json(out / "trends.json")["sizes"]  # what render returns, in every process

@@ -22,7 +22,9 @@ functions of the step, ends exactly where an uninterrupted run would.
 With a mesh, parameters, state and batches are laid out as
 :mod:`matopt.experiments.parallel` describes and the step runs under
 ``jax.set_mesh``; checkpoints hold the global arrays and come back in the
-same layout.
+same layout. A mesh may span several processes
+(:mod:`matopt.experiments.processes`): each one then places and saves its
+own shards, and only process 0 writes the metrics logs.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import optax
 from flax import nnx
 
 from matopt import gauss_newton, sharding
-from matopt.experiments import logs, parallel
+from matopt.experiments import logs, parallel, processes
 
 StepCallback = Callable[[int, float], None]
 
@@ -408,7 +410,9 @@ def train(
   ckpt = Checkpoints(Path(run_dir) / "checkpoints") if checkpoint_every else None
   if ckpt:
     run = _restore(ckpt, run)
-  log = logs.MetricsLog(Path(run_dir) / logs.FILE, tuple(reported.values())) if run_dir is not None else None
+  # Process 0 alone writes the logs (:mod:`matopt.experiments.processes`); every process checkpoints its shards.
+  writes = run_dir is not None and processes.is_main()
+  log = logs.MetricsLog(Path(run_dir) / logs.FILE, tuple(reported.values())) if writes else None
   if log:
     log.reset(run.history)  # a resumed run's file holds what its checkpoint holds
   # matopt's transforms spread their matrix work over the mesh they trace
