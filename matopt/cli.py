@@ -268,7 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   from matopt.experiments.config import ConfigError, count
 
   if joined:  # before anything starts a JAX backend
-    processes.initialize(coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    try:
+      processes.initialize(coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    except (ValueError, RuntimeError) as e:  # e.g. --distributed where JAX finds no cluster to join
+      print(
+        f"matopt: error: jax.distributed.initialize failed: {e}\nGive --coordinator, --num-processes and "
+        "--process-id, or run where JAX detects the cluster (SLURM, Open MPI, Cloud TPU).",
+        file=sys.stderr,
+      )
+      return 2
   try:
     config = runner.override(
       runner.load(_resolve(args.config), overrides=args.set, check_devices=args.processes is None),

@@ -157,3 +157,11 @@ def test_run_in_two_processes_equals_one(tmp_path):
   assert [r["step"] for r in lines if "train_loss" in r] == [1, 2, 3, 4]
   assert "x8 in 2 processes" in (two / "results.md").read_text()
   assert (two / run / "checkpoints").is_dir()
+
+
+def test_distributed_without_a_cluster_is_a_clear_error(tmp_path, capsys):
+  config = _write(tmp_path / "c.yaml", TINY)
+  assert cli.main(["run", str(config), "--out", str(tmp_path / "out"), "--distributed"]) == 2
+  err = capsys.readouterr().err
+  assert "jax.distributed.initialize failed" in err and "--coordinator, --num-processes and --process-id" in err
+  assert not (tmp_path / "out").exists()
