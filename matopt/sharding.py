@@ -8,8 +8,13 @@ zero matrices to a multiple of the device count, and ``fn`` runs under
 ``shard_map`` on each device's own whole matrices, so no device repeats
 another's work (the dion / modded-nanogpt scheme: stack, scatter,
 orthogonalise locally, gather; Anil et al. 2020 §5 distribute Shampoo's roots
-the same way). XLA inserts the all-to-alls between the parameters' layout and
-the stack's. :func:`map_stacked` does the same for work with several operands
+the same way). Under explicit axes (``AxisType.Explicit``) the members'
+layouts are known while tracing, and the exchange is written inside the same
+``shard_map``: one all-to-all in and one out over the mesh axes that split
+the matrices, a local slice and an all-gather over those they are replicated
+over, which is the least any whole-matrix scheme sends
+(``benchmarks/comm_bytes.py``). Under ``AxisType.Auto`` XLA inserts the
+moves between the parameters' layout and the stack's itself. :func:`map_stacked` does the same for work with several operands
 (Shampoo's statistics and previous roots, SOAP's statistics and bases).
 
 Without a mesh (or on one device) the same grouping still turns many small
@@ -174,7 +179,10 @@ def map_stacked(
       pad = -count % mesh.size
       if pad:  # zero entries, in each stack's own layout
         stacks = tuple(jnp.pad(s, ((0, pad),) + ((0, 0),) * (s.ndim - 1)) for s in stacks)
-      if explicit:
+      fused = explicit and _exchange_specs(stacks)
+      if fused:
+        results = _exchanged(fn, key, mesh, stacks, fused)
+      elif explicit:
         moved = [_into_stack(s, mesh) for s in stacks]
         order, path = moved[0][1], moved[0][2]
         stacks = tuple(m[0] if m[1] == order else jax.sharding.reshard(m[0], PartitionSpec(order)) for m in moved)
@@ -257,6 +265,9 @@ def _into_stack(
 ) -> tuple[jax.Array, tuple[str, ...], list[PartitionSpec]]:
   """Explicit axes: the stack's leading axis over every device, one mesh axis at a time.
 
+  Used when the stack's own leading axis is split (a member split along its
+  batch axis), which :func:`_exchanged` does not handle.
+
   A matrix axis split over two mesh axes (``P(None, "data", "model")``) cannot
   go to ``P(("data", "model"), None, None)`` in one step: XLA's partitioner
   replicates the whole stack on every device and slices it (8× the bytes on a
@@ -291,6 +302,116 @@ def _out_of_stack(stack: jax.Array, path: list[PartitionSpec]) -> jax.Array:
   for spec in reversed(path):
     stack = jax.sharding.reshard(stack, spec)
   return stack
+
+
+def _exchange_specs(stacks: tuple[jax.Array, ...]) -> list[tuple[tuple[str, ...], ...]] | None:
+  """Each stack's layout, one tuple of mesh axes per axis, when :func:`_exchanged`
+  applies (explicit shardings, the leading axis not split); else None."""
+  specs = []
+  for stack in stacks:
+    sharding = getattr(jax.typeof(stack), "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+      return None
+    spec = [_entry_axes(e) for e in sharding.spec] + [()] * (stack.ndim - len(sharding.spec))
+    if spec[0]:
+      return None
+    specs.append(tuple(spec))
+  return specs
+
+
+def _exchanged(fn, key, mesh, stacks: tuple[jax.Array, ...], specs) -> tuple[jax.Array, ...]:
+  """``fn`` on whole matrices per device, the stacks staying in their layout outside.
+
+  One ``shard_map`` over the stacks as they are laid out: each device sends
+  every other device the blocks it holds of that device's matrices (one
+  all-to-all over the mesh axes that split the matrices; the axes they are
+  replicated over cost a local slice), runs ``fn`` on its whole matrices,
+  and sends the blocks of the results back (an all-to-all, then an
+  all-gather over the replicated axes). Device ``c`` (in the mesh's order)
+  computes entries ``c r .. (c + 1) r - 1``, whatever each operand's layout.
+  Each device then sends exactly the Dion minimum (``benchmarks/comm_bytes.py``);
+  resharding the stack's leading axis over the mesh instead moves one mesh
+  axis at a time and sends more (1.43× for ``P("data", "model")`` matrices on
+  a (4, 2) mesh). Outputs of another shape than the first operand's come
+  back replicated.
+  """
+  shape = stacks[0].shape[1:]
+  out_shapes = jax.eval_shape(
+    lambda *s: tuple(fn(s, key)), *[jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in stacks]
+  )
+  same = [r.shape[1:] == shape for r in out_shapes]
+  spec_of = lambda spec: PartitionSpec(*[(a if len(a) > 1 else a[0]) if a else None for a in spec])
+
+  def body(*local):
+    whole = tuple(_whole_matrices(x, spec, mesh) for x, spec in zip(local, specs))
+    results = tuple(fn(whole, key))
+    return tuple(
+      _matrix_blocks(r, specs[0], mesh) if keep else jax.lax.all_gather(r, mesh.axis_names, axis=0, tiled=True)
+      for r, keep in zip(results, same)
+    )
+
+  out_specs = tuple(spec_of(specs[0]) if keep else PartitionSpec() for keep in same)
+  return jax.shard_map(
+    body, mesh=mesh, in_specs=tuple(spec_of(s) for s in specs), out_specs=out_specs, check_vma=False
+  )(*stacks)
+
+
+def _split_axes(spec, mesh) -> tuple[list[str], list[str]]:
+  """The mesh axes that split the matrices and those they are replicated over, each in the mesh's order."""
+  split = {a for entry in spec[1:] for a in entry}
+  return [a for a in mesh.axis_names if a in split], [a for a in mesh.axis_names if a not in split]
+
+
+def _block_order(spec, split: list[str]) -> list[int]:
+  """Where each axis of ``(split axes, entries, blocks...)`` goes in
+  ``(entries, [spec's axes of dim 1], block 1, ...)``: a matrix axis split
+  over ``(a, b)`` is ``a``-major, as ``NamedSharding`` lays it out."""
+  order = [len(split)]
+  for d in range(1, len(spec)):
+    order += [split.index(a) for a in spec[d]] + [len(split) + d]
+  return order
+
+
+def _whole_matrices(x: jax.Array, spec, mesh) -> jax.Array:
+  """Inside ``shard_map``: from this device's blocks of all ``N`` entries to
+  its own ``N / mesh.size`` entries, whole."""
+  split, replicated = _split_axes(spec, mesh)
+  sizes = [mesh.shape[a] for a in mesh.axis_names]
+  r, blocks = x.shape[0] // mesh.size, x.shape[1:]
+  x = x.reshape(*sizes, r, *blocks)
+  for a in replicated:  # this device's entries among those the group of `a` holds alike: a local slice
+    x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(a), 1, axis=mesh.axis_names.index(a))
+  x = x.reshape(-1, r, *blocks)
+  if not split:
+    return x[0]
+  # Row k of the result: the blocks that the k-th device of the split axes holds of this device's entries.
+  x = jax.lax.all_to_all(x, tuple(split), 0, 0, tiled=False)
+  x = x.reshape(*[mesh.shape[a] for a in split], r, *blocks).transpose(_block_order(spec, split))
+  return x.reshape(r, *[b * math.prod(mesh.shape[a] for a in entry) for b, entry in zip(blocks, spec[1:])])
+
+
+def _matrix_blocks(y: jax.Array, spec, mesh) -> jax.Array:
+  """Inside ``shard_map``: :func:`_whole_matrices` backwards, from this device's
+  whole results to its blocks of all ``N`` of them."""
+  split, replicated = _split_axes(spec, mesh)
+  r = y.shape[0]
+  blocks = [n // math.prod(mesh.shape[a] for a in entry) for n, entry in zip(y.shape[1:], spec[1:])]
+  if split:
+    dims = [r] + [size for entry, b in zip(spec[1:], blocks) for size in (*[mesh.shape[a] for a in entry], b)]
+    order = _block_order(spec, split)
+    y = y.reshape(dims).transpose([order.index(i) for i in range(len(order))])
+    y = jax.lax.all_to_all(y.reshape(-1, r, *blocks), tuple(split), 0, 0, tiled=False)
+  else:
+    y = y.reshape(1, r, *blocks)
+  if replicated:
+    y = jax.lax.all_gather(y, tuple(replicated), axis=0, tiled=False)
+  else:
+    y = y[None]
+  # Axes now (replicated..., split..., entries, blocks): put them in the mesh's order.
+  y = y.reshape(*[mesh.shape[a] for a in (*replicated, *split)], r, *blocks)
+  position = {a: i for i, a in enumerate((*replicated, *split))}
+  y = y.transpose([position[a] for a in mesh.axis_names] + list(range(len(position), y.ndim)))
+  return y.reshape(-1, *blocks)
 
 
 def _local(fn, key, mesh, spec: PartitionSpec | None = None):
