@@ -99,6 +99,16 @@ _MARKS = (
     "tests/experiments/test_mesh.py::test_(mesh_run_matches_one_device_and_resumes|shipped_mesh_config_loads_and_runs)",
     "trains a GPT on one device and on the mesh: 13–32 s",
   ),
+  (
+    ("mesh", "slow"),
+    "tests/experiments/test_mesh.py::test_the_update_exchanges_blocks_not_whole_stacks",
+    "compiles a 4-layer GPT's Muon step on a (4, 2) mesh: 17 s",
+  ),
+  (
+    ("mesh", "slow"),
+    "tests/experiments/test_processes.py::test_run_in_two_processes_equals_one",
+    "matopt run as 2 processes (each compiling) and in this process on 8 devices: 65 s",
+  ),
   # Slow: whole files.
   (("slow",), "tests/experiments/test_runner.py", "matopt run end to end, trains GPTs and digit models: 3–20 s"),
   (("slow",), "tests/linalg/test_lapack.py", "compiles batched LAPACK calls and optimizer steps: 0.9–5.4 s"),

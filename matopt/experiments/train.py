@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from matopt import gauss_newton, sharding
 from matopt.experiments import logs, parallel, processes
@@ -140,7 +141,7 @@ def make_step(
       loss, grads, stats = sampled(p, batch, index)
       # No catalogue optimizer needs both; the sown reports then cost one more forward pass.
       reports = loss_and_reports(p, batch)[1][1] if update_args else {}
-    updates, s = tx.update(grads, s, p, **reports, **stats)
+    updates, s = update(grads, s, p, **reports, **stats)
     peaks = {name: _peak(tree) for name, tree in reports.items()}  # before this step's update acts
     return optax.apply_updates(p, updates), s, (loss, peaks)
 
@@ -148,6 +149,7 @@ def make_step(
     loss, (aux, _) = loss_and_reports(p, batch)
     return loss, aux
 
+  update = tx.update if mesh is None else _explicit_update(tx, state_shardings[0], state_shardings[1])
   if mesh is None:
     return Step(jax.jit(train_step), jax.jit(eval_step), lambda batch: batch)
   out_shardings = (*state_shardings, parallel.replicated(mesh))
@@ -156,6 +158,42 @@ def make_step(
     jax.jit(eval_step),
     functools.partial(parallel.place_batch, mesh=mesh),
   )
+
+
+def _explicit_update(tx: optax.GradientTransformation, params: Any, state: Any) -> Callable[..., Any]:
+  """``tx.update`` run with the mesh's axes Explicit, the layouts in the arrays' types.
+
+  The model runs under ``AxisType.Auto`` (XLA partitions its matmuls; under
+  Explicit axes its products of a batch split over ``data`` with weights
+  split over ``data`` are sharding type errors). Under Auto axes the layout
+  of an array inside ``jit`` is unknown while tracing, so
+  :func:`matopt.sharding.map_stacked` cannot write the exchange of matrix
+  blocks between devices, and XLA gathers the whole stack on every device
+  instead (8× the minimum bytes on a ``(4, 2)`` mesh; with the layouts
+  known, exactly the minimum: ``benchmarks/comm_bytes.py``). Inside
+  ``jax.sharding.explicit_axes`` the gradients, parameters and
+  ``stats_grads`` have the parameters' layouts (``params``, the
+  ``NamedSharding`` pinned on the step's outputs), the state its own
+  (``state``), and the update arguments the model reports (QK-clip's
+  per-head maxima, a few numbers) are replicated. They are passed
+  positionally: ``explicit_axes`` gives types to positional arguments only.
+  Shampoo and SOAP gain nothing yet: their update returns to Auto axes
+  (:func:`matopt.sharding.auto_axes_update`) for products that mix layouts.
+  """
+  param_specs, state_specs = jax.tree.map(lambda s: s.spec, (params, state))
+
+  def run(grads, opt_state, p, extra):
+    return tx.update(grads, opt_state, p, **extra)
+
+  def update(grads, opt_state, p, **extra):
+    extra_specs = {
+      name: param_specs if name == "stats_grads" else jax.tree.map(lambda _: PartitionSpec(), value)
+      for name, value in extra.items()
+    }
+    in_sharding = (param_specs, state_specs, param_specs, extra_specs)
+    return jax.sharding.explicit_axes(run, in_sharding=in_sharding)(grads, opt_state, p, extra)
+
+  return update
 
 
 def _peak(tree: Any) -> jax.Array:

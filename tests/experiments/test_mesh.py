@@ -2,6 +2,7 @@
 load, the same losses as one device, checkpoints that resume on the mesh."""
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -10,7 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from matopt.experiments import config as config_lib
-from matopt.experiments import parallel, runner
+from matopt.experiments import optimizers, parallel, runner, tasks, train
 from matopt.experiments.config import ConfigError
 from tests.experiments.test_config import _parse, _with
 
@@ -129,3 +130,24 @@ def test_shipped_mesh_config_loads_and_runs(tmp_path):
   assert {s.optimizer for s in config.optimizers} >= {"adamw", "muon", "shampoo", "soap"}
   (record,) = runner.run(runner.override(config, steps=1, optimizers=["muon"]), tmp_path, progress=False)
   assert record["steps"] == 1 and np.isfinite(record["final_val_loss"])
+
+
+def test_the_update_exchanges_blocks_not_whole_stacks():
+  # The model runs with Auto axes, the optimizer update with Explicit ones
+  # (train._explicit_update), so matopt.sharding sees the parameters'
+  # P("data", "model") layout and exchanges matrix blocks with all-to-alls.
+  # Under Auto axes XLA gathered each whole (8, m, n) stack onto every device.
+  # 4 layers: each group of 4 same-shape hidden matrices is spread over the 8 devices.
+  from tests.benchmarks.test_comm_bytes import comm_bytes
+
+  raw = {**TINY, "model": {**TINY["model"], "layers": 4}, "optimizers": [{"name": "muon", "learning_rate": 0.02}]}
+  config = _parse({**raw, "mesh": {"shape": [4, 2], "axes": ["data", "model"]}})
+  task, mesh = tasks.TASKS["gpt"](config), parallel.make_mesh(config.mesh)
+  tx = optimizers.build("muon", 0.02, {}, schedule=config.schedule, steps=4)
+  step, run = train._init(task, tx, 0, mesh, {}, None)
+  with jax.set_mesh(mesh):
+    compiled = step.train.lower(run.params, run.opt_state, step.place(task.train_batch(0, 0)), np.int32(0)).compile()
+  found = comm_bytes.collectives(compiled.as_text(), mesh.size)
+  stacks = {f"f32[8,{m},{n}]" for m, n in [(16, 48), (16, 16), (16, 64), (64, 16)]}
+  assert not [c.shape for c in found if re.sub(r"\{[0-9,]*\}", "", c.shape) in stacks]
+  assert any(c.kind == "all-to-all" for c in found)

@@ -123,8 +123,6 @@ def test_run_refuses_bad_process_flags(tmp_path, capsys, change, flags, message)
   assert not (tmp_path / "out").exists()  # refused before anything started
 
 
-@pytest.mark.slow
-@pytest.mark.mesh
 @pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (host) devices")
 def test_run_in_two_processes_equals_one(tmp_path):
   """`--processes 2` (4 CPU devices each, one (4, 2) mesh) against this process's 8 devices."""
