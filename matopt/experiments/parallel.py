@@ -16,7 +16,15 @@ plays ``data``, the second ``model``):
   rest is replicated (:func:`matopt.sharding.init_state`);
 - the step runs under ``jax.set_mesh(mesh)``, where matopt's transforms
   spread Newton–Schulz iterations, inverse roots and eigenbases over every
-  device (:mod:`matopt.sharding`).
+  device (:mod:`matopt.sharding`). The optimizer's update runs with the
+  mesh's axes Explicit (``jax.sharding.explicit_axes``, with the layouts
+  above), so that :mod:`matopt.sharding` knows them and sends each device
+  only the blocks of the matrices it orthogonalises, the least any
+  whole-matrix scheme sends (``benchmarks/comm_bytes.py``); the model stays
+  on Auto axes;
+- the mesh may span several JAX processes
+  (:mod:`matopt.experiments.processes`): each places only the blocks its own
+  devices hold (:func:`place`).
 
 A one-axis mesh is data parallelism with FSDP-style weights; axes after the
 second split nothing but the optimizer's matrix work.
