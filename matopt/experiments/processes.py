@@ -45,6 +45,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,14 +137,21 @@ def launch(
   writes to this terminal, the others to ``log_dir/process_<i>.log``. When one
   fails, the others would wait for it in a collective until JAX's timeouts,
   so they are stopped (SIGTERM, then SIGKILL after ``grace_seconds``) and
-  the failure's code is returned, with the end of its log on stderr; on
-  Ctrl-C all are stopped. Only the processes started here are signalled.
+  the failure's code is returned, with the end of its log on stderr. On
+  Ctrl-C or SIGTERM all are stopped (exit code 130 or 143); a checkpointed
+  run then continues when the same command runs again. Only the processes
+  started here are signalled.
   """
   log_dir.mkdir(parents=True, exist_ok=True)
   coordinator = f"127.0.0.1:{_free_port()}"
   env = child_env(local_devices)
   procs: list[subprocess.Popen] = []
   logs: list[Path | None] = []
+  # A SIGTERM to the launcher (a job scheduler's, `timeout`'s) stops the
+  # processes too, instead of leaving them to wait for each other.
+  previous = (
+    signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+  )
   try:
     for i in range(processes):
       argv = [*command, "--coordinator", coordinator, "--num-processes", str(processes), "--process-id", str(i)]
@@ -161,9 +169,12 @@ def launch(
       if failed or all(code == 0 for code in codes):
         break
       time.sleep(poll_seconds)
-  except KeyboardInterrupt:
+  except (KeyboardInterrupt, _Terminated) as e:
     _stop(procs, grace_seconds)
-    return 130
+    return 143 if isinstance(e, _Terminated) else 130
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   if not failed:
     return 0
   _stop(procs, grace_seconds)
@@ -176,6 +187,14 @@ def launch(
     f"matopt: process {first} of {processes} failed (exit code {codes[first]}); stopped the others.", file=sys.stderr
   )
   return codes[first] if codes[first] > 0 else 1
+
+
+class _Terminated(Exception):
+  """The launcher got SIGTERM."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+  raise _Terminated(signum)
 
 
 def _stop(procs: Sequence[subprocess.Popen], grace_seconds: float) -> None:
