@@ -336,9 +336,12 @@ def _exchanged(fn, key, mesh, stacks: tuple[jax.Array, ...], specs) -> tuple[jax
   back replicated.
   """
   shape = stacks[0].shape[1:]
-  out_shapes = jax.eval_shape(
-    lambda *s: tuple(fn(s, key)), *[jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in stacks]
+  # The outputs' shapes, traced where ``fn`` runs: under ``shard_map`` (``fn``
+  # may name the mesh's axes, e.g. ``lax.axis_index``).
+  probe = jax.shard_map(
+    lambda *s: tuple(fn(s, key)), mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
   )
+  out_shapes = jax.eval_shape(probe, *[jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in stacks])
   same = [r.shape[1:] == shape for r in out_shapes]
   spec_of = lambda spec: PartitionSpec(*[(a if len(a) > 1 else a[0]) if a else None for a in spec])
 

@@ -91,6 +91,11 @@ _MARKS = (
     "|extreme_and_zero_gradients_stay_finite_on_a_mesh)",
     "one-device and sharded steps compiled: 1.5–21 s",
   ),
+  (
+    ("mesh",),
+    "tests/test_sharding.py::test_explicit_exchange_gives_each_device_whole_matrices",
+    "map_stacked's exchange on a (4, 2) mesh of small matrices: 0.3–0.6 s",
+  ),
   (("mesh", "slow"), "tests/test_sharding_preconditioners.py::test_mesh_run_equals_one_device", "5.5–13 s"),
   (("mesh", "slow"), "tests/test_sharding_recipe.py", "each case compiles a sharded and a one-device step: 1.3–7.4 s"),
   (("mesh",), "tests/experiments/test_mesh.py::test_layout", "place_params/place_batch on a (4, 2) mesh: 0.01 s"),

@@ -93,6 +93,39 @@ def test_sharded_equals_single_device_and_flops_fall(make, axis_type):
   assert _flops(compiled) < 0.2 * _flops(single), (_flops(compiled), _flops(single))
 
 
+@pytest.mark.parametrize(
+  "specs",
+  [(P("data", "model"), P("data", "model")), (P(), P()), (P("data", "model"), P()), (P(None, ("model", "data")), P())],
+  ids=["2-D", "replicated", "mixed", "two-axes-on-columns"],
+)
+def test_explicit_exchange_gives_each_device_whole_matrices(specs):
+  # Explicit axes: map_stacked exchanges blocks inside its shard_map. Each of
+  # 6 entries (padded to 8) must reach one device whole, from operands laid
+  # out differently; a same-shape output returns in the first operand's
+  # layout, another shape replicated. fn names a mesh axis (lax.axis_index),
+  # as code running under shard_map may.
+  mesh = _mesh(jax.sharding.AxisType.Explicit)
+  rng = np.random.default_rng(0)
+  a = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(6)]
+  b = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(6)]
+
+  def fn(stacks, key):
+    x, y = stacks
+    device = jax.lax.axis_index(("data", "model")).astype(x.dtype)
+    return x + 2 * y + 0 * device, jnp.sum(x * y, axis=(1, 2)) * 0 + device
+
+  with jax.set_mesh(mesh):
+    put = lambda xs, spec: [jax.device_put(x, NamedSharding(mesh, P(None, *spec))) for x in xs]
+    out = jax.jit(lambda a, b: sharding.map_stacked(fn, list(zip(a, b))))(put(a, specs[0]), put(b, specs[1]))
+  devices = []
+  for x, y, (same, other) in zip(a, b, out):
+    np.testing.assert_allclose(np.asarray(same), x + 2 * y, rtol=1e-6)
+    full = lambda spec: (*spec, *[None] * (3 - len(spec)))
+    assert full(same.sharding.spec) == full(P(None, *specs[0]))
+    devices.append(int(np.asarray(other)[0]))
+  assert devices == list(range(6))  # entry c on device c, in the mesh's order
+
+
 def test_without_a_mesh_nothing_is_constrained():
   # No mesh set: the same jaxpr as a plain batched call, no sharding ops.
   params = _params()
