@@ -128,7 +128,7 @@ def launch(
   local_devices: int,
   log_dir: Path,
   poll_seconds: float = 0.2,
-  grace_seconds: float = 10.0,
+  grace_seconds: float = 3.0,
 ) -> int:
   """Run ``command`` as ``processes`` JAX processes on this machine; their exit code.
 
@@ -136,7 +136,7 @@ def launch(
   "--num-processes", N, "--process-id", i]`` with :func:`child_env`. Process 0
   writes to this terminal, the others to ``log_dir/process_<i>.log``. When one
   fails, the others would wait for it in a collective until JAX's timeouts,
-  so they are stopped (SIGTERM, then SIGKILL after ``grace_seconds``) and
+  so they are stopped (SIGINT, then SIGKILL after ``grace_seconds``) and
   the failure's code is returned, with the end of its log on stderr. On
   Ctrl-C or SIGTERM all are stopped (exit code 130 or 143); a checkpointed
   run then continues when the same command runs again. Only the processes
@@ -198,10 +198,16 @@ def _terminated(signum: int, frame: Any) -> None:
 
 
 def _stop(procs: Sequence[subprocess.Popen], grace_seconds: float) -> None:
-  """SIGTERM every process still running, then SIGKILL those left after ``grace_seconds``."""
+  """SIGINT every process still running, then SIGKILL those left after ``grace_seconds``.
+
+  SIGINT, not SIGTERM: ``jax.distributed`` installs a preemption notifier
+  that catches SIGTERM and only records it, while SIGINT interrupts Python
+  at its next instruction. A process stuck in a collective with a failed
+  peer answers neither, hence the SIGKILL.
+  """
   running = [p for p in procs if p.poll() is None]
   for p in running:
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(signal.SIGINT)
   deadline = time.monotonic() + grace_seconds
   for p in running:
     try:
