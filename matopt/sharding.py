@@ -14,8 +14,9 @@ layouts are known while tracing, and the exchange is written inside the same
 the matrices, a local slice and an all-gather over those they are replicated
 over, which is the least any whole-matrix scheme sends
 (``benchmarks/comm_bytes.py``). Under ``AxisType.Auto`` XLA inserts the
-moves between the parameters' layout and the stack's itself. :func:`map_stacked` does the same for work with several operands
-(Shampoo's statistics and previous roots, SOAP's statistics and bases).
+moves between the parameters' layout and the stack's itself.
+:func:`map_stacked` does the same for work with several operands (Shampoo's
+statistics and previous roots, SOAP's statistics and bases).
 
 Without a mesh (or on one device) the same grouping still turns many small
 calls into one batched call. A group with fewer matrices than half the
@@ -260,6 +261,11 @@ def _entry_axes(entry) -> tuple[str, ...]:
   return () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
 
 
+def _entry(axes: tuple[str, ...]):
+  """A ``PartitionSpec`` entry from a tuple of mesh axes: :func:`_entry_axes` backwards."""
+  return axes if len(axes) > 1 else (axes[0] if axes else None)
+
+
 def _into_stack(
   stack: jax.Array, mesh: jax.sharding.AbstractMesh
 ) -> tuple[jax.Array, tuple[str, ...], list[PartitionSpec]]:
@@ -287,7 +293,7 @@ def _into_stack(
   for d in range(1, stack.ndim):
     for axis in _entry_axes(spec[d]):
       rest = tuple(a for a in _entry_axes(spec[d]) if a != axis)
-      spec[d] = rest if len(rest) > 1 else (rest[0] if rest else None)
+      spec[d] = _entry(rest)
       lead.append(axis)
       spec[0] = tuple(lead)
       path.append(PartitionSpec(*spec))
@@ -343,7 +349,7 @@ def _exchanged(fn, key, mesh, stacks: tuple[jax.Array, ...], specs) -> tuple[jax
   )
   out_shapes = jax.eval_shape(probe, *[jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in stacks])
   same = [r.shape[1:] == shape for r in out_shapes]
-  spec_of = lambda spec: PartitionSpec(*[(a if len(a) > 1 else a[0]) if a else None for a in spec])
+  spec_of = lambda spec: PartitionSpec(*map(_entry, spec))
 
   def body(*local):
     whole = tuple(_whole_matrices(x, spec, mesh) for x, spec in zip(local, specs))
